@@ -1,0 +1,1 @@
+"""Building blocks every service imports: settings, messages, bus, store, HTTP edge, saga."""

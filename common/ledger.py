@@ -1,0 +1,95 @@
+"""A ledger of entities that each hold one counted field (an item's stock, a user's credit).
+
+Stock and payment are the same participant underneath: HTTP adjusts a balance, a saga takes an
+amount at most once and gives it back at most once. Every mutation is one single-slot Lua script
+on the entity's hash tag, so it is atomic and safe to retry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+
+from common.errors import NotFound, Refused
+from common.store import Store
+
+LUA_DIR = Path(__file__).parent / "lua"
+# Balances stay below 2**53 so Lua, whose numbers are doubles, compares them exactly.
+BALANCE_LIMIT = 2**53 - 1
+OP_RECORD_TTL_S = 7 * 24 * 3600
+REQUEST_RECORD_TTL_S = 3600
+
+
+class Taken(Enum):
+    """What ``take`` found or did: the participant's stored reply to one saga."""
+
+    TAKEN = "T"
+    SHORT = "S"
+    UNKNOWN = "U"
+    REFUSED = "X"  # compensated before (or instead of) the take
+
+
+class Ledger:
+    """Entities ``{kind:id}`` with a counted ``field`` in ``store``."""
+
+    def __init__(self, store: Store, kind: str, field: str) -> None:
+        self._store = store
+        self._kind = kind
+        self.field = field
+
+    def key(self, entity_id: str) -> str:
+        return f"{{{self._kind}:{entity_id}}}"
+
+    async def create(self, fields: Mapping[str, int]) -> str:
+        """A new entity with a random id; returns the id once a replica holds it."""
+        entity_id = uuid.uuid4().hex
+        key = self.key(entity_id)
+        await self._store.retrying(lambda: self._store.cluster.hset(key, mapping=dict(fields)))
+        await self._store.replicate([key])
+        return entity_id
+
+    async def find(self, entity_id: str, fields: tuple[str, ...]) -> dict[str, int]:
+        key = self.key(entity_id)
+        values = await self._store.retrying(lambda: self._store.cluster.hmget(key, list(fields)))
+        if values[0] is None:
+            raise NotFound(f"{self._kind} {entity_id!r} not found")
+        return {name: int(value or 0) for name, value in zip(fields, values, strict=True)}
+
+    async def adjust(self, entity_id: str, delta: int) -> int:
+        """Add ``delta`` (may be negative) to the field; the new balance, once replicated."""
+        key = self.key(entity_id)
+        request = f"{key}:rq:{uuid.uuid4().hex}"
+        status, value = await self._store.script(
+            "adjust", [key, request], [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
+        )
+        status = status.decode()
+        if status == "UNKNOWN":
+            raise NotFound(f"{self._kind} {entity_id!r} not found")
+        if status == "NEGATIVE":
+            raise Refused(f"{self._kind} {entity_id!r} has {value} {self.field}, not {-delta}")
+        if status == "OVERFLOW":
+            raise Refused(f"{self._kind} {entity_id!r} would exceed {BALANCE_LIMIT} {self.field}")
+        await self._store.replicate([key])
+        return int(value)
+
+    async def take(self, entity_id: str, saga_id: str, amount: int) -> Taken:
+        """Take ``amount`` for ``saga_id`` unless already done or refused; idempotent."""
+        key = self.key(entity_id)
+        result = await self._store.script(
+            "take", [key, f"{key}:op:{saga_id}"], [self.field, amount, OP_RECORD_TTL_S]
+        )
+        return Taken(result.decode()[0])
+
+    async def restore(self, entity_id: str, saga_id: str) -> None:
+        """Give back what ``saga_id`` took, or make sure it never takes; idempotent."""
+        key = self.key(entity_id)
+        await self._store.script(
+            "restore", [key, f"{key}:op:{saga_id}"], [self.field, OP_RECORD_TTL_S]
+        )
+
+    async def batch_init(self, count: int, fields: Mapping[str, int]) -> None:
+        """Entities ``"0"`` … ``str(count-1)`` with ``fields``, overwriting; pipelined per node."""
+        mapping = dict(fields)
+        await self._store.bulk_replace((self.key(str(i)), mapping) for i in range(count))

@@ -1,0 +1,127 @@
+"""Every message on the bus, the topic it travels on, and one encoder/decoder per topic.
+
+Commands are named as orders (``StockUpdateRequested`` asks stock to reserve), replies and events
+in the past tense. Every message carries the saga id (``<order_id>:<attempt>``) so a later
+checkout of a failed order is a new saga, and is keyed by the order id so one saga's messages stay
+in one partition, in order.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+STOCK: Final = "STOCK"
+STOCK_PROCESSING: Final = "STOCK_PROCESSING"
+PAYMENT: Final = "PAYMENT"
+PAYMENT_PROCESSING: Final = "PAYMENT_PROCESSING"
+ORDER_STATUS_UPDATE: Final = "ORDER_STATUS_UPDATE"
+ALL_TOPICS: Final = (STOCK, STOCK_PROCESSING, PAYMENT, PAYMENT_PROCESSING, ORDER_STATUS_UPDATE)
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of all messages: which saga, and which order it belongs to (the partition key)."""
+
+    saga_id: str
+    order_id: str
+    trace_id: str = ""
+
+
+Lines = tuple[tuple[str, int], ...]
+
+
+# --- STOCK: commands to stock -------------------------------------------------------------------
+class StockUpdateRequested(Message, frozen=True, kw_only=True, tag=True):
+    """Reserve ``quantity`` of each item, all or nothing."""
+
+    items: Lines
+
+
+class StockCompensationRequested(Message, frozen=True, kw_only=True, tag=True):
+    """Give back what the saga reserved; if it reserved nothing, refuse it from now on."""
+
+    items: Lines
+
+
+# --- STOCK_PROCESSING: stock's replies ----------------------------------------------------------
+class StockUpdated(Message, frozen=True, kw_only=True, tag=True):
+    """Every line is reserved."""
+
+
+class StockUpdateFailed(Message, frozen=True, kw_only=True, tag=True):
+    """Nothing is reserved (lines already taken were given back)."""
+
+    reason: str
+
+
+class StockCompensated(Message, frozen=True, kw_only=True, tag=True):
+    """The saga holds no stock, and never will."""
+
+
+# --- PAYMENT: commands to payment ---------------------------------------------------------------
+class PaymentRequested(Message, frozen=True, kw_only=True, tag=True):
+    """Charge ``amount`` to ``user_id``."""
+
+    user_id: str
+    amount: int
+
+
+class PaymentCancelRequested(Message, frozen=True, kw_only=True, tag=True):
+    """Refund the saga's charge if it happened; refuse the charge from now on if not."""
+
+    user_id: str
+    amount: int
+
+
+# --- PAYMENT_PROCESSING: payment's replies ------------------------------------------------------
+class PaymentCompleted(Message, frozen=True, kw_only=True, tag=True):
+    """The user was charged."""
+
+
+class PaymentFailed(Message, frozen=True, kw_only=True, tag=True):
+    """The user was not charged."""
+
+    reason: str
+
+
+class PaymentCancelled(Message, frozen=True, kw_only=True, tag=True):
+    """The saga holds no money of the user, and never will."""
+
+
+# --- ORDER_STATUS_UPDATE: outcomes, read by every order worker ----------------------------------
+class CheckoutFinished(Message, frozen=True, kw_only=True, tag=True):
+    """The saga reached a terminal state."""
+
+    paid: bool
+    reason: str = ""
+
+
+StockCommand = StockUpdateRequested | StockCompensationRequested
+StockReply = StockUpdated | StockUpdateFailed | StockCompensated
+PaymentCommand = PaymentRequested | PaymentCancelRequested
+PaymentReply = PaymentCompleted | PaymentFailed | PaymentCancelled
+
+TOPIC_TYPES: Final[dict[str, object]] = {
+    STOCK: StockCommand,
+    STOCK_PROCESSING: StockReply,
+    PAYMENT: PaymentCommand,
+    PAYMENT_PROCESSING: PaymentReply,
+    ORDER_STATUS_UPDATE: CheckoutFinished,
+}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[str, msgspec.msgpack.Decoder[Message]] = {
+    topic: msgspec.msgpack.Decoder(kind)
+    for topic, kind in TOPIC_TYPES.items()  # type: ignore[arg-type]
+}
+
+
+def encode(message: Message) -> bytes:
+    """The wire form of ``message`` (msgpack, tagged by type)."""
+    return _encoder.encode(message)
+
+
+def decode(topic: str, payload: bytes) -> Message:
+    """Decode a message read from ``topic``; raises ``msgspec.DecodeError`` for foreign bytes."""
+    return _decoders[topic].decode(payload)

@@ -1,0 +1,11 @@
+"""A reusable saga orchestrator: declare the steps (``definition``), keep each saga's state in
+the entity's own Redis hash (``log``), drive it from replies (``orchestrator``), re-drive or abort
+the stalled ones (``sweeper``) and let HTTP handlers await outcomes (``waiters``).
+
+It knows nothing of stock or payment: a service declares a ``SagaDefinition`` and wires these.
+"""
+
+from common.saga.definition import SagaDefinition, SagaRun, Step
+from common.saga.orchestrator import Orchestrator, Outcome
+
+__all__ = ["Orchestrator", "Outcome", "SagaDefinition", "SagaRun", "Step"]

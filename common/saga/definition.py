@@ -1,0 +1,80 @@
+"""How a saga is declared: an ordered list of steps, each a command next to its compensation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.messages import Message
+
+
+@dataclass(frozen=True)
+class SagaRun:
+    """One saga as its steps see it: ids, plus the entity fields snapshotted when it began."""
+
+    saga_id: str
+    entity_id: str
+    snapshot: dict[str, str]
+    trace_id: str = ""
+
+    @property
+    def ids(self) -> dict[str, str]:
+        """The fields every message of this saga carries."""
+        return {"saga_id": self.saga_id, "order_id": self.entity_id, "trace_id": self.trace_id}
+
+    def json(self, name: str) -> Any:
+        """A snapshotted field that holds JSON text."""
+        return json.loads(self.snapshot[name] or "null")
+
+
+Build = Callable[[SagaRun], Message]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A forward command and the compensation that undoes it (or bars it, if it never ran).
+
+    The participant answers the command with ``succeeded`` (effect applied) or ``failed``
+    (nothing applied, nothing held), and the compensation with ``compensated``.
+    """
+
+    name: str
+    topic: str
+    command: Build
+    succeeded: type[Message]
+    failed: type[Message]
+    compensation: Build
+    compensated: type[Message]
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    """A saga over entities kept in one Redis hash each.
+
+    ``steps`` run in order; the last one is the pivot: once it succeeds the saga is done and
+    ``done_field`` of the entity is set to ``"1"`` in the same atomic write.
+    ``snapshot`` names the entity fields the commands are built from.
+    """
+
+    name: str
+    steps: tuple[Step, ...]
+    done_field: str
+    snapshot: tuple[str, ...]
+    outcome_topic: str
+    outcome: Callable[[SagaRun, bool, str], Message]
+    entity_key: Callable[[str], str]
+    replies: dict[type[Message], tuple[int, str]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        replies: dict[type[Message], tuple[int, str]] = {}
+        for index, step in enumerate(self.steps):
+            replies[step.succeeded] = (index, "succeeded")
+            replies[step.failed] = (index, "failed")
+            replies[step.compensated] = (index, "compensated")
+        object.__setattr__(self, "replies", replies)
+
+    @property
+    def pivot(self) -> Step:
+        return self.steps[-1]

@@ -1,0 +1,167 @@
+"""The saga's durable log: its state in ``saga_*`` fields of the entity's own hash, changed only
+by compare-and-set scripts, plus the in-flight index the sweeper walks."""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.saga.definition import SagaDefinition, SagaRun
+from common.store import Store
+
+RUNNING = "running"
+COMPENSATING = "compensating"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+LIVE = (RUNNING, COMPENSATING)
+
+INDEX_SHARDS = 16
+_FIELDS = (
+    "saga_id",
+    "saga_status",
+    "saga_step",
+    "saga_updated",
+    "saga_deadline",
+    "saga_resends",
+    "saga_data",
+    "saga_reason",
+    "saga_started",
+)
+
+
+@dataclass(frozen=True)
+class SagaState:
+    """Where one saga stands."""
+
+    saga_id: str
+    status: str
+    step: int
+    updated: int
+    deadline: int
+    resends: int
+    snapshot: dict[str, str]
+    reason: str
+    started: int
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
+    def run(self, entity_id: str) -> SagaRun:
+        return SagaRun(saga_id=self.saga_id, entity_id=entity_id, snapshot=self.snapshot)
+
+
+class SagaLog:
+    """Reads and compare-and-sets the saga state of ``definition``'s entities in ``store``."""
+
+    def __init__(self, store: Store, definition: SagaDefinition) -> None:
+        store.load_scripts(Path(__file__).parent / "lua")
+        self._store = store
+        self._def = definition
+
+    # --- the saga state (one atomic script per change) -----------------------------------------
+    async def begin(self, entity_id: str, *, start: bool, now: int, deadline: int) -> list[str]:
+        """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['STARTED', id, data]``."""
+        reply = await self._store.script(
+            "saga_begin",
+            [self._def.entity_key(entity_id)],
+            [
+                "start" if start else "check",
+                entity_id,
+                f"{random.getrandbits(32):08x}",
+                now,
+                deadline,
+                self._def.done_field,
+                *self._def.snapshot,
+            ],
+        )
+        return [part.decode() for part in reply]
+
+    async def move(
+        self,
+        entity_id: str,
+        saga_id: str,
+        frm: tuple[str, int],
+        to: tuple[str, int],
+        *,
+        now: int,
+        reason: str = "",
+    ) -> tuple[dict[str, str], str] | None:
+        """Move the saga from ``frm`` to ``to`` (status, step); its snapshot and the reason it
+        turned back (if it did), or None if it was not at ``frm``."""
+        reply = await self._store.script(
+            "saga_move",
+            [self._def.entity_key(entity_id)],
+            [saga_id, frm[0], frm[1], to[0], to[1], now, reason, self._def.done_field],
+        )
+        if not reply[0]:
+            return None
+        snapshot: dict[str, str] = json.loads(reply[1])
+        return snapshot, reply[2].decode()
+
+    async def touch(self, entity_id: str, state: SagaState, now: int) -> int:
+        """Claim a re-send of the current step; 0 if the saga moved since ``state`` was read."""
+        return int(
+            await self._store.script(
+                "saga_touch",
+                [self._def.entity_key(entity_id)],
+                [state.saga_id, state.status, state.step, state.updated, now],
+            )
+        )
+
+    async def read(self, entity_id: str) -> SagaState | None:
+        key = self._def.entity_key(entity_id)
+        values = await self._store.retrying(lambda: self._store.cluster.hmget(key, list(_FIELDS)))
+        if values[0] is None:
+            return None
+        v = [x.decode() if x is not None else "" for x in values]
+        return SagaState(
+            saga_id=v[0],
+            status=v[1],
+            step=int(v[2] or 0),
+            updated=int(v[3] or 0),
+            deadline=int(v[4] or 0),
+            resends=int(v[5] or 0),
+            snapshot=json.loads(v[6] or "{}"),
+            reason=v[7],
+            started=int(v[8] or 0),
+        )
+
+    # --- the in-flight index: sharded sorted sets of entity ids, scored by when to look -------
+    def shard_key(self, shard: int) -> str:
+        return f"saga:inflight:{{{self._def.name}:{shard}}}"
+
+    def shard_of(self, entity_id: str) -> int:
+        return zlib.crc32(entity_id.encode()) % INDEX_SHARDS
+
+    async def index_add(self, entity_id: str, due: int) -> None:
+        """Register the entity before its saga starts, so no live saga is ever unindexed.
+        The random fraction makes each registration's score unique (see ``index_drop``)."""
+        key = self.shard_key(self.shard_of(entity_id))
+        score = due + random.random()
+        await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))
+
+    async def index_due(self, shard: int, now: int, limit: int) -> list[tuple[str, float]]:
+        key = self.shard_key(shard)
+        rows = await self._store.retrying(
+            lambda: self._store.cluster.zrangebyscore(
+                key, "-inf", now, start=0, num=limit, withscores=True
+            )
+        )
+        return [(member.decode(), float(score)) for member, score in rows]
+
+    async def index_reschedule(self, entity_id: str, due: int) -> None:
+        key = self.shard_key(self.shard_of(entity_id))
+        await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: due}, xx=True))
+
+    async def index_drop(self, entity_id: str, score: float) -> None:
+        """Remove the entry unless a new saga re-registered the entity after it was read."""
+        key = self.shard_key(self.shard_of(entity_id))
+        await self._store.script("index_drop", [key], [entity_id, repr(score)])
+
+    async def lease(self, shard: int, worker: str, ms: int) -> bool:
+        key = f"saga:lease:{{{self._def.name}:{shard}}}"
+        return bool(await self._store.script("lease", [key], [worker, ms]))

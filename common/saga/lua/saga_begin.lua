@@ -1,0 +1,31 @@
+-- Start a saga on an entity, unless it is done or a saga of it is already live.
+-- KEYS[1] the entity hash (holds the saga's state in saga_* fields)
+-- ARGV[1] mode: 'check' answers without changing anything, 'start' starts
+-- ARGV[2] entity id, ARGV[3] nonce, ARGV[4] now (ms), ARGV[5] deadline (ms), ARGV[6] done field,
+-- ARGV[7..] entity fields copied into the saga's snapshot (its commands are built from it)
+-- Returns {'UNKNOWN'} | {'DONE', saga_id} | {'JOINED', saga_id} | {'READY'}
+--       | {'STARTED', saga_id, snapshot}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'UNKNOWN'}
+end
+local h = redis.call('HMGET', KEYS[1], ARGV[6], 'saga_id', 'saga_status')
+if h[1] == '1' then
+  return {'DONE', h[2] or ''}
+end
+if h[3] == 'running' or h[3] == 'compensating' then
+  return {'JOINED', h[2]}
+end
+if ARGV[1] == 'check' then
+  return {'READY'}
+end
+local snapshot = {}
+for i = 7, #ARGV do
+  snapshot[ARGV[i]] = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+end
+local data = cjson.encode(snapshot)
+local attempt = redis.call('HINCRBY', KEYS[1], 'saga_attempt', 1)
+local saga_id = ARGV[2] .. ':' .. attempt .. ':' .. ARGV[3]
+redis.call('HSET', KEYS[1], 'saga_id', saga_id, 'saga_status', 'running', 'saga_step', '0',
+  'saga_started', ARGV[4], 'saga_updated', ARGV[4], 'saga_deadline', ARGV[5],
+  'saga_resends', '0', 'saga_reason', '', 'saga_data', data)
+return {'STARTED', saga_id, data}

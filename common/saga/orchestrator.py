@@ -1,0 +1,133 @@
+"""Drives sagas: starts them, moves them on each participant reply, aborts them, and announces
+their outcome. Every move is a compare-and-set in the saga log, so repeated, late and
+out-of-order replies change nothing; the next command is derived from the log alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from common.bus import Handler, Outgoing
+from common.messages import Message
+from common.saga.definition import SagaDefinition, SagaRun
+from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaLog, SagaState
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Outcome(Enum):
+    """What a request to start a saga found."""
+
+    STARTED = "started"
+    JOINED = "joined"  # a saga of this entity is live: wait for it
+    DONE = "done"  # the entity is already done (an order already paid)
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Started:
+    outcome: Outcome
+    saga_id: str = ""
+    commands: tuple[Outgoing, ...] = ()
+
+
+class Orchestrator:
+    """The saga machinery for one ``SagaDefinition``; ``log`` keeps the state."""
+
+    def __init__(
+        self, definition: SagaDefinition, log: SagaLog, *, step_timeout_ms: int, deadline_ms: int
+    ) -> None:
+        self.definition = definition
+        self.log = log
+        self.step_timeout_ms = step_timeout_ms
+        self.deadline_ms = deadline_ms
+
+    async def start(self, entity_id: str, trace_id: str = "") -> Started:
+        """Start a saga for ``entity_id`` unless one is live or the entity is done.
+
+        The entity is put in the in-flight index before its saga can exist, so the sweeper
+        always finds a live saga, whatever crashes after this call.
+        """
+        found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
+        if found[0] != "READY":
+            return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
+        now = now_ms()
+        await self.log.index_add(entity_id, now + self.step_timeout_ms)
+        found = await self.log.begin(
+            entity_id, start=True, now=now, deadline=now + self.deadline_ms
+        )
+        if found[0] != "STARTED":
+            return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
+        run = SagaRun(
+            saga_id=found[1], entity_id=entity_id, snapshot=json.loads(found[2]), trace_id=trace_id
+        )
+        first = self.definition.steps[0]
+        return Started(Outcome.STARTED, run.saga_id, ((first.topic, first.command(run)),))
+
+    def handlers(self) -> dict[type, Handler]:
+        """One consumer handler per reply type of the definition."""
+        return {reply: self.on_reply for reply in self.definition.replies}
+
+    async def on_reply(self, message: Message) -> Sequence[Outgoing]:
+        """Move the saga for a participant's reply; returns what to send next."""
+        index, kind = self.definition.replies[type(message)]
+        last = len(self.definition.steps) - 1
+        if kind == "succeeded":
+            frm = (RUNNING, index)
+            to = (SUCCEEDED, index) if index == last else (RUNNING, index + 1)
+        elif kind == "failed":
+            frm = (RUNNING, index)
+            to = (FAILED, -1) if index == 0 else (COMPENSATING, index - 1)
+        else:
+            frm = (COMPENSATING, index)
+            to = (FAILED, -1) if index == 0 else (COMPENSATING, index - 1)
+        reason = getattr(message, "reason", "")
+        moved = await self.log.move(
+            message.order_id, message.saga_id, frm, to, now=now_ms(), reason=reason
+        )
+        if moved is None:
+            log.debug("stale %s for %s ignored", type(message).__name__, message.saga_id)
+            return []
+        snapshot, reason = moved
+        run = SagaRun(
+            saga_id=message.saga_id,
+            entity_id=message.order_id,
+            snapshot=snapshot,
+            trace_id=message.trace_id,
+        )
+        return self.next_messages(run, to, reason)
+
+    def next_messages(self, run: SagaRun, at: tuple[str, int], reason: str = "") -> list[Outgoing]:
+        """What the log says to send for a saga standing at ``at`` (status, step)."""
+        status, index = at
+        if status == RUNNING:
+            step = self.definition.steps[index]
+            return [(step.topic, step.command(run))]
+        if status == COMPENSATING:
+            step = self.definition.steps[index]
+            return [(step.topic, step.compensation(run))]
+        paid = status == SUCCEEDED
+        return [(self.definition.outcome_topic, self.definition.outcome(run, paid, reason))]
+
+    async def abort(self, entity_id: str, state: SagaState, reason: str) -> list[Outgoing]:
+        """Turn a running saga back: compensate its current step (which may or may not have
+        taken effect; the participant's tombstone settles it) and every step before."""
+        if state.status != RUNNING:
+            return []
+        at = (COMPENSATING, state.step)
+        moved = await self.log.move(
+            entity_id, state.saga_id, (RUNNING, state.step), at, now=now_ms(), reason=reason
+        )
+        if moved is None:
+            return []
+        log.warning("saga %s aborted at step %s: %s", state.saga_id, state.step, reason)
+        run = SagaRun(saga_id=state.saga_id, entity_id=entity_id, snapshot=moved[0])
+        return self.next_messages(run, at)

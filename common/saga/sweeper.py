@@ -1,0 +1,114 @@
+"""The sweeper: re-sends the current command of sagas that made no progress, and aborts the ones
+past their deadline. One mechanism for a crashed orchestrator or participant, a lost message and
+a broker that came back empty. Each shard of the in-flight index has one owner at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from common.bus import Bus, Outgoing
+from common.saga.log import INDEX_SHARDS, RUNNING
+from common.saga.orchestrator import Orchestrator, now_ms
+from common.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_MS = 30_000
+
+
+class Sweeper:
+    """Walks the due entries of the index shards this worker leases, every ``interval_ms``."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        store: Store,
+        bus: Bus,
+        worker_id: str,
+        *,
+        interval_ms: int,
+        batch: int = 200,
+        concurrency: int = 32,
+    ) -> None:
+        self._orch = orchestrator
+        self._log = orchestrator.log
+        self._store = store
+        self._bus = bus
+        self._worker = worker_id
+        self._interval_ms = interval_ms
+        self._batch = batch
+        self._limit = asyncio.Semaphore(concurrency)
+        self._task: asyncio.Task[None] | None = None
+        self.resends = 0
+        self.aborts = 0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="saga-sweeper")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the next round retries; sweeping is idempotent
+                log.exception("sweep failed")
+            await asyncio.sleep(self._interval_ms / 1000)
+
+    async def sweep(self) -> int:
+        """One round over the leased shards; returns how many messages it sent."""
+        lease_ms = self._interval_ms * 4
+        now = now_ms()
+        due: list[tuple[str, float]] = []
+        for shard in range(INDEX_SHARDS):
+            if await self._log.lease(shard, self._worker, lease_ms):
+                due.extend(await self._log.index_due(shard, now, self._batch))
+        if not due:
+            return 0
+        with self._store.tracking() as written:
+            results = await asyncio.gather(
+                *(self._check(entity, score, now) for entity, score in due)
+            )
+        outgoing = [message for result in results for message in result]
+        await self._store.replicate(written)
+        await self._bus.publish(outgoing)
+        return len(outgoing)
+
+    async def _check(self, entity_id: str, score: float, now: int) -> list[Outgoing]:
+        async with self._limit:
+            state = await self._log.read(entity_id)
+            if state is None or not state.live:
+                await self._log.index_drop(entity_id, score)
+                return []
+            step_timeout = self._orch.step_timeout_ms
+            if now - state.updated < step_timeout:
+                await self._log.index_reschedule(entity_id, state.updated + step_timeout)
+                return []
+            if state.status == RUNNING and now >= state.deadline:
+                self.aborts += 1
+                await self._log.index_reschedule(entity_id, now + step_timeout)
+                return await self._orch.abort(entity_id, state, "deadline passed")
+            resends = await self._log.touch(entity_id, state, now)
+            if resends == 0:
+                return []
+            self.resends += 1
+            backoff = min(step_timeout * 2 ** min(resends - 1, 5), MAX_BACKOFF_MS)
+            await self._log.index_reschedule(entity_id, now + backoff)
+            log.info(
+                "re-sending step %s/%s of %s (re-send %d)",
+                state.status,
+                state.step,
+                state.saga_id,
+                resends,
+            )
+            return self._orch.next_messages(state.run(entity_id), (state.status, state.step))

@@ -1,0 +1,78 @@
+"""Typed settings, read once from the environment. Nothing else reads ``os.environ``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name} must be an integer, got {raw!r}") from exc
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in ("1", "true", "yes", "on")
+
+
+def _nodes(raw: str) -> tuple[tuple[str, int], ...]:
+    nodes = []
+    for part in raw.split(","):
+        part = part.strip()
+        if part:
+            host, _, port = part.rpartition(":")
+            nodes.append((host, int(port)))
+    return tuple(nodes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every knob of a service process. Names match the environment variables."""
+
+    service_name: str
+    worker_id: str
+    redis_nodes: tuple[tuple[str, int], ...]
+    redis_password: str | None
+    redis_wait_replicas: int
+    redis_wait_timeout_ms: int
+    redis_op_timeout_ms: int
+    kafka_bootstrap_servers: str
+    kafka_idempotence: bool
+    topic_partitions: int
+    checkout_timeout_ms: int
+    saga_step_timeout_ms: int
+    saga_deadline_ms: int
+    stock_url: str
+    log_level: str
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``env`` (the process environment by default)."""
+    env = os.environ if env is None else env
+    service = env.get("SERVICE_NAME", "service")
+    return Settings(
+        service_name=service,
+        worker_id=env.get("WORKER_ID", f"{service}-{os.getpid()}"),
+        redis_nodes=_nodes(env.get("REDIS_NODES", "127.0.0.1:7000")),
+        redis_password=env.get("REDIS_PASSWORD") or None,
+        redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", 1),
+        redis_wait_timeout_ms=_int(env, "REDIS_WAIT_TIMEOUT_MS", 100),
+        redis_op_timeout_ms=_int(env, "REDIS_OP_TIMEOUT_MS", 8000),
+        kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        kafka_idempotence=_bool(env, "KAFKA_IDEMPOTENCE", False),
+        topic_partitions=_int(env, "TOPIC_PARTITIONS", 16),
+        checkout_timeout_ms=_int(env, "CHECKOUT_TIMEOUT_MS", 20000),
+        saga_step_timeout_ms=_int(env, "SAGA_STEP_TIMEOUT_MS", 2000),
+        saga_deadline_ms=_int(env, "SAGA_DEADLINE_MS", 10000),
+        stock_url=env.get("STOCK_URL", "http://127.0.0.1:8000/stock").rstrip("/"),
+        log_level=env.get("LOG_LEVEL", "INFO"),
+    )

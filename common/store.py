@@ -1,0 +1,233 @@
+"""The Redis Cluster store: client lifecycle, a Lua script registry, bounded retries and the
+replication barrier that keeps acknowledged effects alive across a failover."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from common.errors import Unavailable
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Arg = str | int | bytes
+
+# The keys written by scripts in the current context (see ``Store.tracking``).
+_written: ContextVar[set[str] | None] = ContextVar("written", default=None)
+
+
+def hash_tag(key: str) -> str:
+    """The ``{...}`` part of ``key`` that decides its slot (the whole key if it has none)."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start : end + 1] if start >= 0 and end > start + 1 else key
+
+
+class Store:
+    """One service's Redis Cluster. ``start`` connects, ``stop`` closes (safe to call twice)."""
+
+    def __init__(self, settings: Settings, lua_dir: Path | None = None) -> None:
+        self._settings = settings
+        self._scripts: dict[str, tuple[str, str]] = {}
+        if lua_dir is not None:
+            self.load_scripts(lua_dir)
+        self._cluster: RedisCluster | None = None
+        self._node_clients: dict[tuple[str, int], Redis] = {}
+        self._op_timeout = settings.redis_op_timeout_ms / 1000
+
+    @property
+    def cluster(self) -> RedisCluster:
+        if self._cluster is None:
+            raise RuntimeError("store not started")
+        return self._cluster
+
+    def load_scripts(self, lua_dir: Path) -> None:
+        """Register every ``*.lua`` file of ``lua_dir`` under its stem."""
+        from hashlib import sha1
+
+        for path in sorted(lua_dir.glob("*.lua")):
+            body = path.read_text()
+            self._scripts[path.stem] = (body, sha1(body.encode()).hexdigest())
+
+    async def start(self) -> None:
+        if self._cluster is not None:
+            return
+        s = self._settings
+        self._cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in s.redis_nodes],
+            password=s.redis_password,
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            max_connections=256,
+            decode_responses=False,
+        )
+        await self.retrying(lambda: self.cluster.ping())
+
+    async def stop(self) -> None:
+        cluster, self._cluster = self._cluster, None
+        clients, self._node_clients = self._node_clients, {}
+        for client in clients.values():
+            await client.aclose()
+        if cluster is not None:
+            await cluster.aclose()
+
+    async def retrying(self, call: Any) -> Any:
+        """Await ``call()`` until it succeeds or the operation timeout passes (then Unavailable).
+
+        Only idempotent calls go through here: a timed-out call may have been applied.
+        """
+        deadline = time.monotonic() + self._op_timeout
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except (RedisError, OSError) as exc:
+                if isinstance(exc, ResponseError) and not _is_transient(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise Unavailable(f"redis unavailable: {exc}") from exc
+                log.debug("redis call failed, retrying: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[set[str]]:
+        """Collect the keys that scripts write inside the block (and in tasks it spawns), so the
+        caller can ``replicate`` them before acting on the effects."""
+        written: set[str] = set()
+        token = _written.set(written)
+        try:
+            yield written
+        finally:
+            _written.reset(token)
+
+    async def script(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Run the registered Lua script ``name`` (all ``keys`` in one slot), retrying.
+
+        Scripts are written so that running one twice has the effect of running it once.
+        """
+        body, sha = self._scripts[name]
+        written = _written.get()
+        if written is not None and keys:
+            written.add(keys[0])
+
+        async def call() -> Any:
+            try:
+                return await self.cluster.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await self.cluster.eval(body, len(keys), *keys, *args)
+
+        return await self.retrying(call)
+
+    async def bulk_replace(
+        self, entries: Iterable[tuple[str, dict[str, Any]]], chunk: int = 5000
+    ) -> int:
+        """Replace each key with a fresh hash, pipelined per node in chunks; then wait until
+        a replica of every master holds it. Returns how many entries were written."""
+        count = 0
+        batch: list[tuple[str, dict[str, Any]]] = []
+
+        async def flush() -> None:
+            async def write() -> None:
+                async with self.cluster.pipeline() as pipe:
+                    for key, mapping in batch:
+                        pipe.delete(key)
+                        pipe.hset(key, mapping=mapping)
+                    await pipe.execute()
+
+            await self.retrying(write)
+            batch.clear()
+
+        for entry in entries:
+            batch.append(entry)
+            count += 1
+            if len(batch) >= chunk:
+                await flush()
+        if batch:
+            await flush()
+        await self.replicate_all()
+        return count
+
+    async def replicate(self, keys: Iterable[str]) -> None:
+        """Return once a replica holds every write made so far to the masters owning ``keys``.
+
+        WAIT counts the replication offset of its own connection, so each master gets a small
+        write and a WAIT on one connection. A master without a live replica cannot be failed
+        over, so a short WAIT that reaches no replica is logged and accepted (AOF keeps the data
+        across a restart of that master).
+        """
+        want = self._settings.redis_wait_replicas
+        if want <= 0:
+            return
+        per_node: dict[str, str] = {}
+        for key in keys:
+            node = self.cluster.get_node_from_key(key)
+            per_node.setdefault(node.name, key)
+        if per_node:
+            await asyncio.gather(
+                *(self.retrying(lambda k=k: self._barrier(k)) for k in per_node.values())
+            )
+
+    async def replicate_all(self) -> None:
+        """``replicate`` for every master of the cluster (after a bulk write)."""
+        masters = {node.name for node in self.cluster.get_primaries()}
+        keys: dict[str, str] = {}
+        i = 0
+        while len(keys) < len(masters) and i < 100_000:
+            key = f"{{barrier:{i}}}"
+            keys.setdefault(self.cluster.get_node_from_key(key).name, key)
+            i += 1
+        await self.replicate(keys.values())
+
+    async def _barrier(self, key: str) -> None:
+        node = self.cluster.get_node_from_key(key)
+        client = self._node_client(node.host, node.port)
+        want = self._settings.redis_wait_replicas
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(f"{hash_tag(key)}:barrier", b"1", px=60_000)
+            pipe.execute_command("WAIT", want, self._settings.redis_wait_timeout_ms)
+            set_reply, acked = await pipe.execute(raise_on_error=False)
+        if isinstance(set_reply, Exception):
+            # MOVED after a failover: refresh the slot map and barrier on the new owner.
+            await self.cluster.initialize()
+            raise _Moved(str(set_reply))
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < want:
+            log.warning("WAIT reached %s of %s replicas on %s", acked, want, node.name)
+
+    def _node_client(self, host: str, port: int) -> Redis:
+        client = self._node_clients.get((host, port))
+        if client is None:
+            client = Redis(
+                host=host,
+                port=port,
+                password=self._settings.redis_password,
+                socket_timeout=2.0,
+                socket_connect_timeout=1.0,
+            )
+            self._node_clients[(host, port)] = client
+        return client
+
+
+class _Moved(RedisError):
+    """The barrier's key moved to another master; retried after a slot map refresh."""
+
+
+def _is_transient(exc: ResponseError) -> bool:
+    text = str(exc)
+    return text.startswith(("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN", "READONLY"))

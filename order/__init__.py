@@ -1,0 +1,1 @@
+"""The order service: orders, and the checkout saga that pays for them."""

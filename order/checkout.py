@@ -1,0 +1,89 @@
+"""The HTTP side of checkout: start or join the order's saga, then answer only with its
+verdict: 200 once paid, 400 once not paid and nothing held. Never 5xx, never early."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from common.bus import Bus
+from common.errors import NotFound, Refused
+from common.saga.log import FAILED, SUCCEEDED
+from common.saga.orchestrator import Orchestrator, Outcome
+from common.saga.waiters import Verdict, Waiters
+from common.store import Store
+from order.saga import order_key
+
+log = logging.getLogger(__name__)
+
+
+class Checkout:
+    """``await checkout(order_id)`` returns when the order is paid, raises Refused if not."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        store: Store,
+        bus: Bus,
+        waiters: Waiters,
+        *,
+        timeout_ms: int,
+    ) -> None:
+        self._orch = orchestrator
+        self._store = store
+        self._bus = bus
+        self._waiters = waiters
+        self._timeout_s = timeout_ms / 1000
+
+    async def __call__(self, order_id: str) -> None:
+        trace_id = uuid.uuid4().hex
+        started = await self._orch.start(order_id, trace_id)
+        if started.outcome is Outcome.UNKNOWN:
+            raise NotFound(f"order {order_id!r} not found")
+        if started.outcome is Outcome.DONE:
+            return
+        if started.outcome is Outcome.STARTED:
+            await self._store.replicate([order_key(order_id)])
+            try:
+                await self._bus.publish(started.commands)
+            except Exception as exc:  # the saga is logged and indexed: the sweeper re-sends
+                log.warning(
+                    "publishing %s failed (%r); the sweeper will re-send", started.saga_id, exc
+                )
+        verdict = await self._waiters.wait(
+            started.saga_id, lambda: self._poll(order_id, started.saga_id), self._timeout_s
+        )
+        if verdict is None:
+            verdict = await self._decide(order_id, started.saga_id)
+        paid, reason = verdict
+        if not paid:
+            raise Refused(f"order {order_id!r} not paid: {reason or 'checkout failed'}")
+
+    async def _poll(self, order_id: str, saga_id: str) -> Verdict | None:
+        state = await self._orch.log.read(order_id)
+        if state is None:
+            return (False, "order vanished")
+        if state.saga_id != saga_id:  # ours ended and another began: the order tells the truth
+            return (state.status == SUCCEEDED, "checkout failed")
+        if state.status == SUCCEEDED:
+            return (True, "")
+        if state.status == FAILED:
+            return (False, state.reason)
+        return None
+
+    async def _decide(self, order_id: str, saga_id: str) -> Verdict:
+        """Past the timeout: turn a still-running saga back so the answer stays true."""
+        state = await self._orch.log.read(order_id)
+        if state is not None and state.saga_id == saga_id and state.status == "running":
+            with self._store.tracking() as written:
+                messages = await self._orch.abort(order_id, state, "checkout timed out")
+            await self._store.replicate(written)
+            try:
+                await self._bus.publish(messages)
+            except Exception as exc:
+                log.warning("publishing abort of %s failed (%r)", saga_id, exc)
+        verdict = await self._poll(order_id, saga_id)
+        if verdict is not None:
+            return verdict
+        # Compensating: the outcome is decided (not paid); its compensations are under way.
+        return (False, "checkout timed out")

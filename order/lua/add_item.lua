@@ -1,0 +1,32 @@
+-- Append a line to an order that is neither paid nor being checked out.
+-- KEYS[1] the order hash, KEYS[2] request record (makes a client retry a no-op)
+-- ARGV[1] item id, ARGV[2] quantity, ARGV[3] unit price, ARGV[4] total cost limit,
+-- ARGV[5] request record ttl (s)
+-- Returns {status, total_cost}: OK | UNKNOWN | PAID | BUSY | OVERFLOW
+local done = redis.call('GET', KEYS[2])
+if done then
+  local sep = string.find(done, ':', 1, true)
+  return {string.sub(done, 1, sep - 1), tonumber(string.sub(done, sep + 1))}
+end
+local h = redis.call('HMGET', KEYS[1], 'user_id', 'paid', 'saga_status', 'items', 'total_cost')
+local status, total = 'OK', tonumber(h[5] or '0')
+if not h[1] then
+  status, total = 'UNKNOWN', 0
+elseif h[2] == '1' then
+  status = 'PAID'
+elseif h[3] == 'running' or h[3] == 'compensating' then
+  status = 'BUSY'
+else
+  local added = tonumber(ARGV[2]) * tonumber(ARGV[3])
+  if total + added > tonumber(ARGV[4]) then
+    status = 'OVERFLOW'
+  else
+    local items = cjson.decode(h[4] or '[]')
+    items[#items + 1] = {ARGV[1], tonumber(ARGV[2])}
+    total = total + added
+    redis.call('HSET', KEYS[1], 'items', cjson.encode(items),
+      'total_cost', string.format('%d', total))
+  end
+end
+redis.call('SET', KEYS[2], status .. ':' .. string.format('%d', total), 'EX', ARGV[5])
+return {status, total}

@@ -1,0 +1,87 @@
+"""Orders in the order service's Redis Cluster: one hash per order, ``{order:<id>}``, which also
+holds the order's checkout saga state (``saga_*`` fields)."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from common.errors import NotFound, Refused
+from common.ledger import BALANCE_LIMIT, REQUEST_RECORD_TTL_S
+from common.store import Store
+from order.saga import order_key
+
+_FIND_FIELDS = ["user_id", "items", "total_cost", "paid"]
+_ADD_ITEM_REFUSALS = {
+    "PAID": "order {} is already paid",
+    "BUSY": "order {} is being checked out",
+    "OVERFLOW": "order {} would cost too much",
+}
+
+
+class Orders:
+    """Creating, finding and filling orders."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def create(self, user_id: str) -> str:
+        order_id = uuid.uuid4().hex
+        key = order_key(order_id)
+        fields = {"user_id": user_id, "items": "[]", "total_cost": 0, "paid": 0}
+        await self._store.retrying(lambda: self._store.cluster.hset(key, mapping=fields))
+        await self._store.replicate([key])
+        return order_id
+
+    async def find(self, order_id: str) -> dict[str, Any]:
+        key = order_key(order_id)
+        values = await self._store.retrying(lambda: self._store.cluster.hmget(key, _FIND_FIELDS))
+        user_id, items, total_cost, paid = values
+        if user_id is None:
+            raise NotFound(f"order {order_id!r} not found")
+        return {
+            "order_id": order_id,
+            "paid": paid == b"1",
+            "items": json.loads(items or b"[]"),
+            "user_id": user_id.decode(),
+            "total_cost": int(total_cost or 0),
+        }
+
+    async def add_item(self, order_id: str, item_id: str, quantity: int, price: int) -> int:
+        """Append a line; the new total. Refused once the order is paid or checking out."""
+        key = order_key(order_id)
+        request = f"{key}:rq:{uuid.uuid4().hex}"
+        status, total = await self._store.script(
+            "add_item",
+            [key, request],
+            [item_id, quantity, price, BALANCE_LIMIT, REQUEST_RECORD_TTL_S],
+        )
+        status = status.decode()
+        if status == "UNKNOWN":
+            raise NotFound(f"order {order_id!r} not found")
+        if status != "OK":
+            raise Refused(_ADD_ITEM_REFUSALS[status].format(repr(order_id)))
+        await self._store.replicate([key])
+        return int(total)
+
+    async def batch_init(self, n: int, n_items: int, n_users: int, item_price: int) -> None:
+        """Orders ``"0"`` … ``str(n-1)``: a random user, two random one-unit lines, unpaid."""
+
+        def entries() -> Iterator[tuple[str, dict[str, Any]]]:
+            rng = random.Random()
+            for i in range(n):
+                items = [[str(rng.randrange(n_items)), 1], [str(rng.randrange(n_items)), 1]]
+                yield (
+                    order_key(str(i)),
+                    {
+                        "user_id": str(rng.randrange(n_users)),
+                        "items": json.dumps(items),
+                        "total_cost": 2 * item_price,
+                        "paid": 0,
+                    },
+                )
+
+        await self._store.bulk_replace(entries())

@@ -1,0 +1,1 @@
+"""The payment service: users and their credit; the pivot step of the checkout saga."""

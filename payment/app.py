@@ -1,0 +1,67 @@
+"""Payment's HTTP edge (paths without ``/payment``) and its wiring."""
+
+from __future__ import annotations
+
+from quart import Response
+
+from common.bus import Bus, ConsumerLoop
+from common.errors import BadRequest
+from common.http import json_response, parse_number
+from common.ledger import LUA_DIR, Ledger
+from common.messages import PAYMENT
+from common.service import Runtime
+from common.settings import load_settings
+from common.store import Store
+from payment.handlers import handlers
+
+MAX_BATCH = 1_000_000
+
+settings = load_settings()
+store = Store(settings, LUA_DIR)
+bus = Bus(settings)
+users = Ledger(store, "user", "credit")
+runtime = Runtime(settings, store, bus)
+runtime.components.append(
+    ConsumerLoop(
+        name="payment",
+        bus=bus,
+        store=store,
+        topics=[PAYMENT],
+        group_id="payment",
+        handlers=handlers(users),
+    )
+)
+app = runtime.app("payment")
+
+
+@app.post("/create_user")
+async def create_user() -> Response:
+    return json_response({"user_id": await users.create({"credit": 0})})
+
+
+@app.post("/batch_init/<n>/<starting_money>")
+async def batch_init(n: str, starting_money: str) -> Response:
+    count = parse_number(n, "n")
+    if count > MAX_BATCH:
+        raise BadRequest(f"n must be at most {MAX_BATCH}")
+    credit = parse_number(starting_money, "starting_money")
+    await users.batch_init(count, {"credit": credit})
+    return json_response({"msg": f"{count} users with credit {credit}"})
+
+
+@app.get("/find_user/<user_id>")
+async def find_user(user_id: str) -> Response:
+    found = await users.find(user_id, ("credit",))
+    return json_response({"user_id": user_id, "credit": found["credit"]})
+
+
+@app.post("/add_funds/<user_id>/<amount>")
+async def add_credit(user_id: str, amount: str) -> Response:
+    credit = await users.adjust(user_id, parse_number(amount, "amount"))
+    return json_response({"user_id": user_id, "credit": credit})
+
+
+@app.post("/pay/<user_id>/<amount>")
+async def remove_credit(user_id: str, amount: str) -> Response:
+    credit = await users.adjust(user_id, -parse_number(amount, "amount"))
+    return json_response({"user_id": user_id, "credit": credit})

@@ -1,0 +1,1 @@
+"""The stock service: items, their stock and price; a participant of the checkout saga."""

@@ -1,0 +1,68 @@
+"""Stock's HTTP edge (paths as the gateway forwards them, without ``/stock``) and its wiring."""
+
+from __future__ import annotations
+
+from quart import Response
+
+from common.bus import Bus, ConsumerLoop
+from common.errors import BadRequest
+from common.http import json_response, parse_number
+from common.ledger import LUA_DIR, Ledger
+from common.messages import STOCK
+from common.service import Runtime
+from common.settings import load_settings
+from common.store import Store
+from stock.handlers import handlers
+
+MAX_BATCH = 1_000_000
+
+settings = load_settings()
+store = Store(settings, LUA_DIR)
+bus = Bus(settings)
+items = Ledger(store, "item", "stock")
+runtime = Runtime(settings, store, bus)
+runtime.components.append(
+    ConsumerLoop(
+        name="stock",
+        bus=bus,
+        store=store,
+        topics=[STOCK],
+        group_id="stock",
+        handlers=handlers(items),
+    )
+)
+app = runtime.app("stock")
+
+
+@app.post("/item/create/<price>")
+async def create_item(price: str) -> Response:
+    item_id = await items.create({"stock": 0, "price": parse_number(price, "price")})
+    return json_response({"item_id": item_id})
+
+
+@app.post("/batch_init/<n>/<starting_stock>/<item_price>")
+async def batch_init(n: str, starting_stock: str, item_price: str) -> Response:
+    count = parse_number(n, "n")
+    if count > MAX_BATCH:
+        raise BadRequest(f"n must be at most {MAX_BATCH}")
+    stock = parse_number(starting_stock, "starting_stock")
+    price = parse_number(item_price, "item_price")
+    await items.batch_init(count, {"stock": stock, "price": price})
+    return json_response({"msg": f"{count} items with stock {stock} at price {price}"})
+
+
+@app.get("/find/<item_id>")
+async def find_item(item_id: str) -> Response:
+    return json_response(await items.find(item_id, ("stock", "price")))
+
+
+@app.post("/add/<item_id>/<amount>")
+async def add_stock(item_id: str, amount: str) -> Response:
+    stock = await items.adjust(item_id, parse_number(amount, "amount"))
+    return json_response({"item_id": item_id, "stock": stock})
+
+
+@app.post("/subtract/<item_id>/<amount>")
+async def remove_stock(item_id: str, amount: str) -> Response:
+    stock = await items.adjust(item_id, -parse_number(amount, "amount"))
+    return json_response({"item_id": item_id, "stock": stock})

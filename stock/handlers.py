@@ -1,0 +1,63 @@
+"""Stock's saga commands: reserve every line of an order, or give the reservation back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from common.bus import Handler, Outgoing
+from common.ledger import Ledger, Taken
+from common.messages import (
+    STOCK_PROCESSING,
+    Lines,
+    StockCompensated,
+    StockCompensationRequested,
+    StockUpdated,
+    StockUpdateFailed,
+    StockUpdateRequested,
+)
+
+
+def merge_lines(lines: Lines) -> dict[str, int]:
+    """One quantity per item (an order may list the same item twice)."""
+    merged: dict[str, int] = {}
+    for item_id, quantity in lines:
+        merged[item_id] = merged.get(item_id, 0) + quantity
+    return merged
+
+
+async def reserve(message: StockUpdateRequested, items: Ledger) -> Sequence[Outgoing]:
+    """Take every line, each atomically and at most once. If one line cannot be taken, give
+    back all lines of this saga (which also bars late retries), then report the failure."""
+    lines = merge_lines(message.items)
+    results = await asyncio.gather(
+        *(items.take(item_id, message.saga_id, quantity) for item_id, quantity in lines.items())
+    )
+    ids = {"saga_id": message.saga_id, "order_id": message.order_id, "trace_id": message.trace_id}
+    if all(result is Taken.TAKEN for result in results):
+        return [(STOCK_PROCESSING, StockUpdated(**ids))]
+    await asyncio.gather(*(items.restore(item_id, message.saga_id) for item_id in lines))
+    reasons = sorted(
+        f"{item_id}: {result.name.lower()}"
+        for item_id, result in zip(lines, results, strict=True)
+        if result is not Taken.TAKEN
+    )
+    return [(STOCK_PROCESSING, StockUpdateFailed(**ids, reason="; ".join(reasons)))]
+
+
+async def release(message: StockCompensationRequested, items: Ledger) -> Sequence[Outgoing]:
+    """Give back every line the saga took; lines it never took are barred for good."""
+    lines = merge_lines(message.items)
+    await asyncio.gather(*(items.restore(item_id, message.saga_id) for item_id in lines))
+    ids = {"saga_id": message.saga_id, "order_id": message.order_id, "trace_id": message.trace_id}
+    return [(STOCK_PROCESSING, StockCompensated(**ids))]
+
+
+def handlers(items: Ledger) -> dict[type, Handler]:
+    async def on_update(message: StockUpdateRequested) -> Sequence[Outgoing]:
+        return await reserve(message, items)
+
+    async def on_compensation(message: StockCompensationRequested) -> Sequence[Outgoing]:
+        return await release(message, items)
+
+    return {StockUpdateRequested: on_update, StockCompensationRequested: on_compensation}
