@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Deploys the checkout system to minikube and writes the gateway URL into test/urls.json.
+#
+#   ./run_minikube.sh          start minikube if needed, then install or update everything
+#   ./run_minikube.sh down     remove what `up` installed (minikube itself keeps running)
+#
+# Needs minikube, kubectl and helm (>= 3.8, for OCI charts) on PATH, and network access to
+# Docker Hub (images, and the bitnami chart from registry-1.docker.io).
+# Settings (environment):
+#   MINIKUBE_PROFILE   (minikube)   MINIKUBE_K8S_VERSION (v1.34.0: k8s/ is validated against it)
+#   MINIKUBE_CPUS      (4)          MINIKUBE_MEMORY      (8192, MiB)
+#   MINIKUBE_DRIVER    (minikube's choice)
+#   GATEWAY_URL        (http://$(minikube ip)) e.g. http://127.0.0.1 with `minikube tunnel`
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+PROFILE="${MINIKUBE_PROFILE:-minikube}"
+K8S_VERSION="${MINIKUBE_K8S_VERSION:-v1.34.0}"
+CPUS="${MINIKUBE_CPUS:-4}"
+MEMORY="${MINIKUBE_MEMORY:-8192}"
+DRIVER="${MINIKUBE_DRIVER:-}"
+
+REDIS_CHART="oci://registry-1.docker.io/bitnamicharts/redis-cluster"
+REDIS_CHART_VERSION="13.0.5"
+REDIS_VALUES="helm-config/redis-cluster-values.yaml"
+IMAGE="checkout-service:local"
+SERVICES=(order payment stock)
+
+log() { printf 'run_minikube: %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+require() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
+    done
+}
+
+mk() { minikube -p "$PROFILE" "$@"; }
+
+start_minikube() {
+    if mk status >/dev/null 2>&1; then
+        log "minikube profile $PROFILE is running"
+    else
+        local args=(start --kubernetes-version="$K8S_VERSION" --cpus="$CPUS" --memory="$MEMORY")
+        if [[ -n "$DRIVER" ]]; then
+            args+=(--driver="$DRIVER")
+        fi
+        log "starting minikube (${args[*]})"
+        mk "${args[@]}"
+    fi
+    kubectl config use-context "$PROFILE" >/dev/null
+}
+
+enable_addons() {
+    log "enabling the ingress and metrics-server addons"
+    mk addons enable ingress
+    mk addons enable metrics-server
+    kubectl -n ingress-nginx rollout status deployment/ingress-nginx-controller --timeout=300s
+}
+
+ensure_redis_secret() {
+    if kubectl get secret redis-auth >/dev/null 2>&1; then
+        return
+    fi
+    log "creating Secret redis-auth (random password, shared by the three Redis Clusters)"
+    local password
+    password="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    printf '%s' "$password" |
+        kubectl create secret generic redis-auth --from-file=redis-password=/dev/stdin
+}
+
+install_redis_clusters() {
+    local service pids=() failed=0 pid
+    for service in "${SERVICES[@]}"; do
+        log "installing Redis Cluster ${service}-redis-cluster (chart $REDIS_CHART_VERSION)"
+        helm upgrade --install "${service}-redis-cluster" "$REDIS_CHART" \
+            --version "$REDIS_CHART_VERSION" -f "$REDIS_VALUES" --wait --timeout 15m &
+        pids+=("$!")
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    ((failed == 0)) || die "a Redis Cluster release failed to install"
+}
+
+build_image() {
+    log "building $IMAGE inside minikube"
+    mk image build -t "$IMAGE" .
+}
+
+apply_manifests() {
+    # A Job's pod template is immutable: drop the finished one so the topics are checked again.
+    kubectl delete job kafka-topics --ignore-not-found
+    local tries=0
+    # The ingress admission webhook may refuse requests for a few seconds after the addon starts.
+    until kubectl apply -f k8s/; do
+        tries=$((tries + 1))
+        ((tries < 10)) || die "kubectl apply -f k8s/ kept failing"
+        log "kubectl apply failed; retrying in 5 s"
+        sleep 5
+    done
+}
+
+wait_for_rollout() {
+    local service
+    kubectl rollout status statefulset/kafka --timeout=600s
+    kubectl wait --for=condition=complete job/kafka-topics --timeout=600s
+    # The image tag does not change between builds: restart to run the image just built.
+    for service in "${SERVICES[@]}"; do
+        kubectl rollout restart "deployment/$service"
+    done
+    for service in "${SERVICES[@]}"; do
+        kubectl rollout status "deployment/$service" --timeout=600s
+    done
+}
+
+write_urls() {
+    local url="${GATEWAY_URL:-}"
+    if [[ -z "$url" ]]; then
+        url="http://$(mk ip)"
+    fi
+    printf '{"ORDER_URL": "%s", "PAYMENT_URL": "%s", "STOCK_URL": "%s"}\n' \
+        "$url" "$url" "$url" >test/urls.json
+    log "gateway (ingress) URL: $url   (written to test/urls.json)"
+    if command -v curl >/dev/null 2>&1; then
+        local code tries=0
+        # An unknown user is a 400 from the payment service itself: the route works end to end.
+        until code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+            "$url/payment/find_user/run-minikube-probe")" && [[ "$code" == 400 ]]; do
+            tries=$((tries + 1))
+            if ((tries >= 30)); then
+                log "warning: $url/payment/find_user/... answered ${code:-nothing}, not 400"
+                log "(on macOS/Windows drivers run \`minikube tunnel\` and GATEWAY_URL=http://127.0.0.1)"
+                return
+            fi
+            sleep 2
+        done
+        log "gateway answers through the ingress"
+    fi
+}
+
+up() {
+    require minikube kubectl helm
+    start_minikube
+    enable_addons
+    ensure_redis_secret
+    install_redis_clusters
+    build_image
+    apply_manifests
+    wait_for_rollout
+    write_urls
+}
+
+down() {
+    require kubectl helm
+    local service
+    kubectl delete -f k8s/ --ignore-not-found
+    for service in "${SERVICES[@]}"; do
+        if helm status "${service}-redis-cluster" >/dev/null 2>&1; then
+            helm uninstall "${service}-redis-cluster"
+        fi
+    done
+    log "removed; PersistentVolumeClaims and the Secret redis-auth are kept (kubectl delete pvc,secret ...)"
+}
+
+case "${1:-up}" in
+    up) up ;;
+    down) down ;;
+    *) die "usage: $0 [up|down]" ;;
+esac
