@@ -339,8 +339,8 @@ gateway_healthy() {
 }
 
 # wait_for DESCRIPTION LOGS COMMAND...: retries COMMAND until it succeeds; past the deadline of
-# `up`, fails showing the log tails of the processes matching the glob LOGS and of those not
-# running.
+# `up`, fails showing the log tails of the processes not running and of those whose names match
+# the regex LOGS.
 wait_for() {
     local what=$1 logs=$2
     shift 2
@@ -357,8 +357,7 @@ up_failed() {
     echo "$status" >&2
     while read -r line; do
         name=${line%% *}
-        # shellcheck disable=SC2053 # $2 is a glob
-        if [[ $line == *" RUNNING "* && $name != $2 ]]; then continue; fi
+        if [[ $line == *" RUNNING "* && ! $name =~ ^($2)$ ]]; then continue; fi
         echo "--- last lines of $LOG_DIR/$name.log" >&2
         tail -n 20 "$LOG_DIR/$name.log" >&2 2>/dev/null || true
     done <<<"$status"
@@ -388,7 +387,7 @@ cmd_up() {
         echo "$(supervisord_pid) $(boot_id)" >"$SV_SIDFILE"
     fi
     for service in "${SERVICES[@]}"; do
-        wait_for "the $service Redis nodes" "redis-$service-*" nodes_answer "$service"
+        wait_for "the $service Redis nodes" "redis-$service-[0-9]+" nodes_answer "$service"
     done
     # Creating a cluster takes redis-cli a few seconds of waiting: create the three at once.
     jobs=()
@@ -398,12 +397,12 @@ cmd_up() {
     done
     for job in "${jobs[@]}"; do wait "$job" || die "could not create the Redis Clusters"; done
     for service in "${SERVICES[@]}"; do
-        wait_for "the $service Redis Cluster" "redis-$service-*" cluster_ok "$service"
+        wait_for "the $service Redis Cluster" "redis-$service-[0-9]+" cluster_ok "$service"
     done
     wait_for "the broker on port $BROKER_PORT" broker port_open "$BROKER_PORT"
     all_running || ctl start all >/dev/null || true
-    wait_for "every process RUNNING" - all_running
-    wait_for "every worker's /health" "*-[0-9]*" workers_healthy
+    wait_for "every process RUNNING" "" all_running
+    wait_for "every worker's /health" "(order|payment|stock)-[0-9]+" workers_healthy
     wait_for "the gateway on port $GATEWAY_PORT" gateway gateway_healthy
     log "stack up in $((SECONDS - started_at))s: http://127.0.0.1:$GATEWAY_PORT (state: $STATE_DIR)"
 }

@@ -91,13 +91,18 @@ stop_stack() {
     ((STACK_STARTED)) || return 0
     STACK_STARTED=0
     section "stopping the test stack"
+    # Not to be interrupted half-way (the stop inherits the ignored signals).
+    trap '' INT TERM
     STATE_DIR="$TEST_STATE_DIR" "$REPO_DIR/run_local.sh" down --clean || true
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
 }
 
 summary() {
     local status=$?
     stop_stack
     section "summary"
+    if ((status == 130 || status == 143)); then echo "interrupted"; fi
     ((${#PASSED[@]} == 0)) || echo "passed: ${PASSED[*]}"
     if ((${#FAILED[@]} > 0)); then
         echo "FAILED: ${FAILED[*]}"
