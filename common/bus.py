@@ -11,10 +11,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from common.errors import Unavailable
 from common.messages import ALL_TOPICS, Message, decode, encode
 from common.settings import Settings
 from common.store import Store
@@ -28,6 +35,9 @@ Handler = Callable[[Any], Awaitable[Sequence[Outgoing]]]
 """``async def handle(message) -> replies``; dependencies are bound with functools.partial."""
 
 _METADATA_MAX_AGE_MS = 3000
+
+RETRIABLE = (Unavailable, KafkaError, OSError)
+"""Failures a later attempt can cure (a dependency down or failing over)."""
 
 
 class Bus:
@@ -153,19 +163,21 @@ class ConsumerLoop:
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         grouped = self._group_id is not None
-        return AIOKafkaConsumer(
-            *self._topics,
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bus.bootstrap,
             group_id=self._group_id,
             enable_auto_commit=False,
             # After a broker restarted empty, old positions point past the new log: start over.
             auto_offset_reset="earliest" if grouped else "latest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
+            # Tansu adds ~3 s to every rebalance; a short session finds a dead member fast.
+            session_timeout_ms=3000,
+            heartbeat_interval_ms=500,
             fetch_max_wait_ms=50,
             max_poll_records=500,
             metadata_max_age_ms=_METADATA_MAX_AGE_MS,
         )
+        consumer.subscribe(list(self._topics), listener=_LogAssignments(self._name))
+        return consumer
 
     async def _run(self) -> None:
         consumer = self._make_consumer()
@@ -218,8 +230,21 @@ class ConsumerLoop:
             out: list[Outgoing] = []
             for message in messages:
                 handler = self._handlers.get(type(message))
-                if handler is not None:
+                if handler is None:
+                    continue
+                try:
                     out.extend(await handler(message))
+                except RETRIABLE:
+                    raise  # the whole batch is retried
+                except Exception:
+                    # A message that fails for a reason a retry cannot cure must not block its
+                    # partition: it is dropped, and its saga's deadline turns it back.
+                    log.exception(
+                        "%s: %s of saga %s dropped",
+                        self._name,
+                        type(message).__name__,
+                        message.saga_id,
+                    )
             return out
 
         if self._store is None:
@@ -232,6 +257,17 @@ class ConsumerLoop:
         await self._bus.publish(outgoing)
         if self._after_publish is not None:
             self._after_publish(outgoing)
+
+
+class _LogAssignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        log.info("%s: %d partitions revoked", self._name, len(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("%s: %d partitions assigned", self._name, len(assigned))
 
 
 async def _retry_forever(start: Callable[[], Awaitable[None]], what: str) -> None:

@@ -14,7 +14,9 @@ if not current then
 elseif tonumber(current) < tonumber(ARGV[2]) then
   result = 'S'
 else
-  redis.call('HINCRBY', KEYS[1], ARGV[1], '-' .. ARGV[2])
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('HINCRBY', KEYS[1], ARGV[1], '-' .. ARGV[2])
+  end
   result = 'T:' .. ARGV[2]
 end
 redis.call('SET', KEYS[2], result, 'EX', ARGV[3])
