@@ -382,7 +382,8 @@ cmd_up() {
         sweep_dead_session
         check_ports_free
         log "starting supervisord ($STATE_DIR)"
-        "$VENV_DIR/bin/supervisord" -c "$SV_CONF"
+        # (Without the lock of this command: supervisord would hold it as long as it runs.)
+        "$VENV_DIR/bin/supervisord" -c "$SV_CONF" {STACK_LOCK}>&-
         wait_for "supervisord" supervisord supervisord_pid >/dev/null
         echo "$(supervisord_pid) $(boot_id)" >"$SV_SIDFILE"
     fi
@@ -479,6 +480,14 @@ main() {
     (($# > 0)) && shift
     load_settings
     set_paths
+    # One up/down at a time on a state dir.
+    if [[ $command == @(up|down|reset) ]]; then
+        exec {STACK_LOCK}>"$STATE_DIR/.lock"
+        flock -n "$STACK_LOCK" || {
+            log "waiting for another $0 on $STATE_DIR"
+            flock "$STACK_LOCK"
+        }
+    fi
     case $command in
         up) cmd_up ;;
         down) cmd_down "$@" ;;
