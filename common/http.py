@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from quart import Quart, Response
+from quart import Quart, Response, request
 
 from common.errors import AppError, BadRequest
 
@@ -27,6 +28,15 @@ def parse_number(raw: str, name: str, *, minimum: int = 0) -> int:
     if value < minimum or value > MAX_NUMBER:
         raise BadRequest(f"{name} must be between {minimum} and {MAX_NUMBER}, got {raw}")
     return value
+
+
+def request_id() -> str:
+    """This request's id: the gateway's ``X-Request-Id`` (the same on the gateway's retries of
+    one client request, so routes that key their effect by it are safe to retry), else new."""
+    given = request.headers.get("X-Request-Id", "")
+    if 8 <= len(given) <= 64 and given.isascii() and given.isalnum():
+        return given.lower()
+    return uuid.uuid4().hex
 
 
 def json_response(payload: Any, status: int = 200) -> Response:

@@ -7,7 +7,6 @@ on the entity's hash tag, so it is atomic and safe to retry.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
@@ -42,11 +41,10 @@ class Ledger:
     def key(self, entity_id: str) -> str:
         return f"{{{self._kind}:{entity_id}}}"
 
-    async def create(self, fields: Mapping[str, int]) -> str:
-        """A new entity with a random id; returns the id once a replica holds it."""
-        entity_id = uuid.uuid4().hex
+    async def create(self, entity_id: str, fields: Mapping[str, int]) -> str:
+        """A new entity (kept if it exists: a retried create); its id once a replica holds it."""
         key = self.key(entity_id)
-        await self._store.retrying(lambda: self._store.cluster.hset(key, mapping=dict(fields)))
+        await self._store.script("create", [key], [x for kv in fields.items() for x in kv])
         await self._store.replicate([key])
         return entity_id
 
@@ -57,10 +55,11 @@ class Ledger:
             raise NotFound(f"{self._kind} {entity_id!r} not found")
         return {name: int(value or 0) for name, value in zip(fields, values, strict=True)}
 
-    async def adjust(self, entity_id: str, delta: int) -> int:
-        """Add ``delta`` (may be negative) to the field; the new balance, once replicated."""
+    async def adjust(self, entity_id: str, delta: int, request_id: str) -> int:
+        """Add ``delta`` (may be negative) to the field; the new balance, once replicated.
+        Done at most once per ``request_id``: a retry returns the first outcome."""
         key = self.key(entity_id)
-        request = f"{key}:rq:{uuid.uuid4().hex}"
+        request = f"{key}:rq:{request_id}"
         status, value = await self._store.script(
             "adjust", [key, request], [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
         )

@@ -39,10 +39,10 @@ def hash_tag(key: str) -> str:
 class Store:
     """One service's Redis Cluster. ``start`` connects, ``stop`` closes (safe to call twice)."""
 
-    def __init__(self, settings: Settings, lua_dir: Path | None = None) -> None:
+    def __init__(self, settings: Settings, *lua_dirs: Path) -> None:
         self._settings = settings
         self._scripts: dict[str, tuple[str, str]] = {}
-        if lua_dir is not None:
+        for lua_dir in lua_dirs:
             self.load_scripts(lua_dir)
         self._cluster: RedisCluster | None = None
         self._node_clients: dict[tuple[str, int], Redis] = {}

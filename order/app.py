@@ -12,7 +12,8 @@ from quart import Response
 
 from common.bus import Bus, ConsumerLoop, Outgoing
 from common.errors import BadRequest, NotFound, Unavailable
-from common.http import json_response, parse_number
+from common.http import json_response, parse_number, request_id
+from common.ledger import LUA_DIR
 from common.messages import (
     ORDER_STATUS_UPDATE,
     PAYMENT_PROCESSING,
@@ -34,7 +35,7 @@ MAX_BATCH = 1_000_000
 MAX_QUANTITY = 1_000_000_000
 
 settings = load_settings()
-store = Store(settings, Path(__file__).parent / "lua")
+store = Store(settings, LUA_DIR, Path(__file__).parent / "lua")
 bus = Bus(settings)
 orders = Orders(store)
 orchestrator = Orchestrator(
@@ -122,7 +123,7 @@ app = runtime.app("order")
 
 @app.post("/create/<user_id>")
 async def create_order(user_id: str) -> Response:
-    return json_response({"order_id": await orders.create(user_id)})
+    return json_response({"order_id": await orders.create(request_id(), user_id)})
 
 
 @app.post("/batch_init/<n>/<n_items>/<n_users>/<item_price>")
@@ -148,7 +149,8 @@ async def add_item(order_id: str, item_id: str, quantity: str) -> Response:
     if count > MAX_QUANTITY:
         raise BadRequest(f"quantity must be at most {MAX_QUANTITY}")
     await orders.find(order_id)  # an unknown order is refused before asking stock
-    total = await orders.add_item(order_id, item_id, count, await stock.price(item_id))
+    price = await stock.price(item_id)
+    total = await orders.add_item(order_id, item_id, count, price, request_id())
     return json_response({"order_id": order_id, "total_cost": total})
 
 

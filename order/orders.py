@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,11 +27,11 @@ class Orders:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def create(self, user_id: str) -> str:
-        order_id = uuid.uuid4().hex
+    async def create(self, order_id: str, user_id: str) -> str:
+        """A new order (kept if it exists: a retried create); its id once replicated."""
         key = order_key(order_id)
-        fields = {"user_id": user_id, "items": "[]", "total_cost": 0, "paid": 0}
-        await self._store.retrying(lambda: self._store.cluster.hset(key, mapping=fields))
+        fields = ["user_id", user_id, "items", "[]", "total_cost", 0, "paid", 0]
+        await self._store.script("create", [key], fields)
         await self._store.replicate([key])
         return order_id
 
@@ -50,10 +49,13 @@ class Orders:
             "total_cost": int(total_cost or 0),
         }
 
-    async def add_item(self, order_id: str, item_id: str, quantity: int, price: int) -> int:
-        """Append a line; the new total. Refused once the order is paid or checking out."""
+    async def add_item(
+        self, order_id: str, item_id: str, quantity: int, price: int, request_id: str
+    ) -> int:
+        """Append a line, at most once per ``request_id``; the new total. Refused once the
+        order is paid or checking out."""
         key = order_key(order_id)
-        request = f"{key}:rq:{uuid.uuid4().hex}"
+        request = f"{key}:rq:{request_id}"
         status, total = await self._store.script(
             "add_item",
             [key, request],

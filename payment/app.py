@@ -6,7 +6,7 @@ from quart import Response
 
 from common.bus import Bus, ConsumerLoop
 from common.errors import BadRequest
-from common.http import json_response, parse_number
+from common.http import json_response, parse_number, request_id
 from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT
 from common.service import Runtime
@@ -36,7 +36,7 @@ app = runtime.app("payment")
 
 @app.post("/create_user")
 async def create_user() -> Response:
-    return json_response({"user_id": await users.create({"credit": 0})})
+    return json_response({"user_id": await users.create(request_id(), {"credit": 0})})
 
 
 @app.post("/batch_init/<n>/<starting_money>")
@@ -57,11 +57,11 @@ async def find_user(user_id: str) -> Response:
 
 @app.post("/add_funds/<user_id>/<amount>")
 async def add_credit(user_id: str, amount: str) -> Response:
-    credit = await users.adjust(user_id, parse_number(amount, "amount"))
+    credit = await users.adjust(user_id, parse_number(amount, "amount"), request_id())
     return json_response({"user_id": user_id, "credit": credit})
 
 
 @app.post("/pay/<user_id>/<amount>")
 async def remove_credit(user_id: str, amount: str) -> Response:
-    credit = await users.adjust(user_id, -parse_number(amount, "amount"))
+    credit = await users.adjust(user_id, -parse_number(amount, "amount"), request_id())
     return json_response({"user_id": user_id, "credit": credit})

@@ -6,7 +6,7 @@ from quart import Response
 
 from common.bus import Bus, ConsumerLoop
 from common.errors import BadRequest
-from common.http import json_response, parse_number
+from common.http import json_response, parse_number, request_id
 from common.ledger import LUA_DIR, Ledger
 from common.messages import STOCK
 from common.service import Runtime
@@ -36,7 +36,7 @@ app = runtime.app("stock")
 
 @app.post("/item/create/<price>")
 async def create_item(price: str) -> Response:
-    item_id = await items.create({"stock": 0, "price": parse_number(price, "price")})
+    item_id = await items.create(request_id(), {"stock": 0, "price": parse_number(price, "price")})
     return json_response({"item_id": item_id})
 
 
@@ -58,11 +58,11 @@ async def find_item(item_id: str) -> Response:
 
 @app.post("/add/<item_id>/<amount>")
 async def add_stock(item_id: str, amount: str) -> Response:
-    stock = await items.adjust(item_id, parse_number(amount, "amount"))
+    stock = await items.adjust(item_id, parse_number(amount, "amount"), request_id())
     return json_response({"item_id": item_id, "stock": stock})
 
 
 @app.post("/subtract/<item_id>/<amount>")
 async def remove_stock(item_id: str, amount: str) -> Response:
-    stock = await items.adjust(item_id, -parse_number(amount, "amount"))
+    stock = await items.adjust(item_id, -parse_number(amount, "amount"), request_id())
     return json_response({"item_id": item_id, "stock": stock})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -86,3 +88,12 @@ class Api:
 
     async def paid(self, order_id: str) -> bool:
         return bool((await self.ok("GET", f"/orders/find/{order_id}"))["paid"])
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Wait for a real condition, polling; fail if it does not hold in time."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while not await check():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.05)

@@ -45,6 +45,11 @@ class Stack:
         os.kill(pid, signal.SIGKILL)
         return pid
 
+    def env(self) -> dict[str, str]:
+        """The stack's addresses (``run_local.sh env``): broker, Redis nodes, gateway."""
+        lines = self.run("env").splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
     def status(self) -> dict[str, tuple[str, str]]:
         rows = [line.split() for line in self.run("status").splitlines() if line.strip()]
         return {row[0]: (row[1], row[2]) for row in rows}
