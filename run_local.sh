@@ -24,6 +24,7 @@
 #   REDIS_CLUSTER_NODE_TIMEOUT_MS  [3000] a dead master's replica is promoted after about this
 #   TOPIC_PARTITIONS     [16] passed to the services
 #   UP_TIMEOUT_S         [120] how long `up` waits for everything to be healthy
+#   STOCK_URL            [http://127.0.0.1:$GATEWAY_PORT/stock] where order reads item prices
 #   CHECKOUT_TIMEOUT_MS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS, LOG_LEVEL
 #                        passed to the services when set
 # Settings are read by `up`; a second `up` with other settings applies them to the running stack
@@ -184,7 +185,8 @@ generate_services() {
                 PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-$k" \
                 REDIS_NODES="$(redis_nodes "$service")" \
                 KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" KAFKA_IDEMPOTENCE=0 \
-                TOPIC_PARTITIONS="$TOPIC_PARTITIONS" "${pass[@]}"
+                TOPIC_PARTITIONS="$TOPIC_PARTITIONS" \
+                STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}"
         done
     done
 }
