@@ -492,7 +492,10 @@ def test_ingress_repeats_the_gateway_rules(k8s: list[dict[str, Any]]) -> None:
     routes = routes_conf()
     server_level = nginx_directives(routes)
     checkout_block = re.search(r"location /orders/checkout/ \{(.*?)\}", routes, flags=re.S)
-    checkout = {**server_level, **nginx_directives(checkout_block.group(1) if checkout_block else "")}
+    checkout = {
+        **server_level,
+        **nginx_directives(checkout_block.group(1) if checkout_block else ""),
+    }
 
     ingresses = k8s_objects(k8s, "Ingress")
     for name, expected in (("gateway", server_level), ("gateway-checkout", checkout)):
