@@ -44,8 +44,8 @@ class Ledger:
     async def create(self, entity_id: str, fields: Mapping[str, int]) -> str:
         """A new entity (kept if it exists: a retried create); its id once a replica holds it."""
         key = self.key(entity_id)
-        await self._store.script("create", [key], [x for kv in fields.items() for x in kv])
-        await self._store.replicate([key])
+        args = [x for kv in fields.items() for x in kv]
+        await self._store.durable(lambda: self._store.script("create", [key], args))
         return entity_id
 
     async def find(self, entity_id: str, fields: tuple[str, ...]) -> dict[str, int]:
@@ -60,8 +60,9 @@ class Ledger:
         Done at most once per ``request_id``: a retry returns the first outcome."""
         key = self.key(entity_id)
         request = f"{key}:rq:{request_id}"
-        status, value = await self._store.script(
-            "adjust", [key, request], [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
+        args = [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
+        status, value = await self._store.durable(
+            lambda: self._store.script("adjust", [key, request], args)
         )
         status = status.decode()
         if status == "UNKNOWN":
@@ -70,7 +71,6 @@ class Ledger:
             raise Refused(f"{self._kind} {entity_id!r} has {value} {self.field}, not {-delta}")
         if status == "OVERFLOW":
             raise Refused(f"{self._kind} {entity_id!r} would exceed {BALANCE_LIMIT} {self.field}")
-        await self._store.replicate([key])
         return int(value)
 
     async def take(self, entity_id: str, saga_id: str, amount: int) -> Taken:

@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 Arg = str | int | bytes
 
 # The keys written by scripts in the current context (see ``Store.tracking``).
-_written: ContextVar[set[str] | None] = ContextVar("written", default=None)
+_written: ContextVar[dict[str, str] | None] = ContextVar("written", default=None)
+T = TypeVar("T")
 
 
 def hash_tag(key: str) -> str:
@@ -105,15 +106,31 @@ class Store:
                 delay = min(delay * 2, 0.5)
 
     @contextlib.contextmanager
-    def tracking(self) -> Iterator[set[str]]:
-        """Collect the keys that scripts write inside the block (and in tasks it spawns), so the
-        caller can ``replicate`` them before acting on the effects."""
-        written: set[str] = set()
+    def tracking(self) -> Iterator[dict[str, str]]:
+        """Collect the keys that scripts write inside the block (and in tasks it spawns), with
+        the master that took each write, so the caller can ``replicate`` them before acting."""
+        written: dict[str, str] = {}
         token = _written.set(written)
         try:
             yield written
         finally:
             _written.reset(token)
+
+    async def durable(self, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` (idempotent script calls) and return once a replica holds its
+        writes. If a failover may have erased them, run it again: it re-applies what was lost
+        and finds what survived."""
+        deadline = time.monotonic() + self._op_timeout
+        while True:
+            with self.tracking() as written:
+                result = await action()
+            try:
+                await self.replicate(written)
+                return result
+            except WriteMayBeLost:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("a write may have been lost in a failover; applying it again")
 
     async def script(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run the registered Lua script ``name`` (all ``keys`` in one slot), retrying.
@@ -121,9 +138,6 @@ class Store:
         Scripts are written so that running one twice has the effect of running it once.
         """
         body, sha = self._scripts[name]
-        written = _written.get()
-        if written is not None and keys:
-            written.add(keys[0])
 
         async def call() -> Any:
             try:
@@ -131,7 +145,12 @@ class Store:
             except NoScriptError:
                 return await self.cluster.eval(body, len(keys), *keys, *args)
 
-        return await self.retrying(call)
+        result = await self.retrying(call)
+        written = _written.get()
+        if written is not None and keys:
+            # The client follows MOVED before returning, so this is the master that ran it.
+            written[keys[0]] = self.cluster.get_node_from_key(keys[0]).name
+        return result
 
     async def bulk_replace(
         self, entries: Iterable[tuple[str, dict[str, Any]]], chunk: int = 5000
@@ -162,25 +181,21 @@ class Store:
         await self.replicate_all()
         return count
 
-    async def replicate(self, keys: Iterable[str]) -> None:
-        """Return once a replica holds every write made so far to the masters owning ``keys``.
+    async def replicate(self, written: Mapping[str, str]) -> None:
+        """Return once a replica holds every write recorded in ``written`` (key -> the master
+        that took it; see ``tracking``). Raises WriteMayBeLost when that master no longer owns
+        the key (a failover happened: the write may be gone) or stays unreachable.
 
         WAIT counts the replication offset of its own connection, so each master gets a small
-        write and a WAIT on one connection. A master without a live replica cannot be failed
-        over, so a short WAIT that reaches no replica is logged and accepted (AOF keeps the data
-        across a restart of that master).
+        write and a WAIT on one connection. A master without a connected replica cannot be
+        failed over, so a WAIT that finds none is accepted: AOF keeps the data across a restart.
         """
-        want = self._settings.redis_wait_replicas
-        if want <= 0:
+        if self._settings.redis_wait_replicas <= 0 or not written:
             return
         per_node: dict[str, str] = {}
-        for key in keys:
-            node = self.cluster.get_node_from_key(key)
-            per_node.setdefault(node.name, key)
-        if per_node:
-            await asyncio.gather(
-                *(self.retrying(lambda k=k: self._barrier(k)) for k in per_node.values())
-            )
+        for key, node in written.items():
+            per_node.setdefault(node, key)
+        await asyncio.gather(*(self._barrier(node, key) for node, key in per_node.items()))
 
     async def replicate_all(self) -> None:
         """``replicate`` for every master of the cluster (after a bulk write)."""
@@ -191,24 +206,38 @@ class Store:
             key = f"{{barrier:{i}}}"
             keys.setdefault(self.cluster.get_node_from_key(key).name, key)
             i += 1
-        await self.replicate(keys.values())
+        await self.replicate({key: node for node, key in keys.items()})
 
-    async def _barrier(self, key: str) -> None:
-        node = self.cluster.get_node_from_key(key)
-        client = self._node_client(node.host, node.port)
+    async def _barrier(self, node: str, key: str) -> None:
+        host, _, port = node.rpartition(":")
+        client = self._node_client(host, int(port))
         want = self._settings.redis_wait_replicas
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.set(f"{hash_tag(key)}:barrier", b"1", px=60_000)
-            pipe.execute_command("WAIT", want, self._settings.redis_wait_timeout_ms)
-            set_reply, acked = await pipe.execute(raise_on_error=False)
-        if isinstance(set_reply, Exception):
-            # MOVED after a failover: refresh the slot map and barrier on the new owner.
+        wait_ms = self._settings.redis_wait_timeout_ms
+
+        async def barrier() -> Any:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set(f"{hash_tag(key)}:barrier", b"1", px=60_000)
+                pipe.execute_command("WAIT", want, wait_ms)
+                pipe.info("replication")
+                set_reply, acked, info = await pipe.execute(raise_on_error=False)
+            if isinstance(set_reply, Exception):  # MOVED: another master owns the slot now
+                return set_reply
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < want and _connected_replicas(info) >= want:
+                # A replica is there but lagging: not yet safe to act on the write; WAIT again.
+                raise _Lagging(f"replica of {node} lagging (WAIT {acked}/{want})")
+            return int(acked)
+
+        try:
+            outcome = await self.retrying(barrier)
+        except Unavailable as exc:
+            raise WriteMayBeLost(f"master {node} unreachable: {exc}") from exc
+        if isinstance(outcome, Exception):
             await self.cluster.initialize()
-            raise _Moved(str(set_reply))
-        if isinstance(acked, Exception):
-            raise acked
-        if int(acked) < want:
-            log.warning("WAIT reached %s of %s replicas on %s", acked, want, node.name)
+            raise WriteMayBeLost(f"master {node} lost {hash_tag(key)}: {outcome}")
+        if outcome < want:
+            log.warning("no live replica of %s; relying on its AOF", node)
 
     def _node_client(self, host: str, port: int) -> Redis:
         client = self._node_clients.get((host, port))
@@ -224,8 +253,17 @@ class Store:
         return client
 
 
-class _Moved(RedisError):
-    """The barrier's key moved to another master; retried after a slot map refresh."""
+class _Lagging(RedisError):
+    """WAIT timed out although a replica is connected; retried."""
+
+
+def _connected_replicas(info: Any) -> int:
+    return int(info.get("connected_slaves", 0)) if isinstance(info, dict) else 0
+
+
+class WriteMayBeLost(Unavailable):
+    """A write's master failed over or stayed unreachable before a replica confirmed it: the
+    write may be gone. Whoever made it must make it again (the scripts are idempotent)."""
 
 
 def _is_transient(exc: ResponseError) -> bool:

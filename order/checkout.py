@@ -3,16 +3,16 @@ verdict: 200 once paid, 400 once not paid and nothing held. Never 5xx, never ear
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
 from common.bus import Bus
-from common.errors import NotFound, Refused
+from common.errors import NotFound, Refused, Unavailable
 from common.saga.log import FAILED, SUCCEEDED
-from common.saga.orchestrator import Orchestrator, Outcome
+from common.saga.orchestrator import Orchestrator, Outcome, Started
 from common.saga.waiters import Verdict, Waiters
 from common.store import Store
-from order.saga import order_key
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,14 @@ class Checkout:
 
     async def __call__(self, order_id: str) -> None:
         trace_id = uuid.uuid4().hex
-        started = await self._orch.start(order_id, trace_id)
+        # The saga's start is replicated before its first command goes out (or re-run, if a
+        # failover may have erased it: the start then finds its own saga, or starts anew).
+        started = await self._start(order_id, trace_id)
         if started.outcome is Outcome.UNKNOWN:
             raise NotFound(f"order {order_id!r} not found")
         if started.outcome is Outcome.DONE:
             return
         if started.outcome is Outcome.STARTED:
-            await self._store.replicate([order_key(order_id)])
             try:
                 await self._bus.publish(started.commands)
             except Exception as exc:  # the saga is logged and indexed: the sweeper re-sends
@@ -59,8 +60,24 @@ class Checkout:
         if not paid:
             raise Refused(f"order {order_id!r} not paid: {reason or 'checkout failed'}")
 
+    async def _start(self, order_id: str, trace_id: str) -> Started:
+        """Start or join the saga, retrying while the order's Redis is unavailable (a failover
+        takes seconds); only past the checkout timeout does Unavailable reach the client."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._timeout_s
+        while True:
+            try:
+                return await self._store.durable(lambda: self._orch.start(order_id, trace_id))
+            except Unavailable:
+                if loop.time() > give_up:
+                    raise
+                await asyncio.sleep(0.2)
+
     async def _poll(self, order_id: str, saga_id: str) -> Verdict | None:
-        state = await self._orch.log.read(order_id)
+        try:
+            state = await self._orch.log.read(order_id)
+        except Unavailable:
+            return None  # keep waiting: the verdict may still arrive on the bus
         if state is None:
             return (False, "order vanished")
         if state.saga_id != saga_id:  # ours ended and another began: the order tells the truth

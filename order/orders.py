@@ -31,8 +31,7 @@ class Orders:
         """A new order (kept if it exists: a retried create); its id once replicated."""
         key = order_key(order_id)
         fields = ["user_id", user_id, "items", "[]", "total_cost", 0, "paid", 0]
-        await self._store.script("create", [key], fields)
-        await self._store.replicate([key])
+        await self._store.durable(lambda: self._store.script("create", [key], fields))
         return order_id
 
     async def find(self, order_id: str) -> dict[str, Any]:
@@ -56,17 +55,15 @@ class Orders:
         order is paid or checking out."""
         key = order_key(order_id)
         request = f"{key}:rq:{request_id}"
-        status, total = await self._store.script(
-            "add_item",
-            [key, request],
-            [item_id, quantity, price, BALANCE_LIMIT, REQUEST_RECORD_TTL_S],
+        args = [item_id, quantity, price, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
+        status, total = await self._store.durable(
+            lambda: self._store.script("add_item", [key, request], args)
         )
         status = status.decode()
         if status == "UNKNOWN":
             raise NotFound(f"order {order_id!r} not found")
         if status != "OK":
             raise Refused(_ADD_ITEM_REFUSALS[status].format(repr(order_id)))
-        await self._store.replicate([key])
         return int(total)
 
     async def batch_init(self, n: int, n_items: int, n_users: int, item_price: int) -> None:

@@ -66,6 +66,10 @@ class Orchestrator:
         )
         if found[0] != "STARTED":
             return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
+        if now_ms() - now > self.step_timeout_ms // 2:
+            # A slow start (a failover under way) could let the sweeper drop the entry before
+            # the saga existed; registering again keeps the live saga indexed.
+            await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
         run = SagaRun(
             saga_id=found[1], entity_id=entity_id, snapshot=json.loads(found[2]), trace_id=trace_id
         )

@@ -1,0 +1,148 @@
+"""The fault suite: under a steady load of multi-item checkouts with scarce stock and credit,
+kill one component at a time, heal, and check that nothing was lost or made up, that every
+client got a true answer, and how long throughput took to come back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from test.client import Api, until
+from test.conftest import Stack
+from test.faults.load import Load, Shop
+
+BASELINE_S = 3.0
+OBSERVE_S = 12.0
+RESULTS = Path(os.environ.get("FAULT_RESULTS", "/tmp/fault-results.tsv"))
+
+
+async def master_process(stack: Stack, service: str) -> str:
+    """The process name of the master owning the slot of key ``{x}``-ish in ``service``."""
+    nodes = stack.env()[f"{service.upper()}_REDIS_NODES"].split(",")
+    host, port = nodes[0].rsplit(":", 1)
+    async with RedisCluster(host=host, port=int(port)) as redis:
+        owner = redis.get_node_from_key("{order:fault}")
+        return f"redis-{service}-{nodes.index(f'{owner.host}:{owner.port}')}"
+
+
+async def kill(stack: Stack, name: str) -> None:
+    stack.kill(name)
+
+
+async def fail_over(stack: Stack, service: str) -> None:
+    """Stop a master long enough for its replica to take over, then bring it back."""
+    name = await master_process(stack, service)
+    stack.run("ctl", "stop", name)
+    await until(lambda: _promoted(stack, service, name), within=30)
+    stack.run("ctl", "start", name)
+
+
+async def _promoted(stack: Stack, service: str, old: str) -> bool:
+    try:
+        return await master_process(stack, service) != old
+    except Exception:  # the cluster is mid-failover
+        return False
+
+
+FAULTS: dict[str, Callable[[Stack], Awaitable[None]]] = {
+    "order worker SIGKILL": lambda s: kill(s, "order-0"),
+    "stock worker SIGKILL": lambda s: kill(s, "stock-0"),
+    "payment worker SIGKILL": lambda s: kill(s, "payment-1"),
+    "order Redis master failover": lambda s: fail_over(s, "order"),
+    "stock Redis master failover": lambda s: fail_over(s, "stock"),
+    "payment Redis master failover": lambda s: fail_over(s, "payment"),
+    "broker SIGKILL (restarts empty)": lambda s: kill(s, "broker"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
+    shop = await Shop.make(
+        api, n_items=20, n_users=60, n_orders=2500, stock_each=25, credit_each=12
+    )
+    load = Load(api, shop, clients=24)
+    running = asyncio.ensure_future(load.run())
+    start = time.monotonic()
+    await asyncio.sleep(BASELINE_S)  # the load runs; this is the measuring window
+    baseline = load.rate(start + 1.0, time.monotonic())
+    fault_at = time.monotonic()
+    await FAULTS[fault](stack)
+    recovered_at = await _recovery(load, baseline, fault_at)
+    load.stop()
+    await running
+    await _all_sagas_terminal(stack, list(load.replies))
+    statuses = load.statuses()
+    recovery = recovered_at - fault_at if recovered_at else float("inf")
+    _record(fault, baseline, recovery, statuses)
+    assert set(statuses) <= {200, 400}, f"5xx or dropped replies: {statuses}"
+    await _check_invariants(api, shop, load.replies)
+    assert recovered_at is not None, f"throughput not back to 90% within {OBSERVE_S}s"
+
+
+async def _recovery(load: Load, baseline: float, fault_at: float) -> float | None:
+    """When a 1 s window after the fault first reaches 90% of the baseline rate."""
+    while time.monotonic() < fault_at + OBSERVE_S:
+        await asyncio.sleep(0.25)
+        now = time.monotonic()
+        if now - fault_at >= 1.0 and load.rate(now - 1.0, now) >= 0.9 * baseline:
+            return now - 1.0 if now - 1.0 > fault_at else fault_at
+    return None
+
+
+async def _all_sagas_terminal(stack: Stack, orders: list[str]) -> None:
+    nodes = stack.env()["ORDER_REDIS_NODES"].split(",")
+    host, port = nodes[0].rsplit(":", 1)
+    async with RedisCluster(host=host, port=int(port)) as redis:
+
+        async def none_live() -> bool:
+            for order_id in orders:
+                status = await redis.hget(f"{{order:{order_id}}}", "saga_status")
+                if status in (b"running", b"compensating"):
+                    return False
+            return True
+
+        await until(none_live, within=60)
+
+
+async def _check_invariants(api: Api, shop: Shop, replies: dict[str, int]) -> None:
+    """Stock and credit conserved; every 2xx paid (charged once), every 4xx holds nothing."""
+    sem = asyncio.Semaphore(50)
+
+    async def paid(order_id: str) -> bool:
+        async with sem:
+            return await api.paid(order_id)
+
+    paid_flags = dict(zip(shop.orders, await asyncio.gather(*map(paid, shop.orders)), strict=True))
+    for order_id, status in replies.items():
+        assert paid_flags[order_id] == (status == 200), (order_id, status)
+    units: dict[str, int] = {item: 0 for item in shop.items}
+    spent: dict[str, int] = {user: 0 for user in shop.users}
+    for order_id, (user, lines) in shop.orders.items():
+        if paid_flags[order_id]:
+            for item, qty in lines:
+                units[item] += qty
+                spent[user] += qty * shop.price
+    stocks = await asyncio.gather(*map(api.stock, shop.items))
+    credits = await asyncio.gather(*map(api.credit, shop.users))
+    assert dict(zip(shop.items, stocks, strict=True)) == {
+        item: shop.stock_each - units[item] for item in shop.items
+    }
+    assert dict(zip(shop.users, credits, strict=True)) == {
+        user: shop.credit_each - spent[user] for user in shop.users
+    }
+
+
+def _record(fault: str, baseline: float, recovery: float, statuses: dict[int, int]) -> None:
+    line = (
+        f"{fault}\t{baseline:.0f}/s\t{recovery:.1f}s\t{statuses.get(200, 0)}\t"
+        f"{statuses.get(400, 0)}\t{sum(v for k, v in statuses.items() if k not in (200, 400))}"
+    )
+    print(f"\nFAULT {line}")
+    with RESULTS.open("a") as out:
+        out.write(line + "\n")
