@@ -218,13 +218,12 @@ class Store:
             async with client.pipeline(transaction=False) as pipe:
                 pipe.set(f"{hash_tag(key)}:barrier", b"1", px=60_000)
                 pipe.execute_command("WAIT", want, wait_ms)
-                pipe.info("replication")
-                set_reply, acked, info = await pipe.execute(raise_on_error=False)
+                set_reply, acked = await pipe.execute(raise_on_error=False)
             if isinstance(set_reply, Exception):  # MOVED: another master owns the slot now
                 return set_reply
             if isinstance(acked, Exception):
                 raise acked
-            if int(acked) < want and _connected_replicas(info) >= want:
+            if int(acked) < want and _connected_replicas(await client.info("replication")) >= want:
                 # A replica is there but lagging: not yet safe to act on the write; WAIT again.
                 raise _Lagging(f"replica of {node} lagging (WAIT {acked}/{want})")
             return int(acked)
