@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -35,6 +36,8 @@ Handler = Callable[[Any], Awaitable[Sequence[Outgoing]]]
 """``async def handle(message) -> replies``; dependencies are bound with functools.partial."""
 
 _METADATA_MAX_AGE_MS = 3000
+_GROUP_CHECK_S = 2.0
+_WEDGED_AFTER_S = 15.0
 
 RETRIABLE = (Unavailable, KafkaError, OSError)
 """Failures a later attempt can cure (a dependency down or failing over)."""
@@ -146,6 +149,7 @@ class ConsumerLoop:
         self._handlers = dict(handlers)
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._assignment = _Assignment(name)
 
     async def start(self) -> None:
         if self._task is None:
@@ -161,27 +165,50 @@ class ConsumerLoop:
         if consumer is not None:
             await consumer.stop()
 
-    def _make_consumer(self) -> AIOKafkaConsumer:
+    def _make_consumer(self, generation: int) -> AIOKafkaConsumer:
         grouped = self._group_id is not None
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bus.bootstrap,
-            group_id=self._group_id,
+            group_id=f"{self._group_id}.{generation}" if generation else self._group_id,
             enable_auto_commit=False,
             # After a broker restarted empty, old positions point past the new log: start over.
-            auto_offset_reset="earliest" if grouped else "latest",
+            # A new generation of a wedged group starts at the end instead: what was in flight
+            # is re-sent by the saga sweeper, as for any lost message.
+            auto_offset_reset="earliest" if grouped and not generation else "latest",
             # Tansu adds ~3 s to every rebalance; a short session finds a dead member fast.
             session_timeout_ms=3000,
             heartbeat_interval_ms=500,
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=10,
             max_poll_records=500,
             metadata_max_age_ms=_METADATA_MAX_AGE_MS,
         )
-        consumer.subscribe(list(self._topics), listener=_LogAssignments(self._name))
+        self._assignment = _Assignment(self._name)
+        consumer.subscribe(list(self._topics), listener=self._assignment)
         return consumer
 
     async def _run(self) -> None:
-        consumer = self._make_consumer()
-        self._consumer = consumer
+        while True:
+            generation = await self._generation()
+            consumer = self._make_consumer(generation)
+            self._consumer = consumer
+            # start() and getmany wait for an assignment that a wedged group never gives, so
+            # the group is watched from a task of its own.
+            consuming = asyncio.create_task(self._consume(consumer))
+            watching = asyncio.create_task(self._watch_group(generation))
+            try:
+                await asyncio.wait({consuming, watching}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (consuming, watching):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                self._consumer = None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 5)
+            if consuming.done() and not consuming.cancelled() and consuming.exception():
+                raise consuming.exception()  # type: ignore[misc]
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         await _retry_forever(consumer.start, f"{self._name} consumer start")
         while True:
             try:
@@ -199,6 +226,52 @@ class ConsumerLoop:
                     await consumer.commit(offsets)
                 except KafkaError as exc:  # rebalanced away: the new owner re-reads, idempotently
                     log.warning("%s: commit failed: %r", self._name, exc)
+
+    async def _watch_group(self, generation: int) -> None:
+        """Return when this member must rejoin under another group generation."""
+        if self._group_id is None or self._store is None:
+            await asyncio.Event().wait()  # nothing to watch: wait for cancellation
+        while True:
+            await asyncio.sleep(_GROUP_CHECK_S)
+            if await self._must_regroup(generation):
+                return
+
+    async def _generation(self) -> int:
+        if self._group_id is None or self._store is None:
+            return 0
+        key = _generation_key(self._group_id)
+        raw = await self._store.retrying(lambda: self._store.cluster.get(key))  # type: ignore[union-attr]
+        return int(raw or 0)
+
+    async def _must_regroup(self, generation: int) -> bool:
+        """Whether this member should rejoin under a new group id.
+
+        The local broker (Tansu) can leave a group stuck after members restart: its members
+        then wait for an assignment forever. A member that waited WEDGED_AFTER_S moves the
+        group to its next generation (one counter in Redis, compare-and-set), and every member
+        follows when it sees the counter move.
+        """
+        if self._store is None or self._group_id is None:
+            return False
+        try:
+            current = await self._generation()
+            if current != generation:
+                log.warning("%s: group moved to generation %d; rejoining", self._name, current)
+                return True
+            if self._assignment.unassigned_for() < _WEDGED_AFTER_S:
+                return False
+            key = _generation_key(self._group_id)
+            moved = await self._store.script("bump_generation", [key], [generation])
+            log.error(
+                "%s: no partitions for %.0fs: group wedged, moving to generation %s",
+                self._name,
+                self._assignment.unassigned_for(),
+                moved,
+            )
+            return True
+        except Unavailable as exc:
+            log.warning("%s: group check failed: %r", self._name, exc)
+            return False
 
     async def _process_until_done(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord]]
@@ -259,15 +332,28 @@ class ConsumerLoop:
             self._after_publish(outgoing)
 
 
-class _LogAssignments(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs rebalances and tells how long the member has been waiting for partitions."""
+
     def __init__(self, name: str) -> None:
         self._name = name
+        self._waiting_since: float | None = time.monotonic()
+
+    def unassigned_for(self) -> float:
+        since = self._waiting_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._waiting_since = time.monotonic()
         log.info("%s: %d partitions revoked", self._name, len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._waiting_since = None
         log.info("%s: %d partitions assigned", self._name, len(assigned))
+
+
+def _generation_key(group_id: str) -> str:
+    return f"bus:group-generation:{{{group_id}}}"
 
 
 async def _retry_forever(start: Callable[[], Awaitable[None]], what: str) -> None:
