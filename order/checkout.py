@@ -89,7 +89,8 @@ class Checkout:
         return None
 
     async def _decide(self, order_id: str, saga_id: str) -> Verdict:
-        """Past the timeout: turn a still-running saga back so the answer stays true."""
+        """Past the timeout: turn a still-running saga back, then wait (a bounded while) for its
+        compensations, so that a 400 means nothing is held any more."""
         state = await self._orch.log.read(order_id)
         if state is not None and state.saga_id == saga_id and state.status == "running":
             with self._store.tracking() as written:
@@ -97,10 +98,10 @@ class Checkout:
             await self._store.replicate(written)
             try:
                 await self._bus.publish(messages)
-            except Exception as exc:
+            except Exception as exc:  # the sweeper re-sends the compensation
                 log.warning("publishing abort of %s failed (%r)", saga_id, exc)
-        verdict = await self._poll(order_id, saga_id)
-        if verdict is not None:
-            return verdict
-        # Compensating: the outcome is decided (not paid); its compensations are under way.
-        return (False, "checkout timed out")
+        verdict = await self._waiters.wait(
+            saga_id, lambda: self._poll(order_id, saga_id), self._timeout_s / 2
+        )
+        # Still compensating: not paid, and it never will be; the compensation is under way.
+        return verdict if verdict is not None else (False, "checkout timed out")
