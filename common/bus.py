@@ -22,6 +22,7 @@ from aiokafka import (
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from common import telemetry
 from common.errors import Unavailable
 from common.messages import ALL_TOPICS, Message, decode, encode
 from common.settings import Settings
@@ -89,7 +90,9 @@ class Bus:
         if self._producer is None:
             raise KafkaError("producer not started")
         futures = [
-            await self._producer.send(topic, encode(msg), key=msg.order_id.encode())
+            await self._producer.send(
+                topic, encode(msg), key=msg.order_id.encode(), headers=telemetry.headers(msg)
+            )
             for topic, msg in messages
         ]
         await asyncio.gather(*futures)
@@ -297,6 +300,7 @@ class ConsumerLoop:
                 except msgspec.DecodeError:
                     log.error("%s: undecodable message on %s skipped", self._name, tp.topic)
                     continue
+                telemetry.received(message, record.headers)
                 by_key[record.key or b""].append(message)
 
         async def run_key(messages: list[Message]) -> list[Outgoing]:
@@ -306,7 +310,8 @@ class ConsumerLoop:
                 if handler is None:
                     continue
                 try:
-                    out.extend(await handler(message))
+                    with telemetry.handling(self._name, message):
+                        out.extend(await handler(message))
                 except RETRIABLE:
                     raise  # the whole batch is retried
                 except Exception:

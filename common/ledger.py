@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 
+from common import telemetry
 from common.errors import NotFound, Refused
 from common.store import Store
 
@@ -79,14 +80,17 @@ class Ledger:
         result = await self._store.script(
             "take", [key, f"{key}:op:{saga_id}"], [self.field, amount, OP_RECORD_TTL_S]
         )
-        return Taken(result.decode()[0])
+        taken = Taken(result.decode()[0])
+        telemetry.took(self._kind, taken.value)
+        return taken
 
     async def restore(self, entity_id: str, saga_id: str) -> None:
         """Give back what ``saga_id`` took, or make sure it never takes; idempotent."""
         key = self.key(entity_id)
-        await self._store.script(
+        before = await self._store.script(
             "restore", [key, f"{key}:op:{saga_id}"], [self.field, OP_RECORD_TTL_S]
         )
+        telemetry.restored(self._kind, before)
 
     async def batch_init(self, count: int, fields: Mapping[str, int]) -> None:
         """Entities ``"0"`` … ``str(count-1)`` with ``fields``, overwriting; pipelined per node."""

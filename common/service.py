@@ -3,15 +3,16 @@ service's clients in order (store, bus, consumers) inside the app's serving life
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from quart import Quart
 
+from common import telemetry
 from common.bus import Bus
 from common.http import create_app
+from common.monitoring import install
 from common.settings import Settings
 from common.store import Store
 
@@ -22,11 +23,8 @@ class Lifecycle(Protocol):
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s {settings.worker_id} %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    """JSON (or text) logs carrying saga and trace ids, and tracing (common/telemetry.py)."""
+    telemetry.configure(settings)
 
 
 @dataclass
@@ -51,4 +49,6 @@ class Runtime:
             for part in reversed(parts):
                 await part.stop()
 
-        return create_app(name, startup=startup, shutdown=shutdown)
+        app = create_app(name, startup=startup, shutdown=shutdown)
+        install(app, self.settings, parts)  # /metrics, request metrics, consumer lag
+        return app

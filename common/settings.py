@@ -53,6 +53,15 @@ class Settings:
     saga_deadline_ms: int
     stock_url: str
     log_level: str
+    log_format: str = "json"
+    log_messages: bool = False
+    otel_exporter: str = "none"
+    otel_endpoint: str = ""
+    prometheus_multiproc_dir: str = ""
+    # The three clusters by name, for tools that read more than their own (python -m order.admin).
+    order_redis_nodes: tuple[tuple[str, int], ...] = ()
+    stock_redis_nodes: tuple[tuple[str, int], ...] = ()
+    payment_redis_nodes: tuple[tuple[str, int], ...] = ()
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -75,4 +84,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         saga_deadline_ms=_int(env, "SAGA_DEADLINE_MS", 10000),
         stock_url=env.get("STOCK_URL", "http://127.0.0.1:8000/stock").rstrip("/"),
         log_level=env.get("LOG_LEVEL", "INFO"),
+        log_format=env.get("LOG_FORMAT", "json").strip().lower() or "json",
+        log_messages=_bool(env, "LOG_MESSAGES", False),
+        otel_exporter=env.get("OTEL_EXPORTER", "none").strip().lower() or "none",
+        otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip(),
+        prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "").strip(),
+        order_redis_nodes=_nodes(env.get("ORDER_REDIS_NODES", "")),
+        stock_redis_nodes=_nodes(env.get("STOCK_REDIS_NODES", "")),
+        payment_redis_nodes=_nodes(env.get("PAYMENT_REDIS_NODES", "")),
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 
+from common import telemetry
 from common.bus import Bus
 from common.errors import NotFound, Refused, Unavailable
 from common.saga.log import FAILED, SUCCEEDED
@@ -36,10 +36,11 @@ class Checkout:
         self._timeout_s = timeout_ms / 1000
 
     async def __call__(self, order_id: str) -> None:
-        trace_id = uuid.uuid4().hex
+        trace_id = ""  # the saga's own: derived from its id (common/tracing.py)
         # The saga's start is replicated before its first command goes out (or re-run, if a
         # failover may have erased it: the start then finds its own saga, or starts anew).
         started = await self._start(order_id, trace_id)
+        telemetry.saga_begun(self._orch.definition.name, started.outcome.value, started.saga_id)
         if started.outcome is Outcome.UNKNOWN:
             raise NotFound(f"order {order_id!r} not found")
         if started.outcome is Outcome.DONE:
@@ -57,6 +58,7 @@ class Checkout:
         if verdict is None:
             verdict = await self._decide(order_id, started.saga_id)
         paid, reason = verdict
+        telemetry.saga_answered(paid)
         if not paid:
             raise Refused(f"order {order_id!r} not paid: {reason or 'checkout failed'}")
 

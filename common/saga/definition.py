@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.messages import Message
+from common.tracing import trace_id_for
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,10 @@ class SagaRun:
     entity_id: str
     snapshot: dict[str, str]
     trace_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.trace_id:  # a re-send, an abort: the saga's own trace (common/tracing.py)
+            object.__setattr__(self, "trace_id", trace_id_for(self.saga_id))
 
     @property
     def ids(self) -> dict[str, str]:

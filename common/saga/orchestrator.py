@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from common import telemetry
 from common.bus import Handler, Outgoing
 from common.messages import Message
 from common.saga.definition import SagaDefinition, SagaRun
@@ -97,6 +98,7 @@ class Orchestrator:
         moved = await self.log.move(
             message.order_id, message.saga_id, frm, to, now=now_ms(), reason=reason
         )
+        telemetry.saga_reply(self.definition, index, kind, to, moved is not None)
         if moved is None:
             log.debug("stale %s for %s ignored", type(message).__name__, message.saga_id)
             return []
@@ -132,6 +134,7 @@ class Orchestrator:
         )
         if moved is None:
             return []
+        telemetry.saga_aborted(self.definition, state.step, state.saga_id, reason)
         log.warning("saga %s aborted at step %s: %s", state.saga_id, state.step, reason)
         run = SagaRun(saga_id=state.saga_id, entity_id=entity_id, snapshot=moved[0])
         return self.next_messages(run, at)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 
+from common import telemetry
 from common.bus import Bus, Outgoing
 from common.saga.log import INDEX_SHARDS, RUNNING
 from common.saga.orchestrator import Orchestrator, now_ms
@@ -96,12 +97,14 @@ class Sweeper:
                 return []
             if state.status == RUNNING and now >= state.deadline:
                 self.aborts += 1
+                telemetry.swept(self._orch.definition.name, "abort", state.saga_id)
                 await self._log.index_reschedule(entity_id, now + step_timeout)
                 return await self._orch.abort(entity_id, state, "deadline passed")
             resends = await self._log.touch(entity_id, state, now)
             if resends == 0:
                 return []
             self.resends += 1
+            telemetry.swept(self._orch.definition.name, "resend", state.saga_id)
             backoff = min(step_timeout * 2 ** min(resends - 1, 5), MAX_BACKOFF_MS)
             await self._log.index_reschedule(entity_id, now + backoff)
             log.info(

@@ -1,0 +1,217 @@
+"""The hooks the message path calls: one call per event, each a few counter increments, a
+context binding for the logs and, only when tracing is on, a span.
+
+Kept cheap on purpose (no I/O, no per-call registry lookups: label children are cached), so
+that the bus, the orchestrator and the ledger can call them on every message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, Protocol
+
+from common import logs, metrics, tracing
+from common.settings import Settings
+
+log = logging.getLogger("checkout.trace")
+
+_service = "service"
+_log_messages = False
+_children: dict[tuple[Any, ...], Any] = {}
+
+# The saga the current HTTP request started: (saga name, perf_counter at start, its span).
+_begun: ContextVar[tuple[str, float, Any] | None] = ContextVar("saga_begun", default=None)
+
+_ABORT_REASONS = frozenset({"deadline passed", "checkout timed out", "aborted by operator"})
+_NOTABLE_WORDS = ("Fail", "Compensat", "Cancel")
+_notable_types: dict[type, bool] = {}
+
+
+class _Step(Protocol):
+    name: str
+
+
+class _Definition(Protocol):
+    name: str
+    steps: tuple[Any, ...]
+
+
+def configure(settings: Settings) -> None:
+    """Logs, tracing and the labels this process puts on its metrics (at startup)."""
+    global _service, _log_messages
+    _service = settings.service_name
+    _log_messages = settings.log_messages
+    _children.clear()
+    logs.configure(settings)
+    tracing.configure(settings)
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+# --- the HTTP edge ----------------------------------------------------------------------------
+def http_answered(service: str, route: str, method: str, status: int, seconds: float) -> None:
+    _child(metrics.HTTP_REQUESTS, service, route, method, str(status)).inc()
+    _child(metrics.HTTP_LATENCY, service, route, method).observe(seconds)
+
+
+# --- the bus ----------------------------------------------------------------------------------
+def headers(message: Any) -> list[tuple[str, bytes]]:
+    """The Kafka headers of an outgoing message: its trace context."""
+    kind = type(message)
+    _child(metrics.MESSAGES_PUBLISHED, _service, kind.__name__).inc()
+    trace_id = tracing.trace_of(message)
+    if _log_messages or _notable(message):
+        log.info(
+            "sent %s%s",
+            kind.__name__,
+            f" ({message.reason})" if getattr(message, "reason", "") else "",
+            extra={"saga_id": message.saga_id, "trace_id": trace_id, "order_id": message.order_id},
+        )
+    return [
+        (tracing.TRACEPARENT, tracing.traceparent(trace_id, tracing.outgoing_span(message.saga_id)))
+    ]
+
+
+def _notable(message: Any) -> bool:
+    """Failures, compensations and unpaid outcomes are logged even when LOG_MESSAGES is off."""
+    kind = type(message)
+    notable = _notable_types.get(kind)
+    if notable is None:
+        notable = _notable_types[kind] = any(w in kind.__name__ for w in _NOTABLE_WORDS)
+    return notable or getattr(message, "paid", True) is False
+
+
+def received(message: Any, record_headers: Any) -> None:
+    """A consumed record was decoded into ``message`` (its header matters only to tracing)."""
+    tracing.received(message, record_headers)
+
+
+class handling:  # lower case: used as ``with telemetry.handling(...)``
+    """Around one handler call: the logs carry the message's saga and trace ids, the handled
+    message is counted (and its error, if any), and a span is made when tracing is on."""
+
+    __slots__ = ("_consumer", "_message", "_token", "_span")
+
+    def __init__(self, consumer: str, message: Any) -> None:
+        self._consumer = consumer
+        self._message = message
+
+    def __enter__(self) -> None:
+        message = self._message
+        self._token = logs.bind(message.saga_id, tracing.trace_of(message))
+        self._span = tracing.consumer_span(self._consumer, message) if tracing.enabled() else None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        name = type(self._message).__name__
+        _child(metrics.MESSAGES_HANDLED, _service, self._consumer, name).inc()
+        if kind is not None:
+            _child(metrics.HANDLER_ERRORS, _service, self._consumer, name, kind.__name__).inc()
+        elif _log_messages:
+            log.info("handled %s", name)
+        if self._span is not None:
+            tracing.end_span(self._span, error)
+        logs.unbind(self._token)
+
+
+# --- the saga orchestrator (order) -------------------------------------------------------------
+def saga_reply(
+    definition: _Definition, index: int, kind: str, to: tuple[str, int], moved: bool
+) -> None:
+    """A participant's reply was applied to the saga log (``moved``) or found stale."""
+    if not moved:
+        _child(metrics.DEDUP_HITS, _service, "reply").inc()
+        return
+    name = definition.name
+    _child(metrics.SAGA_REPLIES, name, definition.steps[index].name, kind).inc()
+    status, step = to
+    if status == "compensating":
+        _child(metrics.SAGA_COMPENSATIONS, name, definition.steps[step].name).inc()
+    elif status in ("succeeded", "failed"):
+        _child(metrics.SAGA_FINISHED, name, status).inc()
+
+
+def saga_aborted(definition: _Definition, step: int, saga_id: str, reason: str) -> None:
+    """A running saga was turned back at ``step`` (its compensation is being sent)."""
+    logs.bind(saga_id, tracing.trace_id_for(saga_id))
+    label = reason if reason in _ABORT_REASONS else "other"
+    _child(metrics.SAGA_ABORTS, definition.name, label).inc()
+    _child(metrics.SAGA_COMPENSATIONS, definition.name, definition.steps[step].name).inc()
+
+
+def swept(saga: str, action: str, saga_id: str) -> None:
+    """The sweeper re-sends a step (``resend``) or found a saga past its deadline (``abort``)."""
+    logs.bind(saga_id, tracing.trace_id_for(saga_id))
+    metric = metrics.SWEEPER_RESENDS if action == "resend" else metrics.SWEEPER_ABORTS
+    _child(metric, saga).inc()
+
+
+def saga_begun(saga: str, found: str, saga_id: str) -> None:
+    """The checkout request started (``found == "started"``) or found a saga; the rest of the
+    request logs its ids, and the saga's duration is measured from here."""
+    _child(metrics.SAGA_REQUESTS, saga, found).inc()
+    if not saga_id:
+        return
+    trace_id = tracing.trace_id_for(saga_id)
+    logs.bind(saga_id, trace_id)  # for the rest of this request's task
+    if found == "started":
+        span = None
+        if tracing.enabled():
+            span = tracing.start_span(f"{saga} {saga_id}", saga_id, trace_id, kind="server")
+        _begun.set((saga, time.perf_counter(), span))
+
+
+def saga_answered(paid: bool) -> None:
+    """The checkout request got its verdict."""
+    begun = _begun.get()
+    if begun is None:
+        return
+    _begun.set(None)
+    saga, started, span = begun
+    outcome = "succeeded" if paid else "failed"
+    _child(metrics.SAGA_DURATION, saga, outcome).observe(time.perf_counter() - started)
+    tracing.end_span(span)
+
+
+def request_done() -> None:
+    """End of an HTTP request: a checkout span still open (the request failed) is closed."""
+    begun = _begun.get()
+    if begun is not None:
+        _begun.set(None)
+        tracing.end_span(begun[2])
+
+
+# --- the ledger (stock, payment) ---------------------------------------------------------------
+_TAKE_RESULTS = {"T": "taken", "S": "short", "U": "unknown", "X": "refused"}
+
+
+def took(ledger: str, result: str) -> None:
+    """A take answered ``result`` (the first letter of its operation record)."""
+    _child(metrics.LEDGER_TAKES, ledger, _TAKE_RESULTS.get(result, result)).inc()
+
+
+def restored(ledger: str, before: bytes | None) -> None:
+    """A compensation found the operation record ``before`` (restore.lua's reply)."""
+    if before is None:
+        result = "tombstoned"
+    elif before.startswith(b"T:"):
+        result = "refunded"
+    elif before == b"X":
+        result = "repeated"
+        _child(metrics.DEDUP_HITS, _service, "compensation").inc()
+    else:
+        result = "nothing"
+    _child(metrics.LEDGER_COMPENSATIONS, ledger, result).inc()
