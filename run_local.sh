@@ -25,7 +25,8 @@
 #   TOPIC_PARTITIONS     [16] passed to the services
 #   UP_TIMEOUT_S         [120] how long `up` waits for everything to be healthy
 #   STOCK_URL            [http://127.0.0.1:$GATEWAY_PORT/stock] where order reads item prices
-#   CHECKOUT_TIMEOUT_MS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS, LOG_LEVEL
+#   CHECKOUT_TIMEOUT_MS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS, LOG_LEVEL, LOG_FORMAT,
+#   LOG_MESSAGES, OTEL_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT
 #                        passed to the services when set
 # Settings are read by `up`; a second `up` with other settings applies them to the running stack
 # (Redis settings only take effect after a `down`).
@@ -243,8 +244,19 @@ write_stack_env() {
         echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$BROKER_PORT"
         for service in "${SERVICES[@]}"; do
             echo "${service^^}_REDIS_NODES=$(redis_nodes "$service")"
+            echo "${service^^}_WORKERS=$(worker_addresses "$service")"
         done
     } >"$STATE_DIR/stack.env"
+}
+
+# The host:port of every worker of a service, comma-separated (each serves /metrics).
+worker_addresses() {
+    local k out=()
+    for ((k = 0; k < $(service_replicas "$1"); k++)); do
+        out+=("127.0.0.1:$(($(service_port_base "$1") + k))")
+    done
+    local IFS=,
+    echo "${out[*]}"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ APT_PACKAGES=(redis-server redis-tools nginx-light curl)
 SERVICES=(order payment stock)
 REDIS_NODES_PER_CLUSTER=6
 # Variables handed from the caller's environment to every service worker when set.
-PASS_THROUGH_VARS=(CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL)
+PASS_THROUGH_VARS=(CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL LOG_FORMAT
+    LOG_MESSAGES OTEL_EXPORTER OTEL_EXPORTER_OTLP_ENDPOINT)
 
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
