@@ -1,0 +1,144 @@
+"""An operator's hands on sagas: find the stuck ones, re-send one's current step, turn one back.
+
+Every action goes through the same compare-and-set scripts as the orchestrator and the sweeper
+(``saga_touch`` for a re-send, ``saga_move`` for an abort), so an operator racing a reply, the
+sweeper or another operator changes nothing that the saga's own rules would not: the loser of
+the race is told the saga moved, and does nothing. Writes are replicated before any message is
+sent, as everywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from common.bus import Bus, Outgoing
+from common.saga.log import COMPENSATING, INDEX_SHARDS, RUNNING, SagaState
+from common.saga.orchestrator import Orchestrator, now_ms
+from common.store import Store
+
+OPERATOR = "aborted by operator"
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """A live saga, as the in-flight index and the saga log show it."""
+
+    entity_id: str
+    state: SagaState
+    due: float  # when the sweeper looks at it next (ms since the epoch)
+
+
+@dataclass(frozen=True)
+class Action:
+    """What an operator's retry or abort did: ``done`` is False when it changed nothing."""
+
+    done: bool
+    detail: str
+    sent: list[str] = field(default_factory=list)
+    state: SagaState | None = None
+
+
+class SagaAdmin:
+    """Operator actions on the sagas of one orchestrator."""
+
+    def __init__(self, orchestrator: Orchestrator, store: Store, bus: Bus) -> None:
+        self._orch = orchestrator
+        self._log = orchestrator.log
+        self._store = store
+        self._bus = bus
+
+    async def read(self, entity_id: str) -> SagaState | None:
+        return await self._log.read(entity_id)
+
+    async def stuck(self, older_than_ms: int, *, now: int | None = None) -> list[Stuck]:
+        """Live sagas that began at least ``older_than_ms`` ago, oldest first."""
+        now = now_ms() if now is None else now
+        entries: dict[str, float] = {}
+        for shard in range(INDEX_SHARDS):
+            key = self._log.shard_key(shard)
+            rows = await self._store.retrying(
+                lambda key=key: self._store.cluster.zrange(key, 0, -1, withscores=True)
+            )
+            entries.update((member.decode(), float(score)) for member, score in rows)
+        limit = asyncio.Semaphore(32)
+
+        async def look(entity_id: str) -> SagaState | None:
+            async with limit:
+                return await self._log.read(entity_id)
+
+        states = await asyncio.gather(*(look(entity_id) for entity_id in entries))
+        found = [
+            Stuck(entity_id, state, entries[entity_id])
+            for entity_id, state in zip(entries, states, strict=True)
+            if state is not None and state.live and now - state.started >= older_than_ms
+        ]
+        return sorted(found, key=lambda s: s.state.started)
+
+    async def retry(self, entity_id: str, saga_id: str | None = None) -> Action:
+        """Re-send the current step (command or compensation) of a live saga, as the sweeper
+        would; the participants' operation records make a second delivery harmless."""
+        state = await self._log.read(entity_id)
+        refusal = _refusal(state, saga_id)
+        if refusal is not None or state is None:
+            return Action(False, refusal or "no saga", state=state)
+        now = now_ms()
+        with self._store.tracking() as written:
+            resends = await self._log.touch(entity_id, state, now)
+        if resends == 0:
+            return Action(False, "the saga moved while we looked: read it again", state=state)
+        await self._store.replicate(written)
+        messages = self._orch.next_messages(state.run(entity_id), (state.status, state.step))
+        return await self._send(entity_id, messages, f"re-sent (re-send {resends})", state)
+
+    async def abort(self, entity_id: str, saga_id: str | None = None, reason: str = "") -> Action:
+        """Turn a running saga back through its compensations (the current step's included:
+        its participant settles whether it ran). A saga already compensating gets its current
+        compensation re-sent."""
+        state = await self._log.read(entity_id)
+        refusal = _refusal(state, saga_id)
+        if refusal is not None or state is None:
+            return Action(False, refusal or "no saga", state=state)
+        if state.status == COMPENSATING:
+            action = await self.retry(entity_id, state.saga_id)
+            detail = f"already turning back: its compensation {action.detail}"
+            return Action(action.done, detail, action.sent, action.state)
+        with self._store.tracking() as written:
+            messages = await self._orch.abort(entity_id, state, reason or OPERATOR)
+        if not messages:
+            return Action(False, "the saga moved while we looked: read it again", state=state)
+        await self._store.replicate(written)
+        return await self._send(entity_id, messages, "turned back", state)
+
+    async def wait(self, entity_id: str, saga_id: str, timeout_s: float) -> SagaState | None:
+        """The saga's state once it is no longer live (or after ``timeout_s``)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while True:
+            state = await self._log.read(entity_id)
+            if state is None or state.saga_id != saga_id or not state.live:
+                return state
+            if loop.time() >= end:
+                return state
+            await asyncio.sleep(0.2)
+
+    async def _send(
+        self, entity_id: str, messages: list[Outgoing], detail: str, state: SagaState
+    ) -> Action:
+        # From now on the sweeper follows the saga again, whatever its index entry said.
+        await self._log.index_add(entity_id, now_ms() + self._orch.step_timeout_ms)
+        await self._bus.publish(messages)
+        sent = [f"{type(message).__name__} on {topic}" for topic, message in messages]
+        return Action(True, detail, sent, await self._log.read(entity_id))
+
+
+def _refusal(state: SagaState | None, saga_id: str | None) -> str | None:
+    if state is None or not state.saga_id:
+        return "no saga: the order is unknown or was never checked out"
+    if saga_id is not None and state.saga_id != saga_id:
+        return f"the order's saga is now {state.saga_id}, not {saga_id}: nothing done"
+    if not state.live:
+        return f"saga {state.saga_id} is {state.status}: nothing to do (a new checkout is new)"
+    if state.status not in (RUNNING, COMPENSATING):
+        return f"saga {state.saga_id} is in an unknown state {state.status!r}"
+    return None

@@ -1,0 +1,211 @@
+"""One checkout saga's history, derived from what is already stored: the saga's fields in the
+order's hash and the participants' operation records. No log of transitions is kept (that
+would cost every transition a write); the records' TTLs date the participants' last writes.
+
+Operation records (common/lua/take.lua, restore.lua): ``T:<n>`` took n, ``S`` short,
+``U`` unknown entity, ``X`` given back or barred for good.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from common.ledger import OP_RECORD_TTL_S, Ledger
+from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaState
+from common.saga.orchestrator import Orchestrator, now_ms
+from common.settings import Settings
+from common.store import Store
+from common.tracing import trace_id_for
+from order.saga import CHECKOUT, order_key
+
+_RECORD_MEANING = {
+    "T": "took {n}",
+    "S": "refused: short",
+    "U": "refused: unknown",
+    "X": "gave back / barred (compensated)",
+}
+
+
+class Participants:
+    """Read access to the stock and payment clusters, when their addresses are configured."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._stores: dict[str, Store] = {}
+        for kind, nodes in (
+            ("item", settings.stock_redis_nodes),
+            ("user", settings.payment_redis_nodes),
+        ):
+            if nodes:
+                self._stores[kind] = Store(dataclasses.replace(settings, redis_nodes=nodes))
+        self._started: set[str] = set()
+
+    def configured(self, kind: str) -> bool:
+        return kind in self._stores
+
+    async def record(self, kind: str, entity_id: str, saga_id: str) -> dict[str, Any] | None:
+        """The saga's operation record on one entity, with its age, and the entity's balance;
+        None if that cluster is not configured."""
+        store = self._stores.get(kind)
+        if store is None:
+            return None
+        if kind not in self._started:
+            await store.start()
+            self._started.add(kind)
+        field = "stock" if kind == "item" else "credit"
+        key = Ledger(store, kind, field).key(entity_id)
+        op = f"{key}:op:{saga_id}"
+        raw, ttl_ms, balance = await store.retrying(
+            lambda: _read(store, op, key, field)  # one call per cluster node, retried
+        )
+        record = raw.decode() if raw is not None else None
+        written = None
+        if record is not None and ttl_ms > 0:  # written when its TTL was full
+            written = now_ms() - (OP_RECORD_TTL_S * 1000 - ttl_ms)
+        return {
+            "entity": entity_id,
+            "record": record,
+            "meaning": _meaning(record),
+            "written_at_ms": written,
+            field: int(balance) if balance is not None else None,
+        }
+
+    async def stop(self) -> None:
+        for store in self._stores.values():
+            await store.stop()
+
+
+async def _read(store: Store, op: str, key: str, field: str) -> tuple[Any, int, Any]:
+    async with store.cluster.pipeline() as pipe:  # both keys share one slot
+        pipe.get(op)
+        pipe.pttl(op)
+        pipe.hget(key, field)
+        raw, ttl, balance = await pipe.execute()
+    return raw, int(ttl), balance
+
+
+def _meaning(record: str | None) -> str:
+    if record is None:
+        return "no record: the command has not been processed"
+    text = _RECORD_MEANING.get(record[0], record)
+    return text.format(n=record[2:]) if record.startswith("T:") else text
+
+
+async def describe(
+    store: Store, orchestrator: Orchestrator, participants: Participants, order_id: str
+) -> dict[str, Any]:
+    """Everything ``show`` prints, as a JSON-able dict."""
+    now = now_ms()
+    key = order_key(order_id)
+    fields = ["user_id", "items", "total_cost", "paid", "saga_attempt"]
+    values = await store.retrying(lambda: store.cluster.hmget(key, fields))
+    report: dict[str, Any] = {
+        "order_id": order_id,
+        "found": values[0] is not None,
+        "order": None,
+        "saga": None,
+        "records": {"stock": [], "payment": []},
+        "history": [],
+        "holds": {},
+        "consistent": None,
+        "problems": [],
+    }
+    if values[0] is None:
+        return report
+    user_id, items_raw, total, paid, attempts = (v.decode() if v else "" for v in values)
+    report["order"] = {
+        "user_id": user_id,
+        "items": json.loads(items_raw or "[]"),
+        "total_cost": int(total or 0),
+        "paid": paid == "1",
+        "attempts": int(attempts or 0),
+    }
+    state = await orchestrator.log.read(order_id)
+    if state is None or not state.saga_id:
+        return report
+    steps = [step.name for step in CHECKOUT.steps]
+    report["saga"] = {
+        "saga_id": state.saga_id,
+        "trace_id": trace_id_for(state.saga_id),
+        "status": state.status,
+        "step": state.step,
+        "step_name": steps[state.step] if 0 <= state.step < len(steps) else "-",
+        "reason": state.reason,
+        "resends": state.resends,
+        "started_ms": state.started,
+        "age_s": round((now - state.started) / 1000, 3),
+        "since_last_move_s": round((now - state.updated) / 1000, 3),
+        "deadline_in_s": round((state.deadline - now) / 1000, 3),
+    }
+    await _records(report, participants, state, now)
+    _judge(report, state, steps)
+    return report
+
+
+async def _records(
+    report: dict[str, Any], participants: Participants, state: SagaState, now: int
+) -> None:
+    history: list[tuple[float | None, str]] = [
+        (0.0, f"saga started (attempt {state.saga_id.split(':')[-2]})")
+    ]
+    snapshot_items = json.loads(state.snapshot.get("items") or "[]")
+    quantities: dict[str, int] = {}
+    for item, quantity in snapshot_items:
+        quantities[str(item)] = quantities.get(str(item), 0) + int(quantity)
+    for side, kind, entities in (
+        ("stock", "item", list(quantities)),
+        ("payment", "user", [state.snapshot.get("user_id", "")]),
+    ):
+        if not participants.configured(kind):
+            history.append((None, f"{side}: records not read ({side.upper()}_REDIS_NODES unset)"))
+            continue
+        for entity in entities:
+            found = await participants.record(kind, entity, state.saga_id)
+            if found is None:
+                continue
+            report["records"][side].append(found)
+            written = found["written_at_ms"]
+            at = None if written is None else (written - state.started) / 1000
+            history.append((at, f"{side}: {kind} {entity}: {found['meaning']}"))
+    if state.updated != state.started:
+        history.append(
+            ((state.updated - state.started) / 1000, f"last move to {state.status}/{state.step}")
+        )
+    if state.resends:
+        history.append((None, f"{state.resends} re-send(s) of the current step since that move"))
+    if state.live and now >= state.deadline and state.status == RUNNING:
+        history.append((None, "past its deadline: the sweeper turns it back"))
+    timed = sorted((e for e in history if e[0] is not None), key=lambda e: e[0] or 0.0)
+    untimed = [e for e in history if e[0] is None]
+    report["history"] = [{"at_s": at, "what": what} for at, what in [*timed, *untimed]]
+
+
+def _judge(report: dict[str, Any], state: SagaState, steps: list[str]) -> None:
+    """What the saga holds now, and whether that agrees with its state."""
+    stock = report["records"]["stock"]
+    payment = report["records"]["payment"]
+    held_stock = {
+        r["entity"]: int(r["record"][2:]) for r in stock if (r["record"] or "").startswith("T:")
+    }
+    held_credit = sum(int(r["record"][2:]) for r in payment if (r["record"] or "").startswith("T:"))
+    report["holds"] = {"stock": held_stock, "credit": held_credit}
+    if not stock and not payment:
+        return  # the participants were not read: nothing to judge
+    problems: list[str] = report["problems"]
+    order = report["order"]
+    if state.status == SUCCEEDED:
+        if not order["paid"]:
+            problems.append("saga succeeded but the order is not paid")
+        if stock and len(held_stock) != len(stock):
+            problems.append("saga succeeded but not every line is reserved")
+        if payment and held_credit != order["total_cost"]:
+            problems.append(f"saga succeeded but {held_credit} charged, not {order['total_cost']}")
+    elif state.status == FAILED:
+        if order["paid"]:
+            problems.append("saga failed but the order is paid")
+        if held_stock or held_credit:
+            problems.append("saga failed but still holds stock or credit")
+    elif state.status == COMPENSATING and state.step < len(steps) - 1 and held_credit:
+        problems.append("compensating before the payment step but credit is held")
+    report["consistent"] = not problems
