@@ -45,6 +45,7 @@ from typing import Any
 
 import aiohttp
 from init_orders import DEFAULT_URLS, Sizes, init_all, load_urls
+from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -155,10 +156,30 @@ def run_wrk(
             base_url,
         ]
         print(f"--- {mode}: {' '.join(command[1:])}", flush=True)
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        done = _run_with_clock(command, env, duration, mode)
         if done.returncode != 0 or not report.exists():
             raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return parse_report(mode, connections, report.read_text())
+
+
+def _run_with_clock(
+    command: list[str], env: dict[str, str], duration: int, mode: str
+) -> subprocess.CompletedProcess[str]:
+    """Run wrk; on a terminal, a bar counts its seconds (wrk itself prints only at the end)."""
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tqdm(total=duration, unit="s", desc=mode, disable=None, leave=False) as bar,
+    ):
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        started = time.monotonic()
+        while proc.poll() is None:
+            time.sleep(0.5)
+            bar.n = min(int(time.monotonic() - started), duration)
+            bar.refresh()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, proc.returncode, out.read(), err.read())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +191,10 @@ async def read_all(
     jobs: Iterable[tuple[str, str]],
     workers: int,
     on_reply: Callable[[str, dict[str, Any]], None],
+    progress: tqdm | None = None,
 ) -> None:
-    """GET every (key, url) with ``workers`` requests in flight; ``on_reply(key, json body)``."""
+    """GET every (key, url) with ``workers`` requests in flight; ``on_reply(key, json body)``;
+    ``progress`` (a bar) advances by one per reply."""
     pending = iter(jobs)
 
     async def worker() -> None:
@@ -182,6 +205,8 @@ async def read_all(
                         if resp.status != 200:
                             raise RuntimeError(f"GET {url} answered {resp.status}")
                         on_reply(key, await resp.json())
+                        if progress is not None:
+                            progress.update(1)
                         break
                 except (aiohttp.ClientError, TimeoutError):
                     if attempt == 2:
@@ -199,7 +224,9 @@ class Order:
     paid: bool
 
 
-async def read_orders(urls: dict[str, str], ids: Iterable[int], workers: int) -> dict[str, Order]:
+async def read_orders(
+    urls: dict[str, str], ids: Iterable[int], workers: int, progress: tqdm | None = None
+) -> dict[str, Order]:
     orders: dict[str, Order] = {}
 
     def order(key: str, body: dict[str, Any]) -> None:
@@ -209,12 +236,16 @@ async def read_orders(urls: dict[str, str], ids: Iterable[int], workers: int) ->
     base = f"{urls['ORDER_URL']}/orders/find"
     connector = aiohttp.TCPConnector(limit=workers)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await read_all(session, ((str(i), f"{base}/{i}") for i in ids), workers, order)
+        await read_all(session, ((str(i), f"{base}/{i}") for i in ids), workers, order, progress)
     return orders
 
 
 async def read_balances(
-    urls: dict[str, str], users: Iterable[str], items: Iterable[str], workers: int
+    urls: dict[str, str],
+    users: Iterable[str],
+    items: Iterable[str],
+    workers: int,
+    progress: tqdm | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Credit per user and stock per item."""
     credit: dict[str, int] = {}
@@ -228,12 +259,14 @@ async def read_balances(
             ((u, f"{user_base}/{u}") for u in users),
             workers,
             lambda key, body: credit.__setitem__(key, int(body["credit"])),
+            progress,
         )
         await read_all(
             session,
             ((i, f"{item_base}/{i}") for i in items),
             workers,
             lambda key, body: stock.__setitem__(key, int(body["stock"])),
+            progress,
         )
     return credit, stock
 
@@ -292,14 +325,18 @@ def verify(
             f"--- verify (touched): {len(touched)} orders checked out, their users and items",
             flush=True,
         )
-    orders = asyncio.run(read_orders(urls, order_ids, workers))
-    if scope == "full":
-        users: Iterable[str] = (str(i) for i in range(sizes.users))
-        items: Iterable[str] = (str(i) for i in range(sizes.items))
-    else:
-        users = sorted({o.user for o in orders.values()})
-        items = sorted({item for o in orders.values() for item, _ in o.items})
-    credit, stock = asyncio.run(read_balances(urls, users, items, workers))
+    # On a terminal, a bar counts the reads (its total grows once the users and items are known).
+    with tqdm(unit="read", desc="verify", disable=None, leave=False) as bar:
+        bar.total = sizes.orders + sizes.users + sizes.items if scope == "full" else len(touched)
+        orders = asyncio.run(read_orders(urls, order_ids, workers, bar))
+        if scope == "full":
+            users: Iterable[str] = (str(i) for i in range(sizes.users))
+            items: Iterable[str] = (str(i) for i in range(sizes.items))
+        else:
+            users = sorted({o.user for o in orders.values()})
+            items = sorted({item for o in orders.values() for item, _ in o.items})
+            bar.total += len(users) + len(items)  # type: ignore[arg-type]
+        credit, stock = asyncio.run(read_balances(urls, users, items, workers, bar))
     lines, failures = check_balances(sizes, orders, credit, stock)
     reads = len(orders) + len(credit) + len(stock)
     elapsed = time.perf_counter() - started

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_URLS = HERE.parent / "test" / "urls.json"
@@ -72,8 +73,16 @@ async def _post(session: aiohttp.ClientSession, url: str) -> tuple[float, str]:
         return elapsed, body
 
 
+async def _ticking(bar: tqdm) -> None:
+    """Keep the bar's clock moving while one long call is in flight."""
+    while True:
+        await asyncio.sleep(0.5)
+        bar.refresh()
+
+
 async def init_all(urls: dict[str, str], sizes: Sizes = Sizes(), *, quiet: bool = False) -> float:
-    """Run the three batch_inits one after the other; returns the total seconds."""
+    """Run the three batch_inits one after the other; returns the total seconds. On a
+    terminal a progress bar shows which call runs and for how long (none otherwise)."""
     calls = [
         (
             "stock",
@@ -87,12 +96,20 @@ async def init_all(urls: dict[str, str], sizes: Sizes = Sizes(), *, quiet: bool 
         ),
     ]
     total = 0.0
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        for name, url in calls:
-            elapsed, body = await _post(session, url)
-            total += elapsed
-            if not quiet:
-                print(f"{name:8} batch_init: {elapsed:6.2f} s  {body.strip()[:100]}")
+    bar = tqdm(total=len(calls), unit="call", disable=True if quiet else None, leave=False)
+    ticker = asyncio.create_task(_ticking(bar))
+    try:
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            for name, url in calls:
+                bar.set_description(f"batch_init {name}")
+                elapsed, body = await _post(session, url)
+                total += elapsed
+                bar.update(1)
+                if not quiet:
+                    tqdm.write(f"{name:8} batch_init: {elapsed:6.2f} s  {body.strip()[:100]}")
+    finally:
+        ticker.cancel()
+        bar.close()
     if not quiet:
         print(f"all three: {total:.2f} s")
     return total

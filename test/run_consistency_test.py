@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -148,15 +149,25 @@ async def _expect(session: aiohttp.ClientSession, method: str, url: str) -> Any:
     return body
 
 
-async def bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run the jobs with at most ``limit`` at a time; results in job order."""
+async def bounded(
+    limit: int, jobs: Iterable[Callable[[], Awaitable[T]]], desc: str | None = None
+) -> list[T]:
+    """Run the jobs with at most ``limit`` at a time; results in job order. With ``desc``, a
+    progress bar counts the finished jobs on a terminal (nothing is drawn otherwise)."""
     gate = asyncio.Semaphore(limit)
+    jobs = list(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, unit="req", disable=None if desc else True, leave=False)
 
     async def one(job: Callable[[], Awaitable[T]]) -> T:
         async with gate:
-            return await job()
+            result = await job()
+        bar.update(1)
+        return result
 
-    return list(await asyncio.gather(*(one(job) for job in jobs)))
+    try:
+        return list(await asyncio.gather(*(one(job) for job in jobs)))
+    finally:
+        bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +196,7 @@ async def populate(
         await _expect(session, "POST", f"{urls.payment}/payment/add_funds/{user_id}/1")
         return user_id
 
-    user_ids = await bounded(limit, [new_user] * users)
+    user_ids = await bounded(limit, [new_user] * users, "users")
     chosen = [random.choice(user_ids) for _ in range(orders)]
 
     def new_order(user_id: str) -> Callable[[], Awaitable[str]]:
@@ -197,7 +208,7 @@ async def populate(
 
         return job
 
-    order_ids = await bounded(limit, [new_order(u) for u in chosen])
+    order_ids = await bounded(limit, [new_order(u) for u in chosen], "orders")
     return Dataset(item_id, user_ids, order_ids, dict(zip(order_ids, chosen, strict=True)))
 
 
@@ -209,6 +220,7 @@ async def fire_checkouts(urls: Urls, order_ids: list[str], concurrency: int) -> 
     """
     gate = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
+    bar = tqdm(total=len(order_ids), desc="checkouts", unit="req", disable=None, leave=False)
 
     async def checkout(session: aiohttp.ClientSession, order_id: str) -> Reply:
         async with gate:
@@ -219,9 +231,14 @@ async def fire_checkouts(urls: Urls, order_ids: list[str], concurrency: int) -> 
                     return Reply(order_id, resp.status, time.perf_counter() - started, detail)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 return Reply(order_id, None, time.perf_counter() - started, repr(exc))
+            finally:
+                bar.update(1)
 
-    async with aiohttp.ClientSession(connector=connector, timeout=CLIENT_TIMEOUT) as session:
-        return list(await asyncio.gather(*(checkout(session, o) for o in order_ids)))
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=CLIENT_TIMEOUT) as session:
+            return list(await asyncio.gather(*(checkout(session, o) for o in order_ids)))
+    finally:
+        bar.close()
 
 
 async def read_state(
