@@ -18,7 +18,7 @@ from test.conftest import Stack
 from test.faults.load import Load, Shop
 
 BASELINE_S = 3.0
-OBSERVE_S = 12.0
+OBSERVE_S = 25.0  # an upper bound for the assertion; the suite prints the measured time
 RESULTS = Path(os.environ.get("FAULT_RESULTS", "/tmp/fault-results.tsv"))
 
 
