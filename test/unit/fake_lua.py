@@ -1,0 +1,191 @@
+"""The Lua scripts of ``common/lua`` and ``common/saga/lua``, reproduced in Python over a
+``FakeRedis`` keyspace.
+
+Each function takes ``(redis, keys, argv)`` with ``argv`` already encoded as redis-py sends it
+(bytes) and returns what redis-py hands back with ``decode_responses=False``: bytes for Lua
+strings, int for Lua numbers (truncated), lists for Lua tables, None for ``false``/``nil``.
+``SOURCES`` pins the sha1 of the Lua text each function reproduces; a test fails when a script
+changes, so the fake is updated with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from test.unit.fake_store import FakeRedis
+
+Script = Callable[["FakeRedis", list[str], list[bytes]], Any]
+
+
+def _num(raw: bytes) -> float:
+    """Lua's ``tonumber`` on a decimal string."""
+    return float(raw)
+
+
+def take(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    done = r.get(keys[1])
+    if done is not None:
+        return done
+    current = r.hget(keys[0], argv[0])
+    if current is None:
+        result = b"U"
+    elif _num(current) < _num(argv[1]):
+        result = b"S"
+    else:
+        if _num(argv[1]) > 0:
+            r.hincrby(keys[0], argv[0], -int(argv[1]))
+        result = b"T:" + argv[1]
+    r.set(keys[1], result, ex_s=int(argv[2]))
+    return result
+
+
+def restore(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    done = r.get(keys[1])
+    if done is not None and done[:2] == b"T:" and _num(done[2:]) > 0:
+        r.hincrby(keys[0], argv[0], int(done[2:]))
+    if done is None or done[:2] == b"T:":
+        r.set(keys[1], b"X", ex_s=int(argv[1]))
+    return done
+
+
+def adjust(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    done = r.get(keys[1])
+    if done is not None:
+        sep = done.index(b":")
+        return [done[:sep], int(_num(done[sep + 1 :]))]
+    current = r.hget(keys[0], argv[0])
+    value: float
+    if current is None:
+        status, value = b"UNKNOWN", 0
+    else:
+        value = _num(current) + _num(argv[1])
+        if value < 0:
+            status, value = b"NEGATIVE", _num(current)
+        elif value > _num(argv[2]):
+            status, value = b"OVERFLOW", _num(current)
+        else:
+            status = b"OK"
+            value = r.hincrby(keys[0], argv[0], int(argv[1]))
+    r.set(keys[1], status + b":" + b"%d" % int(value), ex_s=int(argv[3]))
+    return [status, int(value)]
+
+
+def create(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    if r.exists(keys[0]):
+        return 0
+    r.hset(keys[0], dict(zip(argv[::2], argv[1::2], strict=True)))
+    return 1
+
+
+def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    if not r.exists(keys[0]):
+        return [b"UNKNOWN"]
+    done, saga_id, status = r.hmget(keys[0], [argv[5], b"saga_id", b"saga_status"])
+    if done == b"1":
+        return [b"DONE", saga_id or b""]
+    if status in (b"running", b"compensating"):
+        return [b"JOINED", saga_id]
+    if argv[0] == b"check":
+        return [b"READY"]
+    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[6:]}
+    data = json.dumps(snapshot, separators=(",", ":")).encode()
+    attempt = r.hincrby(keys[0], b"saga_attempt", 1)
+    new_id = b"%s:%d:%s" % (argv[1], attempt, argv[2])
+    r.hset(
+        keys[0],
+        {
+            b"saga_id": new_id,
+            b"saga_status": b"running",
+            b"saga_step": b"0",
+            b"saga_started": argv[3],
+            b"saga_updated": argv[3],
+            b"saga_deadline": argv[4],
+            b"saga_resends": b"0",
+            b"saga_reason": b"",
+            b"saga_data": data,
+        },
+    )
+    return [b"STARTED", new_id, data]
+
+
+def saga_move(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    saga_id, status, step, data = r.hmget(
+        keys[0], [b"saga_id", b"saga_status", b"saga_step", b"saga_data"]
+    )
+    if saga_id != argv[0] or status != argv[1] or step != argv[2]:
+        return [0]
+    r.hset(
+        keys[0],
+        {b"saga_status": argv[3], b"saga_step": argv[4], b"saga_updated": argv[5]}
+        | {b"saga_resends": b"0"},
+    )
+    if argv[6] != b"":
+        r.hset(keys[0], {b"saga_reason": argv[6]})
+    if argv[3] == b"succeeded":
+        r.hset(keys[0], {argv[7]: b"1"})
+    return [1, data, r.hget(keys[0], b"saga_reason") or b""]
+
+
+def saga_touch(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    found = r.hmget(keys[0], [b"saga_id", b"saga_status", b"saga_step", b"saga_updated"])
+    if found != argv[:4]:
+        return 0
+    r.hset(keys[0], {b"saga_updated": argv[4]})
+    return r.hincrby(keys[0], b"saga_resends", 1)
+
+
+def index_drop(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    score = r.zscore(keys[0], argv[0])
+    if score is not None and score == _num(argv[1]):
+        return r.zrem(keys[0], argv[0])
+    return 0
+
+
+def lease(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    holder = r.get(keys[0])
+    if holder == argv[0]:
+        r.pexpire(keys[0], int(argv[1]))
+        return 1
+    if holder is None:
+        r.set(keys[0], argv[0], px=int(argv[1]))
+        return 1
+    return 0
+
+
+def bump_generation(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    current = int(_num(r.get(keys[0]) or b"0"))
+    if current == _num(argv[0]):
+        current = r.incr(keys[0])
+    return current
+
+
+SCRIPTS: dict[str, Script] = {
+    "take": take,
+    "restore": restore,
+    "adjust": adjust,
+    "create": create,
+    "saga_begin": saga_begin,
+    "saga_move": saga_move,
+    "saga_touch": saga_touch,
+    "index_drop": index_drop,
+    "lease": lease,
+    "bump_generation": bump_generation,
+}
+"""Script name (the .lua file's stem) -> its reproduction."""
+
+SOURCES: dict[str, str] = {
+    "adjust": "57341db326c9c9e9452f8bb7d3d16fafb78736d3",
+    "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
+    "restore": "693681b351765e1f2ac2a80a434c5eb9192c9c22",
+    "take": "571149b87d64cba11b970373ad24004b1caeac82",
+    "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
+    "lease": "a4924623c6f2e16d84d6cb11b791f8659fff8a18",
+    "saga_begin": "e88e2aba450844e03c4deb7af39fa2146be6a6b9",
+    "saga_move": "5981fc94d16007790b77ecc68e343aaba5bf62b2",
+    "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",
+    "bump_generation": "639cae325637a6f812747db77784d29f9e97b77e",
+}
+"""Script name -> sha1 of the Lua text the function above reproduces."""

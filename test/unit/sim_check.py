@@ -1,0 +1,118 @@
+"""The invariants of DESIGN.md, checked on a simulated world once it is quiescent.
+
+- every saga is terminal, and an order is paid exactly when its last saga succeeded;
+- a paid order was charged once: one ``T:`` payment record (its total) and its lines' ``T:`` stock
+  records, all from its last saga; an unpaid order holds no ``T:`` record of any saga;
+- per user, credit + paid totals = initial credit + funds added; per item, stock + units in paid
+  orders = initial stock + units added (added = the adjustments the ledger applied, and every
+  acknowledged one is among them);
+- every "paid" answer is a paid order; every "not paid" answer's saga holds nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
+
+from order.saga import order_key
+from test.unit.fake_store import FakeRedis
+from test.unit.sim_workload import NOT_PAID, PAID
+
+if TYPE_CHECKING:
+    from test.unit.sim import World
+
+Taken = dict[str, list[tuple[str, str, int]]]
+"""saga id -> [(service, entity id, amount)] of its live ``T:`` records"""
+
+
+def taken_records(service: str, redis: FakeRedis, into: Taken) -> None:
+    for key in list(redis.data):
+        if ":op:" not in key:
+            continue
+        record = redis.get(key)
+        if record is None or not record.startswith(b"T:"):
+            continue
+        tag, saga_id = key.split(":op:", 1)
+        entity_id = tag.strip("{}").split(":", 1)[1]
+        into[saga_id].append((service, entity_id, int(record[2:])))
+
+
+def applied(redis: FakeRedis, kind: str, entity_id: str, request_id: str) -> bool:
+    record = redis.get(f"{{{kind}:{entity_id}}}:rq:{request_id}")
+    return record is not None and record.startswith(b"OK:")
+
+
+def check(world: World) -> list[str]:
+    """The violated invariants (empty when all hold)."""
+    wl, out = world.workload, []
+    orders, stock, payment = world.redis["order"], world.redis["stock"], world.redis["payment"]
+    taken: Taken = defaultdict(list)
+    taken_records("stock", stock, taken)
+    taken_records("payment", payment, taken)
+    by_order: dict[str, set[str]] = defaultdict(set)
+    for saga_id in taken:
+        by_order[saga_id.split(":", 1)[0]].add(saga_id)
+
+    paid: dict[str, bool] = {}
+    for order_id, spec in wl.orders.items():
+        h = orders.data.get(order_key(order_id), {})
+        status = h.get(b"saga_status", b"").decode()
+        last = h.get(b"saga_id", b"").decode()
+        paid[order_id] = h.get(b"paid") == b"1"
+        if status not in ("", "succeeded", "failed"):
+            out.append(f"order {order_id}: saga {last} never ended ({status})")
+        if paid[order_id] != (status == "succeeded"):
+            out.append(f"order {order_id}: paid={paid[order_id]} but its saga {last} is {status}")
+        holders = by_order.pop(order_id, set())
+        if not paid[order_id]:
+            if holders:
+                out.append(f"unpaid order {order_id} holds {[taken[s] for s in sorted(holders)]}")
+            continue
+        if holders - {last}:
+            out.append(f"paid order {order_id}: sagas {sorted(holders - {last})} also hold")
+        want = Counter({("stock", i): 0 for i, _ in spec.lines})
+        for item_id, quantity in spec.lines:
+            want[("stock", item_id)] += quantity
+        want[("payment", spec.user_id)] = spec.total
+        records = taken.get(last, [])
+        got = Counter({(s, e): a for s, e, a in records})
+        if len(records) != len(want) or got != want:
+            out.append(f"paid order {order_id} (saga {last}) has records {records}, want {want}")
+    for order_id, sagas in by_order.items():
+        out.append(f"records of unknown order {order_id}: {sorted(sagas)}")
+
+    added: Counter[tuple[str, str]] = Counter()
+    for adj in wl.adjustments:
+        kind = "user" if adj.service == "payment" else "item"
+        redis = payment if adj.service == "payment" else stock
+        if applied(redis, kind, adj.entity_id, adj.request_id):
+            added[(adj.service, adj.entity_id)] += adj.delta
+        elif adj in wl.acknowledged:
+            out.append(f"acknowledged {adj} vanished")
+    spent: Counter[tuple[str, str]] = Counter()
+    for order_id, spec in wl.orders.items():
+        if paid[order_id]:
+            spent[("payment", spec.user_id)] += spec.total
+            for item_id, quantity in spec.lines:
+                spent[("stock", item_id)] += quantity
+    for user_id, credit in wl.users.items():
+        now = int(payment.hget(f"{{user:{user_id}}}", b"credit") or b"0")
+        key = ("payment", user_id)
+        if now + spent[key] != credit + added[key]:
+            out.append(
+                f"user {user_id}: credit {now} + paid {spent[key]} != {credit} + {added[key]}"
+            )
+    for item_id, (units, _) in wl.items.items():
+        now = int(stock.hget(f"{{item:{item_id}}}", b"stock") or b"0")
+        key = ("stock", item_id)
+        if now + spent[key] != units + added[key]:
+            out.append(f"item {item_id}: stock {now} + sold {spent[key]} != {units} + {added[key]}")
+
+    for answer in wl.answers:
+        if answer.outcome == PAID and not paid[answer.order_id]:
+            out.append(f"checkout answered paid but order {answer.order_id} is not: {answer}")
+        if answer.outcome == NOT_PAID and taken.get(answer.saga_id):
+            out.append(
+                f"checkout answered not paid but {answer.saga_id} holds {taken[answer.saga_id]}"
+            )
+    return out

@@ -1,0 +1,213 @@
+"""The simulated processes: order workers (orchestrator, checkout edge, waiters, sweeper, outcome
+listener) and the stock and payment participants, wired as ``order/app.py``, ``stock/app.py``
+and ``payment/app.py`` wire them, but over the simulation's fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from common.bus import ConsumerLoop, Outgoing
+from common.errors import Unavailable
+from common.messages import (
+    ORDER_STATUS_UPDATE,
+    PAYMENT,
+    PAYMENT_PROCESSING,
+    STOCK,
+    STOCK_PROCESSING,
+    CheckoutFinished,
+)
+from common.saga.log import SagaLog
+from common.saga.orchestrator import Orchestrator
+from common.saga.sweeper import Sweeper
+from common.saga.waiters import Verdict, Waiters
+from order.checkout import Checkout
+from order.saga import CHECKOUT
+from payment.handlers import handlers as payment_handlers
+from stock.handlers import handlers as stock_handlers
+from test.unit.sim_sched import Actor, current_actor
+
+if TYPE_CHECKING:
+    from test.unit.sim import World
+
+
+class NotingWaiters(Waiters):
+    """``Waiters`` that note, on the waiting actor, which saga its checkout waits for."""
+
+    async def wait(
+        self, saga_id: str, poll: Callable[[], Awaitable[Verdict | None]], timeout_s: float
+    ) -> Verdict | None:
+        actor = current_actor()
+        if actor is not None:
+            actor.notes["saga_id"] = saga_id
+        return await super().wait(saga_id, poll, timeout_s)
+
+
+class Participants:
+    """The stock and payment services: stateless consumer loops over their own stores."""
+
+    def __init__(self, world: World) -> None:
+        self.consumers = {
+            "stock": ConsumerLoop(
+                name="stock",
+                bus=world.bus,  # type: ignore[arg-type]
+                store=world.stores["stock"],  # type: ignore[arg-type]
+                topics=[STOCK],
+                group_id="stock",
+                handlers=stock_handlers(world.items),
+            ),
+            "payment": ConsumerLoop(
+                name="payment",
+                bus=world.bus,  # type: ignore[arg-type]
+                store=world.stores["payment"],  # type: ignore[arg-type]
+                topics=[PAYMENT],
+                group_id="payment",
+                handlers=payment_handlers(world.users),
+            ),
+        }
+
+
+class OrderWorker:
+    """One order process. ``boot`` (re)creates all of its in-memory state, as a restart does."""
+
+    def __init__(self, world: World, name: str) -> None:
+        self.world = world
+        self.name = name
+        self.outcome_positions: dict[int, int] = {}
+
+    def boot(self) -> None:
+        w, k = self.world, self.world.knobs
+        if hasattr(self, "sweeper"):  # a restart: keep the old process's counts
+            w.count("sweeper resends", self.sweeper.resends)
+            w.count("sweeper aborts", self.sweeper.aborts)
+        store: Any = w.stores["order"]
+        self.log = SagaLog(store, CHECKOUT)
+        self.orchestrator = Orchestrator(
+            CHECKOUT, self.log, step_timeout_ms=k.step_timeout_ms, deadline_ms=k.deadline_ms
+        )
+        self.waiters = NotingWaiters()
+        bus: Any = w.bus
+        self.checkout = Checkout(
+            self.orchestrator, store, bus, self.waiters, timeout_ms=k.checkout_timeout_ms
+        )
+        self.sweeper = Sweeper(
+            self.orchestrator, store, bus, self.name, interval_ms=k.sweep_interval_ms
+        )
+        self.consumer = ConsumerLoop(
+            name=f"{self.name} orchestrator",
+            bus=bus,
+            store=store,
+            topics=[STOCK_PROCESSING, PAYMENT_PROCESSING],
+            group_id="order",
+            handlers=self.orchestrator.handlers(),
+            after_publish=self._wake_local_waiters,
+        )
+        self.outcomes = ConsumerLoop(
+            name=f"{self.name} outcomes",
+            bus=bus,
+            store=None,
+            topics=[ORDER_STATUS_UPDATE],
+            group_id=None,
+            handlers={CheckoutFinished: self._on_finished},
+        )
+        # A listener without a group starts at the end of each partition.
+        self.outcome_positions = {
+            p: len(w.bus.logs[(ORDER_STATUS_UPDATE, p)]) for p in range(w.bus.partitions)
+        }
+        w.sched.spawn(
+            f"{self.name} sweeper", self.name, self._sweep_forever(), _ignore, background=True
+        )
+
+    # --- as order/app.py ------------------------------------------------------------------------
+    def _wake_local_waiters(self, sent: Sequence[Outgoing]) -> None:
+        for _, message in sent:
+            if isinstance(message, CheckoutFinished):
+                self.waiters.resolve(message.saga_id, message.paid, message.reason)
+
+    async def _on_finished(self, message: CheckoutFinished) -> Sequence[Outgoing]:
+        self.waiters.resolve(message.saga_id, message.paid, message.reason)
+        return []
+
+    async def _sweep_forever(self) -> None:
+        """``Sweeper._run``: a round every interval; a failed round is retried by the next."""
+        while True:
+            try:
+                await self.sweeper.sweep()
+            except Unavailable as exc:
+                self.world.note(f"{self.name} sweep failed: {exc!r}")
+            except Exception as exc:
+                self.world.error(f"{self.name} sweep raised {exc!r}")
+            await asyncio.sleep(self.world.knobs.sweep_interval_ms / 1000)
+
+    # --- the outcome listener -------------------------------------------------------------------
+    def unread(self) -> list[int]:
+        bus = self.world.bus
+        if sum(self.outcome_positions.values()) >= bus.sizes.get(ORDER_STATUS_UPDATE, 0):
+            return []
+        logs = bus.logs
+        return [
+            p
+            for p, pos in self.outcome_positions.items()
+            if pos < len(logs[(ORDER_STATUS_UPDATE, p)])
+        ]
+
+    def read_outcomes(self) -> None:
+        w = self.world
+        p = w.rng.choice(self.unread())
+        start = self.outcome_positions[p]
+        end = min(len(w.bus.logs[(ORDER_STATUS_UPDATE, p)]), start + w.rng.randint(1, 3))
+        self.outcome_positions[p] = end
+        batch = {
+            TopicPartition(ORDER_STATUS_UPDATE, p): w.bus.records(
+                ORDER_STATUS_UPDATE, p, start, end
+            )
+        }
+        w.sched.spawn(f"{self.name} outcomes", self.name, self.outcomes._process(batch), _report(w))
+
+
+async def consume(
+    world: World,
+    loop: ConsumerLoop,
+    key: tuple[str, str, int],
+    records: list[ConsumerRecord],
+    end: int,
+    epoch: int,
+) -> None:
+    """``ConsumerLoop._run`` for one batch of one partition: process it (retried while Redis is
+    unavailable, as ``_process_until_done`` does), then commit unless rebalanced away."""
+    group, topic, partition = key
+    batch = {TopicPartition(topic, partition): records}
+    delay = 0.05
+    for _ in range(4):
+        try:
+            await loop._process(batch)
+            break
+        except Unavailable as exc:
+            world.note(f"batch {topic}/{partition} failed, retried: {exc!r}")
+            await asyncio.sleep(delay)
+            delay *= 2
+    else:
+        return  # given up: not committed, so it is read again
+    await world.gate(f"commit {group} {topic}/{partition}@{end}")
+    actor = current_actor()
+    if actor is not None and actor.notes.get("zombie"):
+        world.note(f"commit of {group} {topic}/{partition}@{end} refused: rebalanced")
+        return
+    if not world.bus.commit(group, topic, partition, end, epoch):
+        world.note(f"commit of {group} {topic}/{partition}@{end} refused: broker restarted")
+
+
+def _ignore(actor: Actor, task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _report(world: World) -> Callable[[Actor, asyncio.Task[Any]], None]:
+    def done(actor: Actor, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            world.error(f"{actor.name}: {task.exception()!r}")
+
+    return done

@@ -1,0 +1,150 @@
+"""The fakes the simulation stands on: each Lua script's reproduction is pinned to the script's
+text, answers in redis-py's shapes, and ``FakeRedis`` loses exactly the unreplicated writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from common.ledger import LUA_DIR
+from test.unit.fake_lua import SCRIPTS, SOURCES
+from test.unit.fake_store import (
+    MASTERS,
+    FakeRedis,
+    FakeStore,
+    WriteMayBeLost,
+    encode_arg,
+    master_of,
+)
+
+SAGA_LUA = Path(LUA_DIR).parent / "saga" / "lua"
+
+
+@pytest.mark.parametrize("path", sorted([*LUA_DIR.glob("*.lua"), *SAGA_LUA.glob("*.lua")]))
+def test_every_script_has_a_reproduction_of_its_current_text(path: Path) -> None:
+    assert path.stem in SCRIPTS, f"fake_lua has no reproduction of {path}"
+    sha = hashlib.sha1(path.read_bytes()).hexdigest()
+    assert SOURCES[path.stem] == sha, (
+        f"{path} changed since fake_lua.{path.stem} was written: update the reproduction, "
+        f"then its SOURCES entry to {sha}"
+    )
+
+
+def run(redis: FakeRedis, name: str, keys: list[str], *args: object) -> object:
+    return SCRIPTS[name](redis, keys, [encode_arg(a) for a in args])
+
+
+def test_take_and_restore_answers() -> None:
+    r, saga = FakeRedis(), uuid.uuid4().hex
+    key, op = "{item:a}", f"{{item:a}}:op:{saga}"
+    assert run(r, "take", [key, "{item:a}:op:u"], "stock", 1, 60) == b"U"
+    r.hset(key, {b"stock": b"3"})
+    assert run(r, "take", [key, "{item:a}:op:u"], "stock", 1, 60) == b"U"  # the stored reply
+    assert run(r, "take", ["{item:a}", "{item:a}:op:x"], "stock", 5, 60) == b"S"
+    assert run(r, "take", [key, op], "stock", 2, 60) == b"T:2"
+    assert run(r, "take", [key, op], "stock", 2, 60) == b"T:2"
+    assert r.hget(key, b"stock") == b"1"
+    assert run(r, "restore", [key, op], "stock", 60) == b"T:2"
+    assert run(r, "restore", [key, op], "stock", 60) == b"X"
+    assert r.hget(key, b"stock") == b"3"
+    assert run(r, "restore", [key, "{item:a}:op:never"], "stock", 60) is None
+    assert run(r, "take", [key, "{item:a}:op:never"], "stock", 1, 60) == b"X"
+
+
+def test_adjust_and_create_answers() -> None:
+    r = FakeRedis()
+    assert run(r, "create", ["{user:u}"], "credit", 5) == 1
+    assert run(r, "create", ["{user:u}"], "credit", 9) == 0
+    assert run(r, "adjust", ["{user:u}", "{user:u}:rq:1"], "credit", 7, 100, 60) == [b"OK", 12]
+    assert run(r, "adjust", ["{user:u}", "{user:u}:rq:1"], "credit", 7, 100, 60) == [b"OK", 12]
+    assert run(r, "adjust", ["{user:u}", "{user:u}:rq:2"], "credit", -13, 100, 60) == [
+        b"NEGATIVE",
+        12,
+    ]
+    assert run(r, "adjust", ["{user:u}", "{user:u}:rq:3"], "credit", 99, 100, 60) == [
+        b"OVERFLOW",
+        12,
+    ]
+    assert run(r, "adjust", ["{user:x}", "{user:x}:rq:1"], "credit", 1, 100, 60) == [b"UNKNOWN", 0]
+
+
+def test_saga_scripts_answers() -> None:
+    r, key = FakeRedis(), "{order:o}"
+    begin = ["check", "o", "n1", 1000, 5000, "paid", "user_id", "items", "total_cost"]
+    assert run(r, "saga_begin", [key], *begin) == [b"UNKNOWN"]
+    r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
+    assert run(r, "saga_begin", [key], *begin) == [b"READY"]
+    started = run(r, "saga_begin", [key], "start", *begin[1:])
+    assert started == [b"STARTED", b"o:1:n1", started[2]]  # type: ignore[index]
+    assert json.loads(started[2]) == {"user_id": "u", "items": "[]", "total_cost": "0"}  # type: ignore[index]
+    assert run(r, "saga_begin", [key], *begin) == [b"JOINED", b"o:1:n1"]
+    move = ["o:1:n1", "running", 0, "running", 1, 1500, "", "paid"]
+    assert run(r, "saga_move", [key], *move) == [1, started[2], b""]  # type: ignore[index]
+    assert run(r, "saga_move", [key], *move) == [0]
+    updated = r.hget(key, b"saga_updated")
+    assert run(r, "saga_touch", [key], "o:1:n1", "running", 1, 1, 2000) == 0
+    assert run(r, "saga_touch", [key], "o:1:n1", "running", 1, int(updated or 0), 2000) == 1
+    done = ["o:1:n1", "running", 1, "succeeded", 1, 2500, "", "paid"]
+    assert run(r, "saga_move", [key], *done) == [1, started[2], b""]  # type: ignore[index]
+    assert r.hget(key, b"paid") == b"1"
+    assert run(r, "saga_begin", [key], *begin) == [b"DONE", b"o:1:n1"]
+
+
+def test_index_and_lease_answers() -> None:
+    now = [0]
+    r = FakeRedis(lambda: now[0])
+    r.zadd("idx", {b"o": 12.25})
+    assert run(r, "index_drop", ["idx"], "o", repr(12.5)) == 0
+    assert run(r, "index_drop", ["idx"], "o", repr(12.25)) == 1
+    assert r.zscore("idx", b"o") is None
+    assert run(r, "lease", ["lease"], "w1", 100) == 1
+    assert run(r, "lease", ["lease"], "w2", 100) == 0
+    now[0] = 99
+    assert run(r, "lease", ["lease"], "w1", 100) == 1  # renewed until 199
+    now[0] = 150
+    assert run(r, "lease", ["lease"], "w2", 100) == 0
+    now[0] = 199
+    assert run(r, "lease", ["lease"], "w2", 100) == 1
+
+
+def test_a_failover_loses_exactly_the_unreplicated_writes() -> None:
+    r = FakeRedis()
+    keys = [f"{{item:{i}}}" for i in range(30)]
+    by_master = {m: [k for k in keys if master_of(k) == m] for m in range(MASTERS)}
+    assert all(by_master.values())
+    for k in keys:
+        r.hset(k, {b"stock": b"1"})
+    r.replicate(range(MASTERS))
+    for k in keys:
+        r.hincrby(k, b"stock", 1)
+    r.replicate([1])
+    lost = r.failover(0)
+    assert lost == sorted(by_master[0])
+    assert {k: r.hget(k, b"stock") for k in keys} == {
+        k: b"1" if master_of(k) == 0 else b"2" for k in keys
+    }
+    assert r.failover(1) == []
+
+
+async def test_store_refuses_to_vouch_for_a_write_whose_master_failed_over() -> None:
+    r = FakeRedis()
+    store = FakeStore(r, node_aware=True)
+    store.load_scripts(LUA_DIR)
+    r.hset("{user:u}", {b"credit": b"5"})
+    r.replicate(range(MASTERS))
+    with store.tracking() as written:
+        await store.script("take", ["{user:u}", "{user:u}:op:s"], ["credit", 2, 60])
+    r.failover(master_of("{user:u}"))
+    with pytest.raises(WriteMayBeLost):
+        await store.replicate(written)
+    assert r.hget("{user:u}", b"credit") == b"5"
+    assert (
+        await store.durable(
+            lambda: store.script("take", ["{user:u}", "{user:u}:op:s"], ["credit", 2, 60])
+        )
+        == b"T:2"
+    )

@@ -1,0 +1,102 @@
+"""The checkout saga's declaration (``order/saga.py``) as the generic machinery reads it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from common.messages import (
+    ORDER_STATUS_UPDATE,
+    PAYMENT,
+    STOCK,
+    CheckoutFinished,
+    PaymentCancelled,
+    PaymentCancelRequested,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRequested,
+    StockCompensated,
+    StockCompensationRequested,
+    StockUpdated,
+    StockUpdateFailed,
+    StockUpdateRequested,
+)
+from common.saga.definition import SagaRun
+from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaLog
+from common.saga.orchestrator import Orchestrator
+from order.saga import CHECKOUT, order_key
+from test.unit.fake_store import FakeRedis, FakeStore
+
+
+def a_run() -> SagaRun:
+    order_id, user_id = f"o{uuid.uuid4().hex[:8]}", f"u{uuid.uuid4().hex[:8]}"
+    snapshot = {
+        "user_id": user_id,
+        "items": json.dumps([["i1", 2], ["i2", 1], ["i1", 1]]),
+        "total_cost": "17",
+    }
+    return SagaRun(saga_id=f"{order_id}:1:abcd", entity_id=order_id, snapshot=snapshot)
+
+
+def test_replies_map_each_reply_to_its_step_and_kind() -> None:
+    assert CHECKOUT.replies == {
+        StockUpdated: (0, "succeeded"),
+        StockUpdateFailed: (0, "failed"),
+        StockCompensated: (0, "compensated"),
+        PaymentCompleted: (1, "succeeded"),
+        PaymentFailed: (1, "failed"),
+        PaymentCancelled: (1, "compensated"),
+    }
+
+
+def test_the_pivot_is_the_charge_and_paid_is_the_done_field() -> None:
+    assert [step.name for step in CHECKOUT.steps] == ["reserve_stock", "charge_user"]
+    assert CHECKOUT.pivot.name == "charge_user"
+    assert CHECKOUT.done_field == "paid"
+    assert CHECKOUT.entity_key("o1") == order_key("o1") == "{order:o1}"
+
+
+def test_commands_and_compensations_are_built_from_the_snapshot() -> None:
+    run = a_run()
+    ids = {"saga_id": run.saga_id, "order_id": run.entity_id, "trace_id": run.trace_id}
+    lines = (("i1", 2), ("i2", 1), ("i1", 1))
+    reserve, charge = CHECKOUT.steps
+    assert (reserve.topic, charge.topic) == (STOCK, PAYMENT)
+    assert reserve.command(run) == StockUpdateRequested(**ids, items=lines)
+    assert reserve.compensation(run) == StockCompensationRequested(**ids, items=lines)
+    user = run.snapshot["user_id"]
+    assert charge.command(run) == PaymentRequested(**ids, user_id=user, amount=17)
+    assert charge.compensation(run) == PaymentCancelRequested(**ids, user_id=user, amount=17)
+
+
+def test_an_empty_order_reserves_nothing() -> None:
+    run = SagaRun("o:1:x", "o", {"user_id": "u", "items": "[]", "total_cost": "0"})
+    assert CHECKOUT.steps[0].command(run).items == ()  # type: ignore[attr-defined]
+
+
+def test_next_messages_follow_the_log() -> None:
+    orchestrator = Orchestrator(
+        CHECKOUT,
+        SagaLog(FakeStore(FakeRedis()), CHECKOUT),  # type: ignore[arg-type]
+        step_timeout_ms=1000,
+        deadline_ms=5000,
+    )
+    run = a_run()
+    assert orchestrator.handlers().keys() == CHECKOUT.replies.keys()
+
+    def sent(at: tuple[str, int], reason: str = "") -> list[tuple[str, type]]:
+        return [(t, type(m)) for t, m in orchestrator.next_messages(run, at, reason)]
+
+    assert sent((RUNNING, 0)) == [(STOCK, StockUpdateRequested)]
+    assert sent((RUNNING, 1)) == [(PAYMENT, PaymentRequested)]
+    assert sent((COMPENSATING, 1)) == [(PAYMENT, PaymentCancelRequested)]
+    assert sent((COMPENSATING, 0)) == [(STOCK, StockCompensationRequested)]
+    assert sent((SUCCEEDED, 1)) == [(ORDER_STATUS_UPDATE, CheckoutFinished)]
+    (_, outcome), *_ = orchestrator.next_messages(run, (FAILED, -1), "no credit")
+    assert outcome == CheckoutFinished(
+        saga_id=run.saga_id,
+        order_id=run.entity_id,
+        trace_id=run.trace_id,
+        paid=False,
+        reason="no credit",
+    )

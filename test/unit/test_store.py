@@ -1,0 +1,232 @@
+"""``common.store``: hash tags, and the real ``Store``'s replication barrier over a fake cluster
+whose masters can fail over (the barrier is what keeps acknowledged effects alive)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+
+from common.ledger import LUA_DIR
+from common.settings import load_settings
+from common.store import Store, hash_tag
+from test.unit.fake_lua import SCRIPTS
+from test.unit.fake_store import (
+    MASTERS,
+    FakeRedis,
+    FakeStore,
+    WriteMayBeLost,
+    encode_arg,
+    master_of,
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "tag"),
+    [
+        ("{item:42}", "{item:42}"),
+        ("{item:42}:op:o1:1:ab", "{item:42}"),
+        ("saga:inflight:{checkout:3}", "{checkout:3}"),
+        ("a{b}c{d}", "{b}"),
+        ("plain", "plain"),
+        ("{}empty", "{}empty"),  # an empty tag hashes the whole key
+        ("{open", "{open"),
+        ("}{a}", "{a}"),
+    ],
+)
+def test_hash_tag(key: str, tag: str) -> None:
+    assert hash_tag(key) == tag
+
+
+def test_keys_of_one_entity_share_a_slot() -> None:
+    entity = f"{{user:{uuid.uuid4().hex}}}"
+    assert hash_tag(f"{entity}:op:s") == hash_tag(f"{entity}:rq:r") == hash_tag(entity)
+
+
+# --- the real Store over a FakeRedis -----------------------------------------------------------
+class _Node:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.host, _, port = name.rpartition(":")
+        self.port = int(port)
+
+
+class _Cluster:
+    """The ``RedisCluster`` calls ``Store`` makes, answered from a ``FakeRedis``."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self._redis = redis
+        self._by_sha: dict[str, str] = {}
+        for path in LUA_DIR.glob("*.lua"):
+            self._by_sha[hashlib.sha1(path.read_text().encode()).hexdigest()] = path.stem
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        keys, args = keys_and_args[:numkeys], keys_and_args[numkeys:]
+        script = SCRIPTS[self._by_sha[sha]]
+        return script(self._redis, list(keys), [encode_arg(a) for a in args])
+
+    def get_node_from_key(self, key: str) -> _Node:
+        return _Node(self._redis.node_of(key))
+
+    def get_primaries(self) -> list[_Node]:
+        return [_Node(self._redis.node_of(f"{{m{m}}}")) for m in range(MASTERS)]
+
+    async def initialize(self) -> None:
+        return None
+
+
+class _NodeClient:
+    """One node's connection: the barrier's SET answers MOVED once the node lost its slots."""
+
+    def __init__(self, redis: FakeRedis, name: str) -> None:
+        self._redis = redis
+        self._name = name
+        self._key = ""
+
+    def pipeline(self, transaction: bool = True) -> _NodeClient:
+        return self
+
+    async def __aenter__(self) -> _NodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def set(self, key: str, value: bytes, px: int | None = None) -> None:
+        self._key = key
+
+    def execute_command(self, *args: Any) -> None:
+        return None
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if self._redis.node_of(self._key) != self._name:
+            moved = ResponseError(f"MOVED 1 {self._redis.node_of(self._key)}")
+            return [moved, moved]
+        self._redis.replicate([master_of(self._key)])
+        return [True, 1]
+
+    async def info(self, section: str) -> dict[str, int]:
+        return {"connected_slaves": 1}
+
+
+class StoreOverFake(Store):
+    """The real ``Store`` (tracking, script, replicate, durable) with its cluster and node
+    connections answered by a ``FakeRedis``."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        super().__init__(load_settings({}), LUA_DIR)
+        self._cluster = _Cluster(redis)  # type: ignore[assignment]
+        self.redis = redis
+
+    def _node_client(self, host: str, port: int) -> Any:
+        return _NodeClient(self.redis, f"{host}:{port}")
+
+
+def user(redis: FakeRedis, credit: int) -> str:
+    key = f"{{user:{uuid.uuid4().hex[:8]}}}"
+    redis.hset(key, {b"credit": b"%d" % credit})
+    redis.replicate(range(MASTERS))
+    return key
+
+
+def take(store: Store | FakeStore, key: str, saga: str) -> Awaitable[Any]:
+    return store.script("take", [key, f"{key}:op:{saga}"], ["credit", 1, 60])
+
+
+async def test_a_replicated_write_survives_a_failover() -> None:
+    redis = FakeRedis()
+    store, key = StoreOverFake(redis), user(redis, 5)
+    with store.tracking() as written:
+        assert await take(store, key, "s1") == b"T:1"
+    await store.replicate(written)
+    redis.failover(master_of(key))
+    assert redis.hget(key, b"credit") == b"4"
+
+
+async def test_a_failover_before_the_barrier_is_reported_and_durable_reapplies() -> None:
+    redis = FakeRedis()
+    store, key = StoreOverFake(redis), user(redis, 5)
+    with store.tracking() as written:
+        await take(store, key, "s1")
+    redis.failover(master_of(key))
+    with pytest.raises(WriteMayBeLost):
+        await store.replicate(written)
+    assert redis.hget(key, b"credit") == b"5"
+
+    failovers = [master_of(key)]
+
+    async def take_then_fail_over() -> Any:
+        result = await take(store, key, "s2")
+        if failovers:
+            redis.failover(failovers.pop())
+        return result
+
+    assert await store.durable(take_then_fail_over) == b"T:1"
+    redis.failover(master_of(key))
+    assert redis.hget(key, b"credit") == b"4"
+
+
+async def _two_writes_to_one_key_around_a_failover(
+    store: Store | FakeStore, redis: FakeRedis
+) -> str:
+    """Two sagas charge one user inside one tracked block (two orders of one user in one
+    consumer batch); the user's master fails over between the two charges. Returns the
+    first saga's record after ``replicate`` vouched for the block (or 'refused')."""
+    key = user(redis, 5)
+    with store.tracking() as written:
+        await take(store, key, "first")
+        redis.failover(master_of(key))  # the first charge was not replicated yet: gone
+        await take(store, key, "second")
+    try:
+        await store.replicate(written)
+    except WriteMayBeLost:
+        return "refused"
+    record = redis.get(f"{key}:op:first")
+    return record.decode() if record else "lost"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Store.script records written[key] = the master of the *last* write to the key, "
+    "so a failover between two writes to one key in one tracked block is not seen by "
+    "replicate(); the first write is lost but its reply is sent (a paid order never charged)",
+)
+async def test_replicate_sees_a_failover_between_two_writes_to_one_key() -> None:
+    redis = FakeRedis()
+    assert await _two_writes_to_one_key_around_a_failover(StoreOverFake(redis), redis) != "lost"
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    ["one write", "two writes"],
+)
+async def test_fake_store_tracks_like_the_real_store(scenario: str) -> None:
+    """The simulation's ``FakeStore`` must follow ``Store``'s bookkeeping; if this fails,
+    ``Store`` changed how it tracks writes: change ``FakeStore.script``/``replicate`` too."""
+    outcomes = []
+    for make in (StoreOverFake, _fake_store):
+        redis = FakeRedis()
+        store = make(redis)
+        if scenario == "two writes":
+            outcomes.append(await _two_writes_to_one_key_around_a_failover(store, redis))
+        else:
+            key = user(redis, 5)
+            with store.tracking() as written:
+                await take(store, key, "s")
+            redis.failover(master_of(key))
+            try:
+                await store.replicate(written)
+                outcomes.append("vouched")
+            except WriteMayBeLost:
+                outcomes.append("refused")
+    assert outcomes[0] == outcomes[1]
+
+
+def _fake_store(redis: FakeRedis) -> FakeStore:
+    store = FakeStore(redis, node_aware=True)
+    store.load_scripts(LUA_DIR)
+    return store
