@@ -52,6 +52,14 @@ SETTINGS = {
     "LOG_LEVEL",
     "STOCK_URL",
     "REDIS_OP_TIMEOUT_MS",
+    "LOG_FORMAT",
+    "LOG_MESSAGES",
+    "OTEL_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "ORDER_REDIS_NODES",
+    "STOCK_REDIS_NODES",
+    "PAYMENT_REDIS_NODES",
 }
 REQUIRED_SETTINGS = {"SERVICE_NAME", "REDIS_NODES", "KAFKA_BOOTSTRAP_SERVERS"}
 # Settings whose deployed value differs on purpose from the code's default (the local stack's).
