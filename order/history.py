@@ -87,7 +87,7 @@ async def _read(store: Store, op: str, key: str, field: str) -> tuple[Any, int, 
 
 def _meaning(record: str | None) -> str:
     if record is None:
-        return "no record: the command has not been processed"
+        return "no record: not asked yet, or its command not processed yet"
     text = _RECORD_MEANING.get(record[0], record)
     return text.format(n=record[2:]) if record.startswith("T:") else text
 

@@ -138,7 +138,10 @@ def _refusal(state: SagaState | None, saga_id: str | None) -> str | None:
     if saga_id is not None and state.saga_id != saga_id:
         return f"the order's saga is now {state.saga_id}, not {saga_id}: nothing done"
     if not state.live:
-        return f"saga {state.saga_id} is {state.status}: nothing to do (a new checkout is new)"
+        return (
+            f"saga {state.saga_id} is {state.status}: nothing to do "
+            "(checking the order out again starts a new saga)"
+        )
     if state.status not in (RUNNING, COMPENSATING):
         return f"saga {state.saga_id} is in an unknown state {state.status!r}"
     return None

@@ -28,6 +28,18 @@ SERVICES = ("order", "payment", "stock")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+async def warm_up(api: Any, within: float = 90.0) -> None:
+    """Return once a checkout goes through: right after the stack (re)started, consumer groups
+    may still be forming, and a checkout would be turned back at its deadline."""
+    item = await api.item(price=1, stock=1000)
+    user = await api.user(credit=1000)
+    order = await api.order(user, [(item, 1)])
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while (await api.post(f"/orders/checkout/{order}")).status != 200:
+        assert loop.time() < end, "no checkout went through: is the stack up?"
+
+
 def workers(stack: Stack, service: str) -> list[str]:
     """host:port of every worker of ``service`` (``run_local.sh env``)."""
     return stack.env()[f"{service.upper()}_WORKERS"].split(",")

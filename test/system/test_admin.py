@@ -14,7 +14,12 @@ from aiokafka import AIOKafkaProducer
 from common.messages import STOCK, StockUpdateRequested, encode
 from test.client import Api, until
 from test.conftest import Stack
-from test.system.ops import admin, balances, by_status, delta, lost_saga, nodes_of, scrape
+from test.system.ops import admin, balances, by_status, delta, lost_saga, nodes_of, scrape, warm_up
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def warm(api: Api) -> None:
+    await warm_up(api)
 
 
 @pytest.fixture(scope="module")

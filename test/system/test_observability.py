@@ -28,9 +28,14 @@ from common.messages import (
 from common.tracing import header, parse_traceparent
 from test.client import Api, until
 from test.conftest import Stack
-from test.system.ops import SERVICES, admin, delta, scrape, workers
+from test.system.ops import SERVICES, admin, delta, scrape, warm_up, workers
 
 CHECKOUT_ROUTE = "/checkout/<order_id>"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def warm(api: Api) -> None:
+    await warm_up(api)
 
 
 @pytest.fixture(scope="module")
