@@ -40,12 +40,13 @@ def install(app: Quart, settings: Settings, parts: Iterable[Any]) -> None:
     @app.after_request
     async def _answer(response: Response) -> Response:
         rule = request.url_rule
+        arrived = _arrived.get()
         telemetry.http_answered(
             service,
             rule.rule if rule is not None else "unmatched",
             request.method,
             response.status_code,
-            time.perf_counter() - _arrived.get(),
+            time.perf_counter() - arrived if arrived else 0.0,
         )
         ids = logs.current()
         if ids is not None:
