@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from test.unit.fake_store import FakeRedis
+    from test.unit.fake_redis import FakeRedis
 
 Script = Callable[["FakeRedis", list[str], list[bytes]], Any]
 

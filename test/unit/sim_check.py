@@ -6,7 +6,8 @@
 - per user, credit + paid totals = initial credit + funds added; per item, stock + units in paid
   orders = initial stock + units added (added = the adjustments the ledger applied, and every
   acknowledged one is among them);
-- every "paid" answer is a paid order; every "not paid" answer's saga holds nothing.
+- every "paid" answer is a paid order; every "not paid" answer's saga holds nothing; no
+  checkout answers 5xx.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from order.saga import order_key
-from test.unit.fake_store import FakeRedis
+from test.unit.fake_redis import FakeRedis
 from test.unit.sim_workload import NOT_PAID, PAID
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ def check(world: World) -> list[str]:
         if now + spent[key] != units + added[key]:
             out.append(f"item {item_id}: stock {now} + sold {spent[key]} != {units} + {added[key]}")
 
+    if world.stats.get("checkout_503"):
+        out.append(f"{world.stats['checkout_503']} checkout(s) answered 503 (rule 5: never 5xx)")
     for answer in wl.answers:
         if answer.outcome == PAID and not paid[answer.order_id]:
             out.append(f"checkout answered paid but order {answer.order_id} is not: {answer}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import Refused, Unavailable
 from order.saga import order_key
-from test.unit.fake_store import MASTERS
+from test.unit.fake_redis import MASTERS
 from test.unit.sim_sched import Actor
 
 if TYPE_CHECKING:

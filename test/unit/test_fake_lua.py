@@ -12,14 +12,8 @@ import pytest
 
 from common.ledger import LUA_DIR
 from test.unit.fake_lua import SCRIPTS, SOURCES
-from test.unit.fake_store import (
-    MASTERS,
-    FakeRedis,
-    FakeStore,
-    WriteMayBeLost,
-    encode_arg,
-    master_of,
-)
+from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
+from test.unit.fake_store import FakeStore, WriteMayBeLost
 
 SAGA_LUA = Path(LUA_DIR).parent / "saga" / "lua"
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test.unit.fake_lua import SCRIPTS
-from test.unit.fake_store import FakeRedis, encode_arg
+from test.unit.fake_redis import FakeRedis, encode_arg
 
 KEY = "{item:p}"
 Op = tuple[str, int, int]  # (take|restore, saga number, amount)

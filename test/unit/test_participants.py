@@ -24,7 +24,8 @@ from common.messages import (
 )
 from payment.handlers import cancel, charge
 from stock.handlers import merge_lines, release, reserve
-from test.unit.fake_store import FakeRedis, FakeStore
+from test.unit.fake_redis import FakeRedis
+from test.unit.fake_store import FakeStore
 
 
 def fresh(prefix: str) -> str:

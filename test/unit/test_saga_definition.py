@@ -25,7 +25,8 @@ from common.saga.definition import SagaRun
 from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaLog
 from common.saga.orchestrator import Orchestrator
 from order.saga import CHECKOUT, order_key
-from test.unit.fake_store import FakeRedis, FakeStore
+from test.unit.fake_redis import FakeRedis
+from test.unit.fake_store import FakeStore
 
 
 def a_run() -> SagaRun:

@@ -72,7 +72,8 @@ def test_the_search_covers_the_fault_paths() -> None:
     for seed in range(40):
         for key, value in run_seed(seed, KNOBS).stats.items():
             totals[key] = totals.get(key, 0) + value
-    for what in ("crashes", "failovers", "broker_restarts", "answer paid", "answer not paid"):
+    kinds = ("crashes", "failovers", "broker_restarts", "sweeper resends", "sweeper aborts")
+    for what in (*kinds, "answer paid", "answer not paid", "answer no answer"):
         assert totals.get(what, 0) > 0, (what, totals)
     assert totals.get("order succeeded", 0) > 0 and totals.get("order failed", 0) > 0
 

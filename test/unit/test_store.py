@@ -15,14 +15,8 @@ from common.ledger import LUA_DIR
 from common.settings import load_settings
 from common.store import Store, hash_tag
 from test.unit.fake_lua import SCRIPTS
-from test.unit.fake_store import (
-    MASTERS,
-    FakeRedis,
-    FakeStore,
-    WriteMayBeLost,
-    encode_arg,
-    master_of,
-)
+from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
+from test.unit.fake_store import FakeStore, WriteMayBeLost
 
 
 @pytest.mark.parametrize(
