@@ -177,11 +177,13 @@ async def test_one_trace_id_crosses_the_three_services(
     finally:
         await consumer.stop()
 
-    topics = [record.topic for record in records]
-    assert set(topics) == set(ALL_TOPICS), topics
-    assert topics.count(STOCK) == 2  # the reservation and its compensation
-    for record in records:
-        message = decode(record.topic, record.value)
+    messages = [decode(record.topic, record.value) for record in records]
+    assert {record.topic for record in records} == set(ALL_TOPICS), records
+    # The reservation and its compensation (a slow step may also have been re-sent by the
+    # sweeper: a re-send carries the same trace id, derived from the saga id).
+    kinds = {type(message).__name__ for message in messages}
+    assert {"StockUpdateRequested", "StockCompensationRequested", "PaymentFailed"} <= kinds
+    for record, message in zip(records, messages, strict=True):
         assert message.trace_id == trace_id, (record.topic, message)
         context = parse_traceparent(header(record.headers))
         assert context is not None and context[0] == trace_id, record.headers
