@@ -16,6 +16,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from common.errors import Unavailable
 from common.store import Store
 from test.unit.fake_lua import SCRIPTS
@@ -47,6 +49,10 @@ class FakeCluster:
     async def ping(self) -> bool:
         return True
 
+    def get_node_from_key(self, key: str) -> FakeNode:
+        """The node serving ``key``'s master now (its name changes with each failover)."""
+        return FakeNode(self._redis.node_of(key))
+
     async def get(self, key: str) -> bytes | None:
         await self._gate(f"get {key}")
         return self._redis.get(key)
@@ -73,6 +79,15 @@ class FakeCluster:
         return rows if withscores else [member for member, _ in rows]
 
 
+class FakeNode:
+    """What ``RedisCluster.get_node_from_key`` returns: a name and its host and port."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.host, _, port = name.rpartition(":")
+        self.port = int(port)
+
+
 _written: ContextVar[Written | None] = ContextVar("fake_written", default=None)
 
 
@@ -97,6 +112,8 @@ class FakeStore:
         self.redis = redis
         self._observe = observe
         self.first_node_wins = first_node_wins
+        self.one_round_trip = True
+        """False: ``on_master_of`` answers None, as when the slot map moved."""
         self.cluster = FakeCluster(redis, gate)
         self.node_aware = hasattr(Store, "durable") if node_aware is None else node_aware
         self.loaded: set[str] = set()
@@ -126,7 +143,9 @@ class FakeStore:
         finally:
             _written.reset(token)
 
-    async def script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
+    ) -> Any:
         if name not in self.loaded:
             raise KeyError(f"script {name!r} not loaded")
         if name not in SCRIPTS:
@@ -135,17 +154,53 @@ class FakeStore:
         self.calls[name] += 1
         result = SCRIPTS[name](self.redis, list(keys), [encode_arg(a) for a in args])
         self._observe(f"{name} {keys[-1] if keys else ''}", result)
-        written = _written.get()
-        if written is not None and keys:
-            if isinstance(written, dict):
-                node = self.redis.node_of(keys[0])
-                if self.first_node_wins:  # not what Store.script does (see test_store_barrier)
-                    written.setdefault(keys[0], node)
-                else:
-                    written[keys[0]] = node
-            else:
-                written.add(keys[0])
+        if writes and keys:
+            self.wrote(keys[0])
         return result
+
+    def wrote(self, key: str) -> None:
+        """As ``Store.wrote``: record, for the current ``tracking``, the master that took a
+        write to ``key``."""
+        written = _written.get()
+        if written is None:
+            return
+        if isinstance(written, set):
+            written.add(key)
+        elif self.first_node_wins:  # not what Store does (see test_store)
+            written.setdefault(key, self.redis.node_of(key))
+        else:
+            written[key] = self.redis.node_of(key)
+
+    async def on_master_of(self, key: str, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
+        """As ``Store.on_master_of``: the commands run back to back on ``key``'s master, then a
+        barrier on that connection. A failover before the barrier answers drops the connection
+        (redis-py raises ConnectionError); None when a command's slot is on another master."""
+        await self._gate(f"on_master_of {key}")
+        self.calls["on_master_of"] += 1
+        if not self.one_round_trip:
+            return None  # as when the slot map moved: the caller takes the ordinary path
+        master, node = master_of(key), self.redis.node_of(key)
+        replies: list[Any] = []
+        for command in commands:
+            if command[0] == "script":
+                _, name, keys, args = command
+                if any(master_of(k) != master for k in keys):
+                    return None
+                result = SCRIPTS[str(name)](self.redis, list(keys), [encode_arg(a) for a in args])
+                self._observe(f"{name} {keys[-1] if keys else ''}", result)
+                replies.append(result)
+            elif str(command[0]).upper() == "ZADD":
+                _, zkey, score, member = command
+                if master_of(str(zkey)) != master:
+                    return None
+                replies.append(self.redis.zadd(str(zkey), {encode_arg(member): float(score)}))
+            else:
+                raise NotImplementedError(f"on_master_of: {command[0]}")
+        await self._gate(f"wait {key}")
+        if self.redis.node_of(key) != node:
+            raise RedisConnectionError("Connection closed by server.")
+        self.redis.replicate([master])
+        return replies
 
     async def replicate(self, written: Iterable[str] | Mapping[str, str]) -> None:
         keys = list(written)

@@ -118,7 +118,7 @@ class OrderWorker:
             p: len(w.bus.logs[(ORDER_STATUS_UPDATE, p)]) for p in range(w.bus.partitions)
         }
         w.sched.spawn(
-            f"{self.name} sweeper", self.name, self._sweep_forever(), _ignore, background=True
+            f"{self.name} sweeper", self.name, self._sweep_forever(), _report(w), background=True
         )
 
     # --- as order/app.py ------------------------------------------------------------------------
@@ -198,11 +198,6 @@ async def consume(
         return
     if not world.bus.commit(group, topic, partition, end, epoch):
         world.note(f"commit of {group} {topic}/{partition}@{end} refused: broker restarted")
-
-
-def _ignore(actor: Actor, task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _report(world: World) -> Callable[[Actor, asyncio.Task[Any]], None]:
