@@ -54,6 +54,10 @@ class Bus:
         self._keeper: asyncio.Task[None] | None = None
 
     @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
     def bootstrap(self) -> str:
         return self._settings.kafka_bootstrap_servers
 
@@ -65,7 +69,7 @@ class Bus:
             bootstrap_servers=self.bootstrap,
             enable_idempotence=self._settings.kafka_idempotence,
             acks="all",
-            linger_ms=1,
+            linger_ms=self._settings.kafka_linger_ms,
             request_timeout_ms=5000,
             metadata_max_age_ms=_METADATA_MAX_AGE_MS,
         )
@@ -83,8 +87,10 @@ class Bus:
         if producer is not None:
             await producer.stop()  # flushes pending sends
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Send ``messages`` and return once the broker acknowledged all of them."""
+    async def publish(self, messages: Sequence[Outgoing], *, acknowledged: bool = True) -> None:
+        """Send ``messages``; return once the broker acknowledged all of them, or, with
+        ``acknowledged=False``, once they are queued (for senders that a lost message cannot
+        hurt: the saga sweeper re-sends whatever a saga waits for)."""
         if not messages:
             return
         if self._producer is None:
@@ -95,7 +101,11 @@ class Bus:
             )
             for topic, msg in messages
         ]
-        await asyncio.gather(*futures)
+        if acknowledged:
+            await asyncio.gather(*futures)
+        else:
+            for future in futures:
+                future.add_done_callback(_log_send_failure)
 
     async def ensure_topics(self) -> None:
         """Create the topics that are missing (partition count from the settings)."""
@@ -181,7 +191,7 @@ class ConsumerLoop:
             # Tansu adds ~3 s to every rebalance; a short session finds a dead member fast.
             session_timeout_ms=3000,
             heartbeat_interval_ms=500,
-            fetch_max_wait_ms=10,
+            fetch_max_wait_ms=self._bus.settings.kafka_fetch_max_wait_ms,
             max_poll_records=500,
             metadata_max_age_ms=_METADATA_MAX_AGE_MS,
         )
@@ -213,6 +223,7 @@ class ConsumerLoop:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         await _retry_forever(consumer.start, f"{self._name} consumer start")
+        committing: asyncio.Task[None] | None = None
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=500)
@@ -224,11 +235,20 @@ class ConsumerLoop:
                 continue
             await self._process_until_done(batch)
             if self._group_id is not None:
+                # The batch's effects are durable and its replies acknowledged: its offsets may
+                # be committed. The commit runs beside the next batch (one at a time, in order)
+                # rather than in front of it; a commit that does not happen only means a
+                # redelivery, which changes nothing.
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-                try:
-                    await consumer.commit(offsets)
-                except KafkaError as exc:  # rebalanced away: the new owner re-reads, idempotently
-                    log.warning("%s: commit failed: %r", self._name, exc)
+                if committing is not None:
+                    await committing
+                committing = asyncio.create_task(self._commit(consumer, offsets))
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:  # rebalanced away: the new owner re-reads, idempotently
+            log.warning("%s: commit failed: %r", self._name, exc)
 
     async def _watch_group(self, generation: int) -> None:
         """Return when this member must rejoin under another group generation."""
@@ -359,6 +379,11 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _generation_key(group_id: str) -> str:
     return f"bus:group-generation:{{{group_id}}}"
+
+
+def _log_send_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("unacknowledged send failed (the sweeper re-sends): %r", future.exception())
 
 
 async def _retry_forever(start: Callable[[], Awaitable[None]], what: str) -> None:

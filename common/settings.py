@@ -48,6 +48,8 @@ class Settings:
     kafka_bootstrap_servers: str
     kafka_idempotence: bool
     topic_partitions: int
+    kafka_linger_ms: int
+    kafka_fetch_max_wait_ms: int
     checkout_timeout_ms: int
     saga_step_timeout_ms: int
     saga_deadline_ms: int
@@ -79,6 +81,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         kafka_idempotence=_bool(env, "KAFKA_IDEMPOTENCE", False),
         topic_partitions=_int(env, "TOPIC_PARTITIONS", 16),
+        kafka_linger_ms=_int(env, "KAFKA_LINGER_MS", 2),
+        kafka_fetch_max_wait_ms=_int(env, "KAFKA_FETCH_MAX_WAIT_MS", 10),
         checkout_timeout_ms=_int(env, "CHECKOUT_TIMEOUT_MS", 20000),
         saga_step_timeout_ms=_int(env, "SAGA_STEP_TIMEOUT_MS", 2000),
         saga_deadline_ms=_int(env, "SAGA_DEADLINE_MS", 10000),

@@ -132,10 +132,13 @@ class Store:
                     raise
                 log.warning("a write may have been lost in a failover; applying it again")
 
-    async def script(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def script(
+        self, name: str, keys: Sequence[str], args: Sequence[Arg], *, writes: bool = True
+    ) -> Any:
         """Run the registered Lua script ``name`` (all ``keys`` in one slot), retrying.
 
         Scripts are written so that running one twice has the effect of running it once.
+        ``writes=False`` for a call known to change nothing (it is then not replicated).
         """
         body, sha = self._scripts[name]
 
@@ -146,11 +149,48 @@ class Store:
                 return await self.cluster.eval(body, len(keys), *keys, *args)
 
         result = await self.retrying(call)
-        written = _written.get()
-        if written is not None and keys:
-            # The client follows MOVED before returning, so this is the master that ran it.
-            written[keys[0]] = self.cluster.get_node_from_key(keys[0]).name
+        if writes and keys:
+            self.wrote(keys[0])
         return result
+
+    def wrote(self, key: str) -> None:
+        """Record a write to ``key`` made outside ``script`` for the current ``tracking``."""
+        written = _written.get()
+        if written is not None:
+            # The client follows MOVED before returning, so this is the master that ran it.
+            written[key] = self.cluster.get_node_from_key(key).name
+
+    async def on_master_of(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any] | None:
+        """Run ``commands`` (each all in slots of ``key``'s master) in order on one connection to
+        that master, then a replication barrier on the same connection: one round trip for
+        writes that are durable when it returns. Script calls are given as
+        ``("script", name, keys, args)``. Returns the replies, or None when the slot map moved
+        or a script was missing (the caller then takes the ordinary path)."""
+        want = self._settings.redis_wait_replicas
+        node = self.cluster.get_node_from_key(key)
+        client = self._node_client(node.host, node.port)
+        async with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                if command[0] == "script":
+                    _, name, keys, args = command
+                    sha = self._scripts[str(name)][1]
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+                else:
+                    pipe.execute_command(*command)
+            if want > 0:
+                pipe.set(f"{hash_tag(key)}:barrier", b"1", px=60_000)
+                pipe.execute_command("WAIT", want, self._settings.redis_wait_timeout_ms)
+            replies = await pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, Exception) for reply in replies):
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                for body, _ in self._scripts.values():
+                    await client.script_load(body)
+            return None
+        if want > 0 and int(replies[-1]) < want:
+            connected = _connected_replicas(await client.info("replication"))
+            if connected >= want:
+                return None  # a lagging replica: the ordinary path waits for it
+        return list(replies[: len(commands)])
 
     async def bulk_replace(
         self, entries: Iterable[tuple[str, dict[str, Any]]], chunk: int = 5000

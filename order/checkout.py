@@ -47,7 +47,7 @@ class Checkout:
             return
         if started.outcome is Outcome.STARTED:
             try:
-                await self._bus.publish(started.commands)
+                await self._bus.publish(started.commands, acknowledged=False)
             except Exception as exc:  # the saga is logged and indexed: the sweeper re-sends
                 log.warning(
                     "publishing %s failed (%r); the sweeper will re-send", started.saga_id, exc

@@ -8,6 +8,7 @@ import random
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.saga.definition import SagaDefinition, SagaRun
 from common.store import Store
@@ -68,17 +69,41 @@ class SagaLog:
         reply = await self._store.script(
             "saga_begin",
             [self._def.entity_key(entity_id)],
-            [
-                "start" if start else "check",
-                entity_id,
-                f"{random.getrandbits(32):08x}",
-                now,
-                deadline,
-                self._def.done_field,
-                *self._def.snapshot,
-            ],
+            self._begin_args(entity_id, start=start, now=now, deadline=deadline),
+            writes=start,
         )
         return [part.decode() for part in reply]
+
+    async def begin_indexed(
+        self, entity_id: str, *, now: int, deadline: int, due: int
+    ) -> list[str] | None:
+        """``begin(start=True)`` preceded by its index entry, both made durable, in one round
+        trip to the entity's master; None when that cannot be done (no index shard on that
+        master, the slot map moved): then ``index_add`` and ``begin`` one by one."""
+        key = self._def.entity_key(entity_id)
+        shard = self.shard_near(entity_id)
+        if shard is None:
+            return None
+        args = self._begin_args(entity_id, start=True, now=now, deadline=deadline)
+        replies = await self._store.on_master_of(
+            key,
+            [
+                ("ZADD", self.shard_key(shard), due + random.random(), entity_id),
+                ("script", "saga_begin", [key], args),
+            ],
+        )
+        return None if replies is None else [part.decode() for part in replies[1]]
+
+    def _begin_args(self, entity_id: str, *, start: bool, now: int, deadline: int) -> list[Any]:
+        return [
+            "start" if start else "check",
+            entity_id,
+            f"{random.getrandbits(32):08x}",
+            now,
+            deadline,
+            self._def.done_field,
+            *self._def.snapshot,
+        ]
 
     async def move(
         self,
@@ -137,12 +162,26 @@ class SagaLog:
     def shard_of(self, entity_id: str) -> int:
         return zlib.crc32(entity_id.encode()) % INDEX_SHARDS
 
-    async def index_add(self, entity_id: str, due: int) -> None:
+    def shard_near(self, entity_id: str) -> int | None:
+        """An index shard kept by the master of the entity's key (so both can be written in one
+        round trip), chosen by the entity's hash among that master's shards."""
+        cluster = self._store.cluster
+        master = cluster.get_node_from_key(self._def.entity_key(entity_id)).name
+        near = [
+            shard
+            for shard in range(INDEX_SHARDS)
+            if cluster.get_node_from_key(self.shard_key(shard)).name == master
+        ]
+        return near[zlib.crc32(entity_id.encode()) % len(near)] if near else None
+
+    async def index_add(self, entity_id: str, due: int, shard: int | None = None) -> None:
         """Register the entity before its saga starts, so no live saga is ever unindexed.
-        The random fraction makes each registration's score unique (see ``index_drop``)."""
-        key = self.shard_key(self.shard_of(entity_id))
+        The random fraction makes each registration's score unique (see ``index_drop``).
+        The write is tracked, so whoever replicates the saga's start replicates it too."""
+        key = self.shard_key(self.shard_of(entity_id) if shard is None else shard)
         score = due + random.random()
         await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))
+        self._store.wrote(key)
 
     async def index_due(self, shard: int, now: int, limit: int) -> list[tuple[str, float]]:
         key = self.shard_key(shard)
@@ -153,13 +192,13 @@ class SagaLog:
         )
         return [(member.decode(), float(score)) for member, score in rows]
 
-    async def index_reschedule(self, entity_id: str, due: int) -> None:
-        key = self.shard_key(self.shard_of(entity_id))
+    async def index_reschedule(self, entity_id: str, due: int, shard: int) -> None:
+        key = self.shard_key(shard)
         await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: due}, xx=True))
 
-    async def index_drop(self, entity_id: str, score: float) -> None:
+    async def index_drop(self, entity_id: str, score: float, shard: int) -> None:
         """Remove the entry unless a new saga re-registered the entity after it was read."""
-        key = self.shard_key(self.shard_of(entity_id))
+        key = self.shard_key(shard)
         await self._store.script("index_drop", [key], [entity_id, repr(score)])
 
     async def lease(self, shard: int, worker: str, ms: int) -> bool:

@@ -61,10 +61,10 @@ class Orchestrator:
         if found[0] != "READY":
             return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
         now = now_ms()
-        await self.log.index_add(entity_id, now + self.step_timeout_ms)
-        found = await self.log.begin(
-            entity_id, start=True, now=now, deadline=now + self.deadline_ms
-        )
+        due = now + self.step_timeout_ms
+        found = await self.log.begin_indexed(
+            entity_id, now=now, deadline=now + self.deadline_ms, due=due
+        ) or await self._begin_one_by_one(entity_id, now, due)
         if found[0] != "STARTED":
             return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
         if now_ms() - now > self.step_timeout_ms // 2:
@@ -76,6 +76,11 @@ class Orchestrator:
         )
         first = self.definition.steps[0]
         return Started(Outcome.STARTED, run.saga_id, ((first.topic, first.command(run)),))
+
+    async def _begin_one_by_one(self, entity_id: str, now: int, due: int) -> list[str]:
+        """The index entry first, then the saga: never a live saga outside the index."""
+        await self.log.index_add(entity_id, due)
+        return await self.log.begin(entity_id, start=True, now=now, deadline=now + self.deadline_ms)
 
     def handlers(self) -> dict[type, Handler]:
         """One consumer handler per reply type of the definition."""

@@ -16,7 +16,7 @@ from common.store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_MS = 30_000
+MAX_BACKOFF_MS = 8_000  # a long outage must not leave sagas waiting long after it heals
 
 
 class Sweeper:
@@ -70,35 +70,36 @@ class Sweeper:
         """One round over the leased shards; returns how many messages it sent."""
         lease_ms = self._interval_ms * 4
         now = now_ms()
-        due: list[tuple[str, float]] = []
+        due: list[tuple[int, str, float]] = []
         for shard in range(INDEX_SHARDS):
             if await self._log.lease(shard, self._worker, lease_ms):
-                due.extend(await self._log.index_due(shard, now, self._batch))
+                rows = await self._log.index_due(shard, now, self._batch)
+                due.extend((shard, entity, score) for entity, score in rows)
         if not due:
             return 0
         with self._store.tracking() as written:
             results = await asyncio.gather(
-                *(self._check(entity, score, now) for entity, score in due)
+                *(self._check(shard, entity, score, now) for shard, entity, score in due)
             )
         outgoing = [message for result in results for message in result]
         await self._store.replicate(written)
         await self._bus.publish(outgoing)
         return len(outgoing)
 
-    async def _check(self, entity_id: str, score: float, now: int) -> list[Outgoing]:
+    async def _check(self, shard: int, entity_id: str, score: float, now: int) -> list[Outgoing]:
         async with self._limit:
             state = await self._log.read(entity_id)
             if state is None or not state.live:
-                await self._log.index_drop(entity_id, score)
+                await self._log.index_drop(entity_id, score, shard)
                 return []
             step_timeout = self._orch.step_timeout_ms
             if now - state.updated < step_timeout:
-                await self._log.index_reschedule(entity_id, state.updated + step_timeout)
+                await self._log.index_reschedule(entity_id, state.updated + step_timeout, shard)
                 return []
             if state.status == RUNNING and now >= state.deadline:
                 self.aborts += 1
                 telemetry.swept(self._orch.definition.name, "abort", state.saga_id)
-                await self._log.index_reschedule(entity_id, now + step_timeout)
+                await self._log.index_reschedule(entity_id, now + step_timeout, shard)
                 return await self._orch.abort(entity_id, state, "deadline passed")
             resends = await self._log.touch(entity_id, state, now)
             if resends == 0:
@@ -106,7 +107,7 @@ class Sweeper:
             self.resends += 1
             telemetry.swept(self._orch.definition.name, "resend", state.saga_id)
             backoff = min(step_timeout * 2 ** min(resends - 1, 5), MAX_BACKOFF_MS)
-            await self._log.index_reschedule(entity_id, now + backoff)
+            await self._log.index_reschedule(entity_id, now + backoff, shard)
             log.info(
                 "re-sending step %s/%s of %s (re-send %d)",
                 state.status,
