@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -138,8 +139,11 @@ class ConsumerLoop:
     writes are replicated, the replies published, and only then the offsets committed. A failed
     batch is retried whole (handlers are idempotent), so nothing is skipped.
 
-    With ``group_id=None`` the loop only listens (every worker reads every partition from the
-    end, commits nothing): that is how order workers follow ORDER_STATUS_UPDATE.
+    With ``group_id=None`` the loop only listens: it reads every partition from the end in a
+    group of its own and commits nothing; that is how every order worker follows
+    ORDER_STATUS_UPDATE. (A group, even of one, because the local broker answers a fetch past
+    the end of a log that came back empty with nothing rather than an out-of-range error: only
+    the rejoin after a broker restart brings a listener back to the new log's end.)
     """
 
     def __init__(
@@ -180,9 +184,13 @@ class ConsumerLoop:
 
     def _make_consumer(self, generation: int) -> AIOKafkaConsumer:
         grouped = self._group_id is not None
+        if grouped:
+            group_id = f"{self._group_id}.{generation}" if generation else self._group_id
+        else:
+            group_id = f"{self._name}.listener.{uuid.uuid4().hex}"
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bus.bootstrap,
-            group_id=f"{self._group_id}.{generation}" if generation else self._group_id,
+            group_id=group_id,
             enable_auto_commit=False,
             # After a broker restarted empty, old positions point past the new log: start over.
             # A new generation of a wedged group starts at the end instead: what was in flight
