@@ -67,8 +67,11 @@ class FakeBus:
         return zlib.crc32(key) % self.partitions
 
     # --- producing ----------------------------------------------------------------------------
-    async def publish(self, messages: Sequence[tuple[str, Message]]) -> None:
-        """As ``Bus.publish``: returns once the broker has every message (unless a fault hit)."""
+    async def publish(
+        self, messages: Sequence[tuple[str, Message]], *, acknowledged: bool = True
+    ) -> None:
+        """As ``Bus.publish``: returns once the broker has every message (unless a fault hit;
+        an unacknowledged send is one more chance of that, which the drop fault stands for)."""
         if not messages:
             return
         await self._gate("publish " + ", ".join(describe(m) for _, m in messages))

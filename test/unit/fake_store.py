@@ -40,11 +40,16 @@ async def no_gate(label: str) -> None:
 
 
 class FakeCluster:
-    """The ``RedisCluster`` methods the services call directly (through ``Store.retrying``)."""
+    """The ``RedisCluster`` methods the services call directly (through ``Store.retrying``).
+
+    ``durable_reads``: an ``hmget`` first makes a replica hold what it reads (as if the reader
+    waited for that before acting on it); not what the services do (see test_saga_scenarios).
+    """
 
     def __init__(self, redis: FakeRedis, gate: Gate) -> None:
         self._redis = redis
         self._gate = gate
+        self.durable_reads = False
 
     async def ping(self) -> bool:
         return True
@@ -59,6 +64,8 @@ class FakeCluster:
 
     async def hmget(self, key: str, fields: Sequence[str | bytes]) -> list[bytes | None]:
         await self._gate(f"hmget {key}")
+        if self.durable_reads:
+            self._redis.replicate([master_of(key)])
         return self._redis.hmget(key, [encode_arg(f) for f in fields])
 
     async def zadd(self, key: str, mapping: Mapping[str, float], xx: bool = False) -> int:
@@ -114,6 +121,9 @@ class FakeStore:
         self.first_node_wins = first_node_wins
         self.one_round_trip = True
         """False: ``on_master_of`` answers None, as when the slot map moved."""
+        self.dropped_pipeline_is_none = False
+        """True: a failover during ``on_master_of``'s barrier answers None rather than the
+        ConnectionError redis-py raises (see test_saga_scenarios)."""
         self.cluster = FakeCluster(redis, gate)
         self.node_aware = hasattr(Store, "durable") if node_aware is None else node_aware
         self.loaded: set[str] = set()
@@ -198,6 +208,8 @@ class FakeStore:
                 raise NotImplementedError(f"on_master_of: {command[0]}")
         await self._gate(f"wait {key}")
         if self.redis.node_of(key) != node:
+            if self.dropped_pipeline_is_none:
+                return None
             raise RedisConnectionError("Connection closed by server.")
         self.redis.replicate([master])
         return replies

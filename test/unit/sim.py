@@ -66,6 +66,12 @@ class Knobs:
     shield_start: bool = False
     """Never crash an order process between a checkout's saga_begin and the index
     re-registration after it (to look past a known bug)."""
+    durable_reads: bool = False
+    """Reads of the saga log are replicated before they are acted on (to look past known
+    bugs: FakeCluster.durable_reads)."""
+    dropped_pipeline_is_none: bool = False
+    """A failover during the one-round-trip start is no exception (to look past a known bug:
+    FakeStore.dropped_pipeline_is_none)."""
 
 
 @dataclass
@@ -114,6 +120,8 @@ class World:
         }
         for store in self.stores.values():
             store.load_scripts(LUA_DIR)
+            store.cluster.durable_reads = knobs.durable_reads
+            store.dropped_pipeline_is_none = knobs.dropped_pipeline_is_none
         self.bus = FakeBus(
             self.gate, partitions=knobs.partitions, rng=self.rng, note=self.note, groups=GROUPS
         )
