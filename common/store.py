@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 Arg = str | int | bytes
 
+# A key written on two masters in one tracked block (see ``Store.wrote``).
+_FAILED_OVER = "<failed over>"
+
 # The keys written by scripts in the current context (see ``Store.tracking``).
 _written: ContextVar[dict[str, str] | None] = ContextVar("written", default=None)
 T = TypeVar("T")
@@ -157,8 +160,13 @@ class Store:
         """Record a write to ``key`` made outside ``script`` for the current ``tracking``."""
         written = _written.get()
         if written is not None:
-            # The client follows MOVED before returning, so this is the master that ran it.
-            written[key] = self.cluster.get_node_from_key(key).name
+            # The client follows MOVED before returning, so this is the master that ran it. Two
+            # writes to one key that land on different masters mean a failover came between
+            # them: the first may be gone, so replicate() must refuse (WriteMayBeLost).
+            node = self.cluster.get_node_from_key(key).name
+            first = written.setdefault(key, node)
+            if first != node:
+                written[key] = _FAILED_OVER
 
     async def on_master_of(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any] | None:
         """Run ``commands`` (each all in slots of ``key``'s master) in order on one connection to
@@ -166,6 +174,15 @@ class Store:
         writes that are durable when it returns. Script calls are given as
         ``("script", name, keys, args)``. Returns the replies, or None when the slot map moved
         or a script was missing (the caller then takes the ordinary path)."""
+        try:
+            return await self._on_master_of(key, commands)
+        except (RedisError, OSError) as exc:
+            # Unknown whether the writes happened: the ordinary path runs them again, and they
+            # are idempotent.
+            log.info("one-round-trip path failed (%r); taking the ordinary path", exc)
+            return None
+
+    async def _on_master_of(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any] | None:
         want = self._settings.redis_wait_replicas
         node = self.cluster.get_node_from_key(key)
         client = self._node_client(node.host, node.port)
@@ -234,6 +251,8 @@ class Store:
             return
         per_node: dict[str, str] = {}
         for key, node in written.items():
+            if node == _FAILED_OVER:
+                raise WriteMayBeLost(f"{hash_tag(key)} changed master between two writes")
             per_node.setdefault(node, key)
         await asyncio.gather(*(self._barrier(node, key) for node, key in per_node.items()))
 

@@ -59,14 +59,14 @@ class Orchestrator:
         """
         found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
         if found[0] != "READY":
-            return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
+            return await self._found(entity_id, found)
         now = now_ms()
         due = now + self.step_timeout_ms
         found = await self.log.begin_indexed(
             entity_id, now=now, deadline=now + self.deadline_ms, due=due
         ) or await self._begin_one_by_one(entity_id, now, due)
         if found[0] != "STARTED":
-            return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
+            return await self._found(entity_id, found)
         if now_ms() - now > self.step_timeout_ms // 2:
             # A slow start (a failover under way) could let the sweeper drop the entry before
             # the saga existed; registering again keeps the live saga indexed.
@@ -76,6 +76,14 @@ class Orchestrator:
         )
         first = self.definition.steps[0]
         return Started(Outcome.STARTED, run.saga_id, ((first.topic, first.command(run)),))
+
+    async def _found(self, entity_id: str, found: list[str]) -> Started:
+        """A saga that is live already is (re-)registered in the index: it may be this very
+        request's own, re-run after a failover erased its index entry."""
+        outcome = Outcome(found[0].lower())
+        if outcome is Outcome.JOINED:
+            await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
+        return Started(outcome, found[1] if len(found) > 1 else "")
 
     async def _begin_one_by_one(self, entity_id: str, now: int, due: int) -> list[str]:
         """The index entry first, then the saga: never a live saga outside the index."""

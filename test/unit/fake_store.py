@@ -113,7 +113,7 @@ class FakeStore:
         gate: Gate = no_gate,
         *,
         node_aware: bool | None = None,
-        first_node_wins: bool = False,
+        first_node_wins: bool = True,
         observe: Callable[[str, Any], None] = lambda call, result: None,
     ) -> None:
         self.redis = redis
@@ -121,7 +121,7 @@ class FakeStore:
         self.first_node_wins = first_node_wins
         self.one_round_trip = True
         """False: ``on_master_of`` answers None, as when the slot map moved."""
-        self.dropped_pipeline_is_none = False
+        self.dropped_pipeline_is_none = True
         """True: a failover during ``on_master_of``'s barrier answers None rather than the
         ConnectionError redis-py raises (see test_saga_scenarios)."""
         self.cluster = FakeCluster(redis, gate)
@@ -176,7 +176,7 @@ class FakeStore:
             return
         if isinstance(written, set):
             written.add(key)
-        elif self.first_node_wins:  # not what Store does (see test_store)
+        elif self.first_node_wins:  # as Store does: a second master makes replicate refuse
             written.setdefault(key, self.redis.node_of(key))
         else:
             written[key] = self.redis.node_of(key)

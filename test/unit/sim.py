@@ -61,7 +61,7 @@ class Knobs:
     """Other probabilities for some calls (the sweeper's routine reads need fewer steps)."""
     spare_prefixes: tuple[str, ...] = ()
     """Keys whose unreplicated writes a failover keeps (to look past a known bug)."""
-    first_node_wins: bool = False
+    first_node_wins: bool = True
     """Track the first master that took a key's write in a block (to look past a known bug)."""
     shield_start: bool = False
     """Never crash an order process between a checkout's saga_begin and the index
@@ -69,7 +69,7 @@ class Knobs:
     durable_reads: bool = False
     """Reads of the saga log are replicated before they are acted on (to look past known
     bugs: FakeCluster.durable_reads)."""
-    dropped_pipeline_is_none: bool = False
+    dropped_pipeline_is_none: bool = True
     """A failover during the one-round-trip start is no exception (to look past a known bug:
     FakeStore.dropped_pipeline_is_none)."""
 

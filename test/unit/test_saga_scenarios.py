@@ -511,14 +511,6 @@ async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock
     assert [type(m).__name__ for _, m in bus.published if m.saga_id == started.saga_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: Store.on_master_of lets a dropped connection out: a failover while the "
-    "one-round-trip start waits for its barrier raises redis' ConnectionError (a RedisError, "
-    "not Unavailable) through Orchestrator.start and Checkout._start, and the checkout answers "
-    "500, which rule 5 forbids",
-)
 async def test_a_failover_during_the_one_round_trip_start_is_no_5xx(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
     store = FakeStore(redis, hold, node_aware=True)
@@ -554,14 +546,6 @@ async def test_a_failover_during_the_one_round_trip_start_is_no_5xx(clock: Clock
     assert status < 500, f"the checkout answered {status} {raised}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: when Checkout._start's durable() re-runs Orchestrator.start because a failover "
-    "may have erased its writes, the re-run finds its own saga live (JOINED) and returns: the "
-    "index entry the failover erased is not written again (nor the first command sent), so "
-    "the saga is live, unindexed and waiting for a command nobody sends",
-)
 async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
     store = FakeStore(redis, hold, node_aware=True)

@@ -39,10 +39,8 @@ FAITHFUL = Knobs()
 AROUND_KNOWN_BUGS = dataclasses.replace(
     FAITHFUL,
     spare_prefixes=("saga:inflight:",),
-    first_node_wins=True,
     shield_start=True,
     durable_reads=True,
-    dropped_pipeline_is_none=True,
 )
 KNOBS = FAITHFUL if os.environ.get("SIM_FAITHFUL") else AROUND_KNOWN_BUGS
 ONE_SEED = os.environ.get("SIM_SEED")

@@ -183,13 +183,6 @@ async def _two_writes_to_one_key_around_a_failover(
     return record.decode() if record else "lost"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: Store.script records written[key] = the master of the *last* write to the key, "
-    "so a failover between two writes to one key in one tracked block is not seen by "
-    "replicate(); the first write is lost but its reply is sent (a paid order never charged)",
-)
 async def test_replicate_sees_a_failover_between_two_writes_to_one_key() -> None:
     redis = FakeRedis()
     assert await _two_writes_to_one_key_around_a_failover(StoreOverFake(redis), redis) != "lost"
