@@ -39,6 +39,10 @@ class Ledger:
         self._kind = kind
         self.field = field
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
     def key(self, entity_id: str) -> str:
         return f"{{{self._kind}:{entity_id}}}"
 

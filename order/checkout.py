@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from common import telemetry
-from common.bus import Bus
+from common.bus import Bus, Outgoing
 from common.errors import NotFound, Refused, Unavailable
 from common.saga.log import FAILED, SUCCEEDED
 from common.saga.orchestrator import Orchestrator, Outcome, Started
@@ -15,6 +15,8 @@ from common.saga.waiters import Verdict, Waiters
 from common.store import Store
 
 log = logging.getLogger(__name__)
+
+_DECIDE_ATTEMPTS = 5
 
 
 class Checkout:
@@ -78,6 +80,8 @@ class Checkout:
     async def _poll(self, order_id: str, saga_id: str) -> Verdict | None:
         try:
             state = await self._orch.log.read(order_id)
+            if state is not None and not state.live:
+                state = await self._orch.log.read_durably(order_id)  # an answer rests on it
         except Unavailable:
             return None  # keep waiting: the verdict may still arrive on the bus
         if state is None:
@@ -91,19 +95,38 @@ class Checkout:
         return None
 
     async def _decide(self, order_id: str, saga_id: str) -> Verdict:
-        """Past the timeout: turn a still-running saga back, then wait (a bounded while) for its
-        compensations, so that a 400 means nothing is held any more."""
-        state = await self._orch.log.read(order_id)
-        if state is not None and state.saga_id == saga_id and state.status == "running":
-            with self._store.tracking() as written:
-                messages = await self._orch.abort(order_id, state, "checkout timed out")
-            await self._store.replicate(written)
+        """Past the timeout: turn a still-running saga back (again if it moved meanwhile), then
+        wait a bounded while for its compensations, so that a 400 means not paid, for good."""
+        for _ in range(_DECIDE_ATTEMPTS):
             try:
-                await self._bus.publish(messages)
-            except Exception as exc:  # the sweeper re-sends the compensation
-                log.warning("publishing abort of %s failed (%r)", saga_id, exc)
+                state = await self._orch.log.read_durably(order_id)
+                if state is None or state.saga_id != saga_id or not state.live:
+                    break
+                if state.status == "running":
+                    with self._store.tracking() as written:
+                        messages = await self._orch.abort(order_id, state, "checkout timed out")
+                    await self._store.replicate(written)
+                    if not messages:
+                        continue  # it moved between the read and the abort: read again
+                    await self._publish(saga_id, messages)
+                break
+            except Unavailable as exc:
+                log.warning("deciding %s: %r", saga_id, exc)
+                await asyncio.sleep(0.2)
         verdict = await self._waiters.wait(
             saga_id, lambda: self._poll(order_id, saga_id), self._timeout_s / 2
         )
-        # Still compensating: not paid, and it never will be; the compensation is under way.
-        return verdict if verdict is not None else (False, "checkout timed out")
+        if verdict is not None:
+            return verdict
+        state = await self._orch.log.read_durably(order_id)
+        if state is not None and state.saga_id == saga_id and state.status == "running":
+            # Never turned back: its outcome is not known, and a 4xx could be a lie.
+            raise Unavailable(f"saga {saga_id} undecided after the checkout timeout")
+        # Compensating: not paid, and it never will be; the compensation is under way.
+        return (False, "checkout timed out")
+
+    async def _publish(self, saga_id: str, messages: list[Outgoing]) -> None:
+        try:
+            await self._bus.publish(messages)
+        except Exception as exc:  # the sweeper re-sends the compensation
+            log.warning("publishing abort of %s failed (%r)", saga_id, exc)

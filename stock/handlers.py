@@ -36,6 +36,15 @@ async def reserve(message: StockUpdateRequested, items: Ledger) -> Sequence[Outg
     ids = {"saga_id": message.saga_id, "order_id": message.order_id, "trace_id": message.trace_id}
     if all(result is Taken.TAKEN for result in results):
         return [(STOCK_PROCESSING, StockUpdated(**ids))]
+    # The restores act on these results, so they must not rest on a write a failover could
+    # erase: the takes run again (idempotent) until a replica holds what they found.
+    results = await items.store.durable(
+        lambda: asyncio.gather(
+            *(items.take(item_id, message.saga_id, qty) for item_id, qty in lines.items())
+        )
+    )
+    if all(result is Taken.TAKEN for result in results):
+        return [(STOCK_PROCESSING, StockUpdated(**ids))]
     await asyncio.gather(*(items.restore(item_id, message.saga_id) for item_id in lines))
     reasons = sorted(
         f"{item_id}: {result.name.lower()}"

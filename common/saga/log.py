@@ -137,6 +137,17 @@ class SagaLog:
             )
         )
 
+    async def read_durably(self, entity_id: str) -> SagaState | None:
+        """``read``, returned only once a replica of the entity's master holds what was read
+        (so nothing is answered or dropped on the strength of a write a failover could erase)."""
+
+        async def read() -> SagaState | None:
+            state = await self.read(entity_id)
+            self._store.wrote(self._def.entity_key(entity_id))  # a barrier on that master
+            return state
+
+        return await self._store.durable(read)
+
     async def read(self, entity_id: str) -> SagaState | None:
         key = self._def.entity_key(entity_id)
         values = await self._store.retrying(lambda: self._store.cluster.hmget(key, list(_FIELDS)))

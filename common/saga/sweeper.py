@@ -90,6 +90,9 @@ class Sweeper:
         async with self._limit:
             state = await self._log.read(entity_id)
             if state is None or not state.live:
+                # Dropping the entry rests on this read: confirm it on a replica first.
+                state = await self._log.read_durably(entity_id)
+            if state is None or not state.live:
                 await self._log.index_drop(entity_id, score, shard)
                 return []
             step_timeout = self._orch.step_timeout_ms
