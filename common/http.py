@@ -76,6 +76,12 @@ def create_app(name: str, *, startup: Hook, shutdown: Hook) -> Quart:
             log.warning("request failed: %s", exc.message)
         return _error_response(exc)
 
+    @app.get("/openapi.json")
+    async def _openapi() -> Response:
+        from common.openapi import describe
+
+        return json_response(describe(app, name))
+
     @app.get("/health")
     async def _health() -> Response:
         ready = bool(app.config["ready"])
