@@ -19,6 +19,10 @@ from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaLog, S
 
 log = logging.getLogger(__name__)
 
+SLOW_START_GRACE_MS = 60_000
+"""Longer than any start can take: Redis calls give up after REDIS_OP_TIMEOUT_MS (and
+``durable`` retries for as long again)."""
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -86,9 +90,17 @@ class Orchestrator:
         return Started(outcome, found[1] if len(found) > 1 else "")
 
     async def _begin_one_by_one(self, entity_id: str, now: int, due: int) -> list[str]:
-        """The index entry first, then the saga: never a live saga outside the index."""
-        await self.log.index_add(entity_id, due)
-        return await self.log.begin(entity_id, start=True, now=now, deadline=now + self.deadline_ms)
+        """The index entry first, then the saga: never a live saga outside the index. The entry
+        is first due only after SLOW_START_GRACE_MS, so a sweeper cannot drop it (finding no
+        live saga yet) while a slow start is still under way; once the saga exists, the entry
+        is made due at the ordinary time."""
+        await self.log.index_add(entity_id, now + SLOW_START_GRACE_MS)
+        found = await self.log.begin(
+            entity_id, start=True, now=now, deadline=now + self.deadline_ms
+        )
+        if found[0] == "STARTED":
+            await self.log.index_add(entity_id, due)
+        return found
 
     def handlers(self) -> dict[type, Handler]:
         """One consumer handler per reply type of the definition."""

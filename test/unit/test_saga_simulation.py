@@ -25,18 +25,15 @@ SEEDS = int(os.environ.get("SIM_SEEDS", "2000"))
 BLOCK = 250
 FAITHFUL = Knobs()
 # What the search still steps around, so it can look further (SIM_FAITHFUL=1 turns it off):
-#  - a crash right after a slow start leaves the saga unindexed (strict xfail in
-#    test_saga_scenarios: test_a_slow_start_then_a_crash_leaves_the_saga_indexed): no crash
-#    inside that window;
 #  - failovers spare the in-flight index shards: without this, one seed in 2000 still fails
 #    (not yet diagnosed; run SIM_FAITHFUL=1 to see it).
 # Fixed since, their scenarios now regression tests: first-master tracking in Store.wrote,
 # durable reads before an answer or an index drop, no 500 from the one-round-trip start,
-# re-indexing a saga a re-run start finds live, _decide turning a moved saga back.
+# re-indexing a saga a re-run start finds live, _decide turning a moved saga back, and a
+# grace period on the index entry of a one-by-one start.
 AROUND_KNOWN_BUGS = dataclasses.replace(
     FAITHFUL,
     spare_prefixes=("saga:inflight:",),
-    shield_start=True,
 )
 KNOBS = FAITHFUL if os.environ.get("SIM_FAITHFUL") else AROUND_KNOWN_BUGS
 ONE_SEED = os.environ.get("SIM_SEED")
