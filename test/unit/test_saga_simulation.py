@@ -7,12 +7,10 @@ the invariants of DESIGN.md. A failure prints ``SIM_SEED=<n>`` and the run's las
 
     SIM_SEED=123 pytest test/unit/test_saga_simulation.py     # one seed, its whole trace on failure
     SIM_SEEDS=20000 pytest test/unit/test_saga_simulation.py  # a longer search
-    SIM_FAITHFUL=1 ...                                        # without stepping around known bugs
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
@@ -24,18 +22,12 @@ from test.unit.sim import Knobs, Report, run_seed
 SEEDS = int(os.environ.get("SIM_SEEDS", "2000"))
 BLOCK = 250
 FAITHFUL = Knobs()
-# What the search still steps around, so it can look further (SIM_FAITHFUL=1 turns it off):
-#  - failovers spare the in-flight index shards: without this, one seed in 2000 still fails
-#    (not yet diagnosed; run SIM_FAITHFUL=1 to see it).
-# Fixed since, their scenarios now regression tests: first-master tracking in Store.wrote,
+# The search runs the code as it is: every bug it found (first-master tracking in Store.wrote,
 # durable reads before an answer or an index drop, no 500 from the one-round-trip start,
-# re-indexing a saga a re-run start finds live, _decide turning a moved saga back, and a
-# grace period on the index entry of a one-by-one start.
-AROUND_KNOWN_BUGS = dataclasses.replace(
-    FAITHFUL,
-    spare_prefixes=("saga:inflight:",),
-)
-KNOBS = FAITHFUL if os.environ.get("SIM_FAITHFUL") else AROUND_KNOWN_BUGS
+# re-indexing a saga a re-run start finds live, _decide turning a moved saga back, a grace
+# period on the index entry of a one-by-one start) is fixed, and its scenario in
+# test_saga_scenarios.py is a regression test.
+KNOBS = FAITHFUL
 ONE_SEED = os.environ.get("SIM_SEED")
 
 
