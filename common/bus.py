@@ -28,6 +28,7 @@ from common.errors import Unavailable
 from common.messages import ALL_TOPICS, Message, decode, encode
 from common.settings import Settings
 from common.store import Store
+from common.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,7 @@ class Bus:
 
     async def stop(self) -> None:
         keeper, self._keeper = self._keeper, None
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+        await cancel(keeper)
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()  # flushes pending sends
@@ -174,10 +172,7 @@ class ConsumerLoop:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
@@ -220,9 +215,7 @@ class ConsumerLoop:
                 await asyncio.wait({consuming, watching}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in (consuming, watching):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await cancel(task)
                 self._consumer = None
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), 5)

@@ -5,7 +5,6 @@ lag of every consumer loop, sampled in the background."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from quart import Quart, Response, request
 
 from common import logs, metrics, telemetry, tracing
 from common.settings import Settings
+from common.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,7 @@ class LagSampler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     async def _run(self) -> None:
         while True:

@@ -5,7 +5,6 @@ a broker that came back empty. Each shard of the in-flight index has one owner a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from common import telemetry
@@ -13,6 +12,7 @@ from common.bus import Bus, Outgoing
 from common.saga.log import INDEX_SHARDS, RUNNING
 from common.saga.orchestrator import Orchestrator, now_ms
 from common.store import Store
+from common.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,7 @@ class Sweeper:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     async def _run(self) -> None:
         while True:
