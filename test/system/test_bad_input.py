@@ -27,9 +27,10 @@ BAD_NUMBERS = st.one_of(
     st.sampled_from(["1e3", "0x10", "+1", " 1", "1 ", "١٢", "1_000", "--1", "٣", "１"]),
     st.text(min_size=1, max_size=12).filter(lambda t: not (t.isascii() and t.isdigit())),
 )
+# Ids no entity has: batch_init makes "0".."n-1" (n <= 10**6), creates make 32 hex digits.
 UNKNOWN_IDS = st.one_of(
     st.just(""),
-    st.text(min_size=1, max_size=40),
+    st.text(min_size=1, max_size=40).filter(lambda t: not t.isdigit() and len(t) != 32),
     st.sampled_from(["-1", "99999999999", "../..", "%00", "null", "{item:1}", "' OR 1=1"]),
 )
 
