@@ -27,6 +27,10 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=T
     order_id: str
     trace_id: str = ""
 
+    def reply_ids(self) -> dict[str, str]:
+        """The ids a reply to this message carries (same saga, key and trace)."""
+        return {"saga_id": self.saga_id, "order_id": self.order_id, "trace_id": self.trace_id}
+
 
 Lines = tuple[tuple[str, int], ...]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from common.bus import Handler, Outgoing
 from common.ledger import Ledger, Taken
@@ -25,7 +26,7 @@ _REASONS = {
 async def charge(message: PaymentRequested, users: Ledger) -> Sequence[Outgoing]:
     """Charge the user at most once for this saga; a redelivery gets the same answer."""
     result = await users.take(message.user_id, message.saga_id, message.amount)
-    ids = {"saga_id": message.saga_id, "order_id": message.order_id, "trace_id": message.trace_id}
+    ids = message.reply_ids()
     if result is Taken.TAKEN:
         return [(PAYMENT_PROCESSING, PaymentCompleted(**ids))]
     return [(PAYMENT_PROCESSING, PaymentFailed(**ids, reason=_REASONS[result]))]
@@ -34,15 +35,12 @@ async def charge(message: PaymentRequested, users: Ledger) -> Sequence[Outgoing]
 async def cancel(message: PaymentCancelRequested, users: Ledger) -> Sequence[Outgoing]:
     """Refund the saga's charge if there was one; bar it for good if there was not."""
     await users.restore(message.user_id, message.saga_id)
-    ids = {"saga_id": message.saga_id, "order_id": message.order_id, "trace_id": message.trace_id}
+    ids = message.reply_ids()
     return [(PAYMENT_PROCESSING, PaymentCancelled(**ids))]
 
 
 def handlers(users: Ledger) -> dict[type, Handler]:
-    async def on_payment(message: PaymentRequested) -> Sequence[Outgoing]:
-        return await charge(message, users)
-
-    async def on_cancel(message: PaymentCancelRequested) -> Sequence[Outgoing]:
-        return await cancel(message, users)
-
-    return {PaymentRequested: on_payment, PaymentCancelRequested: on_cancel}
+    return {
+        PaymentRequested: partial(charge, users=users),
+        PaymentCancelRequested: partial(cancel, users=users),
+    }

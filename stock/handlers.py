@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 
 from common.bus import Handler, Outgoing
 from common.ledger import Ledger, Taken
@@ -33,7 +34,7 @@ async def reserve(message: StockUpdateRequested, items: Ledger) -> Sequence[Outg
     results = await asyncio.gather(
         *(items.take(item_id, message.saga_id, quantity) for item_id, quantity in lines.items())
     )
-    ids = {"saga_id": message.saga_id, "order_id": message.order_id, "trace_id": message.trace_id}
+    ids = message.reply_ids()
     if all(result is Taken.TAKEN for result in results):
         return [(STOCK_PROCESSING, StockUpdated(**ids))]
     # The restores act on these results, so they must not rest on a write a failover could
@@ -58,15 +59,12 @@ async def release(message: StockCompensationRequested, items: Ledger) -> Sequenc
     """Give back every line the saga took; lines it never took are barred for good."""
     lines = merge_lines(message.items)
     await asyncio.gather(*(items.restore(item_id, message.saga_id) for item_id in lines))
-    ids = {"saga_id": message.saga_id, "order_id": message.order_id, "trace_id": message.trace_id}
+    ids = message.reply_ids()
     return [(STOCK_PROCESSING, StockCompensated(**ids))]
 
 
 def handlers(items: Ledger) -> dict[type, Handler]:
-    async def on_update(message: StockUpdateRequested) -> Sequence[Outgoing]:
-        return await reserve(message, items)
-
-    async def on_compensation(message: StockCompensationRequested) -> Sequence[Outgoing]:
-        return await release(message, items)
-
-    return {StockUpdateRequested: on_update, StockCompensationRequested: on_compensation}
+    return {
+        StockUpdateRequested: partial(reserve, items=items),
+        StockCompensationRequested: partial(release, items=items),
+    }
