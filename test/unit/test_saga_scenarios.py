@@ -220,16 +220,8 @@ def _records(bus: FakeBus) -> list[Any]:
 
 async def test_a_timed_out_checkout_answers_what_the_saga_does() -> None:
     redis, hold = FakeRedis(), Hold()
-    store = FakeStore(redis, hold, node_aware=True)
-    store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
-    order_id = next(fresh_ids("o"))
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    store, log, orchestrator = _checkout_saga(redis, hold)
+    order_id = _one_unpaid_order(redis)
     checkout = Checkout(
         orchestrator,
         store,  # type: ignore[arg-type]
@@ -274,16 +266,8 @@ async def _until(condition: Callable[[], bool], task: asyncio.Task[Any]) -> None
 
 async def test_a_failover_during_a_timed_out_checkout_is_no_5xx() -> None:
     redis, hold = FakeRedis(), Hold()
-    store = FakeStore(redis, hold, node_aware=True)
-    store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
-    order_id = next(fresh_ids("o"))
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    store, log, orchestrator = _checkout_saga(redis, hold)
+    order_id = _one_unpaid_order(redis)
     checkout = Checkout(
         orchestrator,
         store,  # type: ignore[arg-type]
@@ -312,10 +296,7 @@ async def test_a_failover_during_a_timed_out_checkout_is_no_5xx() -> None:
 
 async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store = FakeStore(redis, hold, node_aware=True)
-    store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
+    store, log, orchestrator = _checkout_saga(redis, hold)
     order_id = next(fresh_ids("o"))
     redis.hset(
         order_key(order_id),
@@ -374,16 +355,8 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
 
 async def test_a_slow_start_then_a_crash_leaves_the_saga_indexed(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store = FakeStore(redis, hold, node_aware=True)
-    store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
-    order_id = next(fresh_ids("o"))
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    store, log, orchestrator = _checkout_saga(redis, hold)
+    order_id = _one_unpaid_order(redis)
     store.one_round_trip = False  # the entry and the saga one by one, if the code can do both
     bus = FakeBus()
     sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
@@ -415,10 +388,7 @@ async def test_a_slow_start_then_a_crash_leaves_the_saga_indexed(clock: Clock) -
 
 async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store = FakeStore(redis, hold, node_aware=True)
-    store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
+    store, log, orchestrator = _checkout_saga(redis, hold)
     order_id = next(
         o
         for o in fresh_ids("o")
@@ -468,16 +438,8 @@ async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock
 
 async def test_a_failover_during_the_one_round_trip_start_is_no_5xx(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store = FakeStore(redis, hold, node_aware=True)
-    store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
-    order_id = next(fresh_ids("o"))
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    store, log, orchestrator = _checkout_saga(redis, hold)
+    order_id = _one_unpaid_order(redis)
     checkout = Checkout(
         orchestrator,
         store,  # type: ignore[arg-type]
@@ -543,3 +505,23 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     # No participant answers here: a sweeper that knows the saga re-sends or aborts it.
     resent = [m for _, m in bus.published[sent_before:] if m.saga_id == state.saga_id]
     assert resent, f"the start answered {started.outcome.value}; the sweeper never saw the saga"
+
+
+def _checkout_saga(redis: FakeRedis, hold: Hold) -> tuple[FakeStore, SagaLog, Orchestrator]:
+    """The checkout saga's store, log and orchestrator over ``redis``, gated by ``hold``."""
+    store = FakeStore(redis, hold, node_aware=True)
+    store.load_scripts(LUA_DIR)
+    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
+    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
+    return store, log, orchestrator
+
+
+def _one_unpaid_order(redis: FakeRedis) -> str:
+    """A fresh one-line order of user u1 (3 credits), replicated everywhere."""
+    order_id = next(fresh_ids("o"))
+    redis.hset(
+        order_key(order_id),
+        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
+    )
+    redis.replicate(range(MASTERS))
+    return order_id
