@@ -203,6 +203,20 @@ class ConsumerLoop:
         return consumer
 
     async def _run(self) -> None:
+        """Consume for as long as the service runs: whatever fails (the Redis holding the group
+        generation still starting, say) is logged and the consumer made anew."""
+        delay = 0.5
+        while True:
+            try:
+                await self._run_consumer()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: consumer failed; starting it again in %.1fs", self._name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run_consumer(self) -> None:
         while True:
             generation = await self._generation()
             consumer = self._make_consumer(generation)

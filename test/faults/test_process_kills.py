@@ -66,3 +66,36 @@ async def assert_consistent(
     credits = [await api.credit(u) for u in users]
     assert credits == [0 if p else 1 for p in paid]
     assert await api.stock(item_id) == stock - sum(paid)
+
+
+async def test_whole_stack_restarted_takes_checkouts(api: Api, stack: Stack) -> None:
+    """Every process restarted at once (as after a power cut): the services come up while
+    their Redis clusters are still forming, and must still start consuming once they have."""
+    item_id = await api.item(price=1, stock=30)
+    users = [await api.user(credit=1) for _ in range(40)]
+    orders = [await api.order(user, [(item_id, 1)]) for user in users]
+    checkouts = [asyncio.ensure_future(api.post(f"/orders/checkout/{o}")) for o in orders]
+    await asyncio.sleep(0.05)
+    stack.run("ctl", "restart", "all")
+    await asyncio.gather(*checkouts, return_exceptions=True)  # the gateway went down too
+
+    async def settled() -> bool:
+        """Every saga of the run ended: paid orders are charged once, others hold nothing."""
+        try:
+            paid = [await api.paid(o) for o in orders]
+            credits = [await api.credit(u) for u in users]
+            stock = await api.stock(item_id)
+        except Exception:  # still starting
+            return False
+        return credits == [0 if p else 1 for p in paid] and stock == 30 - sum(paid)
+
+    await until(settled, within=60)
+
+    fresh_item = await api.item(price=1, stock=10)
+
+    async def checkout_pays() -> bool:
+        user = await api.user(credit=1)
+        order = await api.order(user, [(fresh_item, 1)])
+        return (await api.post(f"/orders/checkout/{order}")).status == 200
+
+    await until(checkout_pays, within=60)
