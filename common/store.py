@@ -10,13 +10,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from common.errors import Unavailable
 from common.settings import Settings
@@ -51,6 +51,7 @@ class Store:
         self._cluster: RedisCluster | None = None
         self._node_clients: dict[tuple[str, int], Redis] = {}
         self._op_timeout = settings.redis_op_timeout_ms / 1000
+        self._batch = _Batch(self)
 
     @property
     def cluster(self) -> RedisCluster:
@@ -144,6 +145,21 @@ class Store:
         ``writes=False`` for a call known to change nothing (it is then not replicated).
         """
         body, sha = self._scripts[name]
+        node = self._master_of(keys[0]) if keys else None
+        if node is not None:
+            try:
+                result = await self._batch.run(node, ("EVALSHA", sha, len(keys), *keys, *args))
+            except NoScriptError:
+                await self._node_client(node.host, node.port).script_load(body)
+            except (RedisError, OSError) as exc:
+                if len({self.cluster.keyslot(key) for key in keys}) > 1:
+                    raise CrossSlot(f"{name}: keys {list(keys)} not on one master") from exc
+                # MOVED, a dropped connection, a failover: the ordinary path below follows the
+                # cluster and retries (the scripts are idempotent).
+            else:
+                if writes:
+                    self.wrote(keys[0], node.name)
+                return result
 
         async def call() -> Any:
             try:
@@ -156,14 +172,32 @@ class Store:
             self.wrote(keys[0])
         return result
 
-    def wrote(self, key: str) -> None:
-        """Record a write to ``key`` made outside ``script`` for the current ``tracking``."""
+    async def hmget(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
+        """HMGET, batched with the other calls to ``key``'s master in this turn of the loop."""
+        node = self._master_of(key)
+        if node is not None:
+            with contextlib.suppress(RedisError, OSError):
+                return list(await self._batch.run(node, ("HMGET", key, *fields)))
+        return list(await self.retrying(lambda: self.cluster.hmget(key, list(fields))))
+
+    def _master_of(self, key: str) -> _Node | None:
+        """The master serving ``key`` in the client's slot map (None while it has none)."""
+        try:
+            node = self.cluster.get_node_from_key(key)
+        except RedisClusterException:
+            return None
+        return None if node is None else _Node(node.name, node.host, node.port)
+
+    def wrote(self, key: str, node: str | None = None) -> None:
+        """Record a write to ``key`` made outside ``script`` for the current ``tracking``;
+        ``node`` is the master that took it (default: the one serving ``key`` now)."""
         written = _written.get()
         if written is not None:
             # The client follows MOVED before returning, so this is the master that ran it. Two
             # writes to one key that land on different masters mean a failover came between
             # them: the first may be gone, so replicate() must refuse (WriteMayBeLost).
-            node = self.cluster.get_node_from_key(key).name
+            if node is None:
+                node = self.cluster.get_node_from_key(key).name
             first = written.setdefault(key, node)
             if first != node:
                 written[key] = _FAILED_OVER
@@ -184,26 +218,37 @@ class Store:
 
     async def _on_master_of(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any] | None:
         want = self._settings.redis_wait_replicas
-        node = self.cluster.get_node_from_key(key)
-        client = self._node_client(node.host, node.port)
-        async with client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                if command[0] == "script":
-                    _, name, keys, args = command
-                    sha = self._scripts[str(name)][1]
-                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[arg-type]
-                else:
-                    pipe.execute_command(*command)
-            if want > 0:
-                pipe.set(f"{hash_tag(key)}:barrier", b"1", px=60_000)
-                pipe.execute_command("WAIT", want, self._settings.redis_wait_timeout_ms)
-            replies = await pipe.execute(raise_on_error=False)
+        node = self._master_of(key)
+        if node is None:
+            return None
+        # Submitted together, so they go out in this order in one pipeline (with whatever else
+        # this turn sends that master): the barrier's WAIT follows every write before it.
+        sent: list[asyncio.Future[Any]] = []
+        for command in commands:
+            if command[0] == "script":
+                _, name, keys, args = command
+                sha = self._scripts[str(name)][1]
+                packed: tuple[Arg, ...] = ("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            else:
+                packed = tuple(command)
+            sent.append(self._batch.run(node, packed, raw=True))
+        if want > 0:
+            barrier = ("SET", f"{hash_tag(key)}:barrier", b"1", "PX", 60_000)
+            sent.append(self._batch.run(node, barrier, raw=True))
+            sent.append(
+                self._batch.run(
+                    node, ("WAIT", want, self._settings.redis_wait_timeout_ms), raw=True
+                )
+            )
+        replies = await asyncio.gather(*sent)
         if any(isinstance(reply, Exception) for reply in replies):
             if any(isinstance(reply, NoScriptError) for reply in replies):
+                client = self._node_client(node.host, node.port)
                 for body, _ in self._scripts.values():
                     await client.script_load(body)
             return None
         if want > 0 and int(replies[-1]) < want:
+            client = self._node_client(node.host, node.port)
             connected = _connected_replicas(await client.info("replication"))
             if connected >= want:
                 return None  # a lagging replica: the ordinary path waits for it
@@ -270,16 +315,21 @@ class Store:
     async def _barrier(self, node: str, key: str) -> None:
         host, _, port = node.rpartition(":")
         client = self._node_client(host, int(port))
+        target = _Node(node, host, int(port))
         want = self._settings.redis_wait_replicas
         wait_ms = self._settings.redis_wait_timeout_ms
 
         async def barrier() -> Any:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.set(f"{hash_tag(key)}:barrier", b"1", px=60_000)
-                pipe.execute_command("WAIT", want, wait_ms)
-                set_reply, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(set_reply, Exception):  # MOVED: another master owns the slot now
+            # Both go out on one connection, after whatever else this turn sends that master.
+            marked = self._batch.run(
+                target, ("SET", f"{hash_tag(key)}:barrier", b"1", "PX", 60_000), raw=True
+            )
+            counted = self._batch.run(target, ("WAIT", want, wait_ms), raw=True)
+            set_reply, acked = await asyncio.gather(marked, counted)
+            if isinstance(set_reply, ResponseError):  # MOVED: another master owns the slot now
                 return set_reply
+            if isinstance(set_reply, Exception):  # a dropped connection: try again
+                raise set_reply
             if isinstance(acked, Exception):
                 raise acked
             if int(acked) < want and _connected_replicas(await client.info("replication")) >= want:
@@ -309,6 +359,87 @@ class Store:
             )
             self._node_clients[(host, port)] = client
         return client
+
+
+class _Node(NamedTuple):
+    name: str
+    host: str
+    port: int
+
+
+class _Batch:
+    """Commands issued in one turn of the event loop go to each master in one pipeline: a
+    consumer batch's scripts, or the checkouts that arrived together, cost one round trip per
+    master instead of one each. Replies are handed back in order; an error reply fails only
+    its own command, a dropped connection every command of that pipeline (whose callers then
+    take the ordinary, retrying path: every batched command is idempotent)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: dict[str, list[tuple[tuple[Arg, ...], asyncio.Future[Any]]]] = {}
+        self._nodes: dict[str, _Node] = {}
+
+    def run(
+        self, node: _Node, command: tuple[Arg, ...], *, raw: bool = False
+    ) -> asyncio.Future[Any]:
+        """The reply to ``command`` on ``node``; with ``raw`` an error reply (or a dropped
+        connection) is returned rather than raised."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.setdefault(node.name, []).append((command, future))
+        self._nodes[node.name] = node
+        if not raw:
+            return future
+        wrapped: asyncio.Future[Any] = loop.create_future()
+
+        def unwrap(done: asyncio.Future[Any]) -> None:
+            if not wrapped.done():
+                wrapped.set_result(done.exception() or done.result())
+
+        future.add_done_callback(unwrap)
+        return wrapped
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        nodes, self._nodes = self._nodes, {}
+        for name, calls in pending.items():
+            task = asyncio.get_running_loop().create_task(self._send(nodes[name], calls))
+            _sending.add(task)
+            task.add_done_callback(_sending.discard)
+
+    async def _send(
+        self, node: _Node, calls: list[tuple[tuple[Arg, ...], asyncio.Future[Any]]]
+    ) -> None:
+        client = self._store._node_client(node.host, node.port)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for command, _ in calls:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, future in calls:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RedisError(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(calls, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
+_sending: set[asyncio.Task[None]] = set()
+
+
+class CrossSlot(Unavailable):
+    """A script whose keys span slots found them on different masters (or no master reachable
+    to try): the caller runs it with its own slot's keys only."""
 
 
 class _Lagging(RedisError):

@@ -150,7 +150,7 @@ class SagaLog:
 
     async def read(self, entity_id: str) -> SagaState | None:
         key = self._def.entity_key(entity_id)
-        values = await self._store.retrying(lambda: self._store.cluster.hmget(key, list(_FIELDS)))
+        values = await self._store.hmget(key, _FIELDS)
         if values[0] is None:
             return None
         v = [x.decode() if x is not None else "" for x in values]

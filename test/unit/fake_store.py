@@ -144,6 +144,9 @@ class FakeStore:
     async def retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
         return await call()
 
+    async def hmget(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
+        return await self.cluster.hmget(key, list(fields))
+
     @contextlib.contextmanager
     def tracking(self) -> Iterator[Written]:
         written: Written = {} if self.node_aware else set()

@@ -3,6 +3,7 @@ whose masters can fail over (the barrier is what keeps acknowledged effects aliv
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable
@@ -66,6 +67,9 @@ class _Cluster:
     def get_node_from_key(self, key: str) -> _Node:
         return _Node(self._redis.node_of(key))
 
+    def keyslot(self, key: str) -> str:
+        return hash_tag(key)
+
     def get_primaries(self) -> list[_Node]:
         return [_Node(self._redis.node_of(f"{{m{m}}}")) for m in range(MASTERS)]
 
@@ -74,37 +78,67 @@ class _Cluster:
 
 
 class _NodeClient:
-    """One node's connection: the barrier's SET answers MOVED once the node lost its slots."""
+    """One node's connections: pipelines of EVALSHA, HMGET and the barrier's SET and WAIT. A
+    command for a key this node no longer serves answers MOVED, as a real master does."""
 
-    def __init__(self, redis: FakeRedis, name: str) -> None:
+    def __init__(
+        self, redis: FakeRedis, name: str, scripts: dict[str, str], sent: list[int]
+    ) -> None:
         self._redis = redis
         self._name = name
-        self._key = ""
+        self._scripts = scripts
+        self.sent = sent
 
-    def pipeline(self, transaction: bool = True) -> _NodeClient:
-        return self
+    def pipeline(self, transaction: bool = True) -> _Pipeline:
+        return _Pipeline(self)
 
-    async def __aenter__(self) -> _NodeClient:
+    def answer(self, command: tuple[Any, ...], barrier: list[str]) -> Any:
+        name = str(command[0]).upper()
+        if name == "WAIT":
+            if not barrier:
+                return ResponseError("WAIT without a write")
+            self._redis.replicate([master_of(barrier[-1])])
+            return 1
+        key = str(command[3] if name == "EVALSHA" else command[1])
+        if self._redis.node_of(key) != self._name:
+            return ResponseError(f"MOVED 1 {self._redis.node_of(key)}")
+        if name == "EVALSHA":
+            numkeys = int(command[2])
+            keys, args = command[3 : 3 + numkeys], command[3 + numkeys :]
+            script = SCRIPTS[self._scripts[str(command[1])]]
+            return script(self._redis, [str(k) for k in keys], [encode_arg(a) for a in args])
+        if name == "HMGET":
+            return self._redis.hmget(key, [encode_arg(f) for f in command[2:]])
+        if name == "SET":
+            barrier.append(key)
+            return True
+        raise NotImplementedError(name)
+
+    async def script_load(self, body: str) -> None:
+        return None
+
+    async def info(self, section: str) -> dict[str, int]:
+        return {"connected_slaves": 1}
+
+
+class _Pipeline:
+    def __init__(self, node: _NodeClient) -> None:
+        self._node = node
+        self._commands: list[tuple[Any, ...]] = []
+
+    async def __aenter__(self) -> _Pipeline:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    def set(self, key: str, value: bytes, px: int | None = None) -> None:
-        self._key = key
-
     def execute_command(self, *args: Any) -> None:
-        return None
+        self._commands.append(args)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        if self._redis.node_of(self._key) != self._name:
-            moved = ResponseError(f"MOVED 1 {self._redis.node_of(self._key)}")
-            return [moved, moved]
-        self._redis.replicate([master_of(self._key)])
-        return [True, 1]
-
-    async def info(self, section: str) -> dict[str, int]:
-        return {"connected_slaves": 1}
+        self._node.sent.append(len(self._commands))
+        barrier: list[str] = []
+        return [self._node.answer(command, barrier) for command in self._commands]
 
 
 class StoreOverFake(Store):
@@ -115,9 +149,12 @@ class StoreOverFake(Store):
         super().__init__(load_settings({}), LUA_DIR)
         self._cluster = _Cluster(redis)  # type: ignore[assignment]
         self.redis = redis
+        self.sent: list[int] = []
+        """The size of each pipeline sent to a node."""
 
     def _node_client(self, host: str, port: int) -> Any:
-        return _NodeClient(self.redis, f"{host}:{port}")
+        scripts = self._cluster._by_sha  # type: ignore[attr-defined]
+        return _NodeClient(self.redis, f"{host}:{port}", scripts, self.sent)
 
 
 def user(redis: FakeRedis, credit: int) -> str:
@@ -129,6 +166,25 @@ def user(redis: FakeRedis, credit: int) -> str:
 
 def take(store: Store | FakeStore, key: str, saga: str) -> Awaitable[Any]:
     return store.script("take", [key, f"{key}:op:{saga}"], ["credit", 1, 60])
+
+
+async def test_calls_made_together_go_to_each_master_in_one_pipeline() -> None:
+    redis = FakeRedis()
+    store = StoreOverFake(redis)
+    keys = [user(redis, 5) for _ in range(30)]
+    masters = {redis.node_of(key) for key in keys}
+    with store.tracking() as written:
+        results = await asyncio.gather(*(take(store, key, "s1") for key in keys))
+    assert results == [b"T:1"] * 30
+    assert sorted(store.sent) == sorted(
+        sum(redis.node_of(key) == node for key in keys) for node in masters
+    )
+    store.sent.clear()
+    await store.replicate(written)  # one SET and WAIT per master, together
+    assert store.sent == [2] * len(masters)
+    for node in masters:
+        redis.failover(master_of(next(key for key in keys if redis.node_of(key) == node)))
+    assert [redis.hget(key, b"credit") for key in keys] == [b"4"] * 30
 
 
 async def test_a_replicated_write_survives_a_failover() -> None:
