@@ -39,6 +39,9 @@ Handler = Callable[[Any], Awaitable[Sequence[Outgoing]]]
 """``async def handle(message) -> replies``; dependencies are bound with functools.partial."""
 
 _METADATA_MAX_AGE_MS = 3000
+COMMIT_INTERVAL_S = 0.2
+"""Offsets are committed at most this often: each commit is a broker round trip, and one
+missed only means a redelivery of what the handlers have already done (which they ignore)."""
 _GROUP_CHECK_S = 2.0
 _WEDGED_AFTER_S = 15.0
 
@@ -238,7 +241,10 @@ class ConsumerLoop:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         await _retry_forever(consumer.start, f"{self._name} consumer start")
+        loop = asyncio.get_running_loop()
         committing: asyncio.Task[None] | None = None
+        uncommitted: dict[TopicPartition, int] = {}
+        committed_at = 0.0
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=500)
@@ -246,18 +252,21 @@ class ConsumerLoop:
                 log.warning("%s: fetch failed: %r", self._name, exc)
                 await asyncio.sleep(0.5)
                 continue
-            if not batch:
-                continue
-            await self._process_until_done(batch)
-            if self._group_id is not None:
+            if batch:
+                await self._process_until_done(batch)
+                if self._group_id is None:
+                    continue
                 # The batch's effects are durable and its replies acknowledged: its offsets may
-                # be committed. The commit runs beside the next batch (one at a time, in order)
-                # rather than in front of it; a commit that does not happen only means a
-                # redelivery, which changes nothing.
-                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-                if committing is not None:
-                    await committing
-                committing = asyncio.create_task(self._commit(consumer, offsets))
+                # be committed. Commits run beside the next batches (one at a time, in order),
+                # at most every COMMIT_INTERVAL_S, and at once when the partitions go quiet; a
+                # commit that does not happen only means a redelivery, which changes nothing.
+                uncommitted.update((tp, records[-1].offset + 1) for tp, records in batch.items())
+                if loop.time() - committed_at < COMMIT_INTERVAL_S:
+                    continue
+            if not uncommitted or (committing is not None and not committing.done()):
+                continue
+            committing = asyncio.create_task(self._commit(consumer, uncommitted))
+            uncommitted, committed_at = {}, loop.time()
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
