@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from common.saga.definition import SagaDefinition, SagaRun
 from common.store import Store
 
@@ -18,6 +20,7 @@ COMPENSATING = "compensating"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 LIVE = (RUNNING, COMPENSATING)
+ENDED = (SUCCEEDED, FAILED)
 
 INDEX_SHARDS = 16
 _FIELDS = (
@@ -62,10 +65,13 @@ class SagaLog:
         store.load_scripts(Path(__file__).parent / "lua")
         self._store = store
         self._def = definition
+        self._near: dict[str, list[int]] = {}
+        """Master name -> the index shards it keeps (forgotten when a call finds it moved)."""
 
     # --- the saga state (one atomic script per change) -----------------------------------------
     async def begin(self, entity_id: str, *, start: bool, now: int, deadline: int) -> list[str]:
-        """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['STARTED', id, data]``."""
+        """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['STARTED', id, data]``.
+        The caller registers a saga it may start in the index first (``index_add``)."""
         reply = await self._store.script(
             "saga_begin",
             [self._def.entity_key(entity_id)],
@@ -77,24 +83,34 @@ class SagaLog:
     async def begin_indexed(
         self, entity_id: str, *, now: int, deadline: int, due: int
     ) -> list[str] | None:
-        """``begin(start=True)`` preceded by its index entry, both made durable, in one round
-        trip to the entity's master; None when that cannot be done (no index shard on that
-        master, the slot map moved): then ``index_add`` and ``begin`` one by one."""
+        """``begin(start=True)`` that registers the saga it starts in an index shard of the same
+        master in the same step (and re-registers a live saga it joins, should a failover have
+        erased its entry), made durable, in one round trip; None when that cannot be done (no
+        index shard on that master, the slot map moved): then ``index_add`` and ``begin`` one
+        by one."""
         key = self._def.entity_key(entity_id)
         shard = self.shard_near(entity_id)
         if shard is None:
             return None
-        args = self._begin_args(entity_id, start=True, now=now, deadline=deadline)
-        replies = await self._store.on_master_of(
-            key,
-            [
-                ("ZADD", self.shard_key(shard), due + random.random(), entity_id),
-                ("script", "saga_begin", [key], args),
-            ],
+        args = self._begin_args(
+            entity_id, start=True, now=now, deadline=deadline, index=(shard, due)
         )
-        return None if replies is None else [part.decode() for part in replies[1]]
+        replies = await self._store.on_master_of(key, [("script", "saga_begin", [key], args)])
+        if replies is None:
+            self._near.clear()  # the slot map may have moved
+            return None
+        return [part.decode() for part in replies[0]]
 
-    def _begin_args(self, entity_id: str, *, start: bool, now: int, deadline: int) -> list[Any]:
+    def _begin_args(
+        self,
+        entity_id: str,
+        *,
+        start: bool,
+        now: int,
+        deadline: int,
+        index: tuple[int, int] | None = None,
+    ) -> list[Any]:
+        shard, due = index if index is not None else (None, 0)
         return [
             "start" if start else "check",
             entity_id,
@@ -102,6 +118,8 @@ class SagaLog:
             now,
             deadline,
             self._def.done_field,
+            "" if shard is None else self.shard_key(shard),
+            repr(due + random.random()),
             *self._def.snapshot,
         ]
 
@@ -116,12 +134,20 @@ class SagaLog:
         reason: str = "",
     ) -> tuple[dict[str, str], str] | None:
         """Move the saga from ``frm`` to ``to`` (status, step); its snapshot and the reason it
-        turned back (if it did), or None if it was not at ``frm``."""
-        reply = await self._store.script(
-            "saga_move",
-            [self._def.entity_key(entity_id)],
-            [saga_id, frm[0], frm[1], to[0], to[1], now, reason, self._def.done_field],
-        )
+        turned back (if it did), or None if it was not at ``frm``. A move to an end also drops
+        the index entry the saga's start made, when the start could make it beside the saga."""
+        shard = self.shard_near(entity_id) if to[0] in ENDED else None
+        args = [saga_id, frm[0], frm[1], to[0], to[1], now, reason, self._def.done_field]
+        key = self._def.entity_key(entity_id)
+        index = "" if shard is None else self.shard_key(shard)
+        try:
+            reply = await self._store.script("saga_move", [key], [*args, entity_id, index])
+        except ResponseError as exc:
+            if not index or "non local key" not in str(exc):
+                raise
+            # The shard moved to another master (nothing was changed): the sweeper drops it.
+            self._near.clear()
+            reply = await self._store.script("saga_move", [key], [*args, entity_id, ""])
         if not reply[0]:
             return None
         snapshot: dict[str, str] = json.loads(reply[1])
@@ -175,14 +201,16 @@ class SagaLog:
 
     def shard_near(self, entity_id: str) -> int | None:
         """An index shard kept by the master of the entity's key (so both can be written in one
-        round trip), chosen by the entity's hash among that master's shards."""
+        step), chosen by the entity's hash among that master's shards."""
         cluster = self._store.cluster
         master = cluster.get_node_from_key(self._def.entity_key(entity_id)).name
-        near = [
-            shard
-            for shard in range(INDEX_SHARDS)
-            if cluster.get_node_from_key(self.shard_key(shard)).name == master
-        ]
+        near = self._near.get(master)
+        if near is None:
+            near = self._near[master] = [
+                shard
+                for shard in range(INDEX_SHARDS)
+                if cluster.get_node_from_key(self.shard_key(shard)).name == master
+            ]
         return near[zlib.crc32(entity_id.encode()) % len(near)] if near else None
 
     async def index_add(self, entity_id: str, due: int, shard: int | None = None) -> None:

@@ -58,36 +58,28 @@ class Orchestrator:
     async def start(self, entity_id: str, trace_id: str = "") -> Started:
         """Start a saga for ``entity_id`` unless one is live or the entity is done.
 
-        The entity is put in the in-flight index before its saga can exist, so the sweeper
-        always finds a live saga, whatever crashes after this call.
+        The saga is in the in-flight index from the moment it exists, so the sweeper always
+        finds a live saga, whatever crashes after this call: registered in the same step on
+        the fast path, before the saga on the slow one.
         """
-        found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
-        if found[0] != "READY":
-            return await self._found(entity_id, found)
         now = now_ms()
         due = now + self.step_timeout_ms
-        found = await self.log.begin_indexed(
-            entity_id, now=now, deadline=now + self.deadline_ms, due=due
-        ) or await self._begin_one_by_one(entity_id, now, due)
+        deadline = now + self.deadline_ms
+        found = await self.log.begin_indexed(entity_id, now=now, deadline=deadline, due=due)
+        if found is None:  # the slow path: look first, so that a done order is not indexed
+            found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
+            if found[0] == "JOINED":
+                await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
+            if found[0] == "READY":
+                found = await self._begin_one_by_one(entity_id, now, due)
         if found[0] != "STARTED":
-            return await self._found(entity_id, found)
-        if now_ms() - now > self.step_timeout_ms // 2:
-            # A slow start (a failover under way) could let the sweeper drop the entry before
-            # the saga existed; registering again keeps the live saga indexed.
-            await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
+            outcome = Outcome(found[0].lower())
+            return Started(outcome, found[1] if len(found) > 1 else "")
         run = SagaRun(
             saga_id=found[1], entity_id=entity_id, snapshot=json.loads(found[2]), trace_id=trace_id
         )
         first = self.definition.steps[0]
         return Started(Outcome.STARTED, run.saga_id, ((first.topic, first.command(run)),))
-
-    async def _found(self, entity_id: str, found: list[str]) -> Started:
-        """A saga that is live already is (re-)registered in the index: it may be this very
-        request's own, re-run after a failover erased its index entry."""
-        outcome = Outcome(found[0].lower())
-        if outcome is Outcome.JOINED:
-            await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
-        return Started(outcome, found[1] if len(found) > 1 else "")
 
     async def _begin_one_by_one(self, entity_id: str, now: int, due: int) -> list[str]:
         """The index entry first, then the saga: never a live saga outside the index. The entry

@@ -14,6 +14,8 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
+
 if TYPE_CHECKING:
     from test.unit.fake_redis import FakeRedis
 
@@ -80,6 +82,17 @@ def create(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return 1
 
 
+def _index_here(keys: list[str], index: bytes) -> str:
+    """ARGV's index shard key, refused (before any write) when another master keeps it, as a
+    real master refuses a script's access to a key it does not serve."""
+    from test.unit.fake_redis import master_of
+
+    shard = index.decode()
+    if master_of(shard) != master_of(keys[0]):
+        raise ResponseError("ERR Script attempted to access a non local key in a cluster node")
+    return shard
+
+
 def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if not r.exists(keys[0]):
         return [b"UNKNOWN"]
@@ -87,11 +100,20 @@ def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if done == b"1":
         return [b"DONE", saga_id or b""]
     if status in (b"running", b"compensating"):
+        if argv[0] == b"start" and argv[6] != b"":
+            shard = _index_here(keys, argv[6])
+            if r.zscore(shard, argv[1]) is None:
+                r.zadd(shard, {argv[1]: float(argv[7])})
+                r.hset(keys[0], {b"saga_indexed": argv[7]})
         return [b"JOINED", saga_id]
     if argv[0] == b"check":
         return [b"READY"]
-    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[6:]}
+    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[8:]}
     data = json.dumps(snapshot, separators=(",", ":")).encode()
+    indexed = b""
+    if argv[6] != b"":
+        r.zadd(_index_here(keys, argv[6]), {argv[1]: float(argv[7])})
+        indexed = argv[7]
     attempt = r.hincrby(keys[0], b"saga_attempt", 1)
     new_id = b"%s:%d:%s" % (argv[1], attempt, argv[2])
     r.hset(
@@ -106,6 +128,7 @@ def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
             b"saga_resends": b"0",
             b"saga_reason": b"",
             b"saga_data": data,
+            b"saga_indexed": indexed,
         },
     )
     return [b"STARTED", new_id, data]
@@ -117,6 +140,13 @@ def saga_move(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     )
     if saga_id != argv[0] or status != argv[1] or step != argv[2]:
         return [0]
+    drop = ""
+    if argv[9] != b"" and argv[3] in (b"succeeded", b"failed"):
+        shard = _index_here(keys, argv[9])
+        indexed = r.hget(keys[0], b"saga_indexed")
+        score = r.zscore(shard, argv[8])
+        if indexed and score is not None and score == float(indexed):
+            drop = shard
     r.hset(
         keys[0],
         {b"saga_status": argv[3], b"saga_step": argv[4], b"saga_updated": argv[5]}
@@ -126,6 +156,8 @@ def saga_move(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
         r.hset(keys[0], {b"saga_reason": argv[6]})
     if argv[3] == b"succeeded":
         r.hset(keys[0], {argv[7]: b"1"})
+    if drop:
+        r.zrem(drop, argv[8])
     return [1, data, r.hget(keys[0], b"saga_reason") or b""]
 
 
@@ -183,8 +215,8 @@ SOURCES: dict[str, str] = {
     "take": "571149b87d64cba11b970373ad24004b1caeac82",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
     "lease": "a4924623c6f2e16d84d6cb11b791f8659fff8a18",
-    "saga_begin": "e88e2aba450844e03c4deb7af39fa2146be6a6b9",
-    "saga_move": "5981fc94d16007790b77ecc68e343aaba5bf62b2",
+    "saga_begin": "b1f37d0681f4b7d1741c88a374189ee2af25f103",
+    "saga_move": "cc1847f4c961fe68043a9088d2e94e5e447fc1ec",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",
     "bump_generation": "639cae325637a6f812747db77784d29f9e97b77e",
 }

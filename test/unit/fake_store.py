@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from common.errors import Unavailable
 from common.store import Store
@@ -199,7 +200,12 @@ class FakeStore:
                 _, name, keys, args = command
                 if any(master_of(k) != master for k in keys):
                     return None
-                result = SCRIPTS[str(name)](self.redis, list(keys), [encode_arg(a) for a in args])
+                try:
+                    result = SCRIPTS[str(name)](
+                        self.redis, list(keys), [encode_arg(a) for a in args]
+                    )
+                except ResponseError:  # Store.on_master_of answers None for an error reply
+                    return None
                 self._observe(f"{name} {keys[-1] if keys else ''}", result)
                 replies.append(result)
             elif str(command[0]).upper() == "ZADD":

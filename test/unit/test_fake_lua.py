@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ResponseError
 
 from common.ledger import LUA_DIR
 from test.unit.fake_lua import SCRIPTS, SOURCES
@@ -68,7 +69,7 @@ def test_adjust_and_create_answers() -> None:
 
 def test_saga_scripts_answers() -> None:
     r, key = FakeRedis(), "{order:o}"
-    begin = ["check", "o", "n1", 1000, 5000, "paid", "user_id", "items", "total_cost"]
+    begin = ["check", "o", "n1", 1000, 5000, "paid", "", "0", "user_id", "items", "total_cost"]
     assert run(r, "saga_begin", [key], *begin) == [b"UNKNOWN"]
     r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
     assert run(r, "saga_begin", [key], *begin) == [b"READY"]
@@ -76,16 +77,44 @@ def test_saga_scripts_answers() -> None:
     assert started == [b"STARTED", b"o:1:n1", started[2]]  # type: ignore[index]
     assert json.loads(started[2]) == {"user_id": "u", "items": "[]", "total_cost": "0"}  # type: ignore[index]
     assert run(r, "saga_begin", [key], *begin) == [b"JOINED", b"o:1:n1"]
-    move = ["o:1:n1", "running", 0, "running", 1, 1500, "", "paid"]
+    move = ["o:1:n1", "running", 0, "running", 1, 1500, "", "paid", "o", ""]
     assert run(r, "saga_move", [key], *move) == [1, started[2], b""]  # type: ignore[index]
     assert run(r, "saga_move", [key], *move) == [0]
     updated = r.hget(key, b"saga_updated")
     assert run(r, "saga_touch", [key], "o:1:n1", "running", 1, 1, 2000) == 0
     assert run(r, "saga_touch", [key], "o:1:n1", "running", 1, int(updated or 0), 2000) == 1
-    done = ["o:1:n1", "running", 1, "succeeded", 1, 2500, "", "paid"]
+    done = ["o:1:n1", "running", 1, "succeeded", 1, 2500, "", "paid", "o", ""]
     assert run(r, "saga_move", [key], *done) == [1, started[2], b""]  # type: ignore[index]
     assert r.hget(key, b"paid") == b"1"
     assert run(r, "saga_begin", [key], *begin) == [b"DONE", b"o:1:n1"]
+
+
+def test_a_saga_indexed_by_its_start_leaves_the_index_at_its_end() -> None:
+    r, key = FakeRedis(), "{order:o}"
+    near = next(f"idx{{{i}}}" for i in range(100) if master_of(f"idx{{{i}}}") == master_of(key))
+    far = next(f"idx{{{i}}}" for i in range(100) if master_of(f"idx{{{i}}}") != master_of(key))
+    r.hset(key, {b"user_id": b"u", b"paid": b"0"})
+    begin = ["start", "o", "n1", 1000, 5000, "paid", near, repr(3000.5), "user_id"]
+    with pytest.raises(ResponseError):  # a shard on another master: refused, nothing written
+        run(r, "saga_begin", [key], *[*begin[:6], far, *begin[7:]])
+    assert r.hget(key, b"saga_attempt") is None
+    assert run(r, "saga_begin", [key], *begin)[0] == b"STARTED"  # type: ignore[index]
+    assert r.zscore(near, b"o") == 3000.5
+    assert run(r, "saga_begin", [key], *begin)[0] == b"JOINED"  # type: ignore[index]
+    assert r.zscore(near, b"o") == 3000.5  # kept as it was
+    done = ["o:1:n1", "running", 0, "succeeded", 0, 2000, "", "paid", "o"]
+    with pytest.raises(ResponseError):
+        run(r, "saga_move", [key], *done, far)
+    assert r.hget(key, b"saga_status") == b"running"  # refused before any write
+    assert run(r, "saga_move", [key], *done, near)[0] == 1  # type: ignore[index]
+    assert r.zscore(near, b"o") is None
+    # A start whose entry was re-registered since (another score) leaves it to the sweeper.
+    r.hset(key, {b"paid": b"0"})
+    assert run(r, "saga_begin", [key], *begin)[0] == b"STARTED"  # type: ignore[index]
+    r.zadd(near, {b"o": 4000.25})
+    done = ["o:2:n1", "running", 0, "failed", -1, 2000, "x", "paid", "o", near]
+    assert run(r, "saga_move", [key], *done)[0] == 1  # type: ignore[index]
+    assert r.zscore(near, b"o") == 4000.25
 
 
 def test_index_and_lease_answers() -> None:
