@@ -244,6 +244,7 @@ class ConsumerLoop:
         loop = asyncio.get_running_loop()
         committing: asyncio.Task[None] | None = None
         uncommitted: dict[TopicPartition, int] = {}
+        uncommitted_in = self._assignment.epoch
         committed_at = 0.0
         while True:
             try:
@@ -252,6 +253,7 @@ class ConsumerLoop:
                 log.warning("%s: fetch failed: %r", self._name, exc)
                 await asyncio.sleep(0.5)
                 continue
+            fetched_in = self._assignment.epoch
             if batch:
                 await self._process_until_done(batch)
                 if self._group_id is None:
@@ -260,9 +262,15 @@ class ConsumerLoop:
                 # be committed. Commits run beside the next batches (one at a time, in order),
                 # at most every COMMIT_INTERVAL_S, and at once when the partitions go quiet; a
                 # commit that does not happen only means a redelivery, which changes nothing.
+                if fetched_in != uncommitted_in:
+                    uncommitted, uncommitted_in = {}, fetched_in
                 uncommitted.update((tp, records[-1].offset + 1) for tp, records in batch.items())
                 if loop.time() - committed_at < COMMIT_INTERVAL_S:
                     continue
+            if uncommitted_in != self._assignment.epoch:
+                # A rebalance came since these were read (after a broker restart, from a log
+                # that is gone): committed now, they would skip that much of the new log.
+                uncommitted = {}
             if not uncommitted or (committing is not None and not committing.done()):
                 continue
             committing = asyncio.create_task(self._commit(consumer, uncommitted))
@@ -387,16 +395,20 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, name: str) -> None:
         self._name = name
         self._waiting_since: float | None = time.monotonic()
+        self.epoch = 0
+        """Counts rebalances: offsets read before the latest one are not committed."""
 
     def unassigned_for(self) -> float:
         since = self._waiting_since
         return 0.0 if since is None else time.monotonic() - since
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.epoch += 1
         self._waiting_since = time.monotonic()
         log.info("%s: %d partitions revoked", self._name, len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.epoch += 1
         self._waiting_since = None
         log.info("%s: %d partitions assigned", self._name, len(assigned))
 

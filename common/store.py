@@ -16,7 +16,16 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from common.errors import Unavailable
 from common.settings import Settings
@@ -456,5 +465,9 @@ class WriteMayBeLost(Unavailable):
 
 
 def _is_transient(exc: ResponseError) -> bool:
+    """A reply a failover or a restart gives for a while (redis-py turns some of them into
+    classes of their own and drops the code from the message)."""
+    if isinstance(exc, ClusterDownError | TryAgainError | MasterDownError | ReadOnlyError):
+        return True
     text = str(exc)
     return text.startswith(("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN", "READONLY"))

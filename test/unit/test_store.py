@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterDownError, ResponseError, TryAgainError
 
 from common.ledger import LUA_DIR
 from common.settings import load_settings
@@ -274,3 +274,24 @@ def _fake_store(redis: FakeRedis) -> FakeStore:
     store = FakeStore(redis, node_aware=True)
     store.load_scripts(LUA_DIR)
     return store
+
+
+async def test_a_cluster_down_reply_is_retried() -> None:
+    """redis-py raises CLUSTERDOWN as ClusterDownError("The cluster is down"): a failover in
+    progress, to wait out like a dropped connection (a consumer died on it once)."""
+    store = StoreOverFake(FakeRedis())
+    replies: list[Any] = [ClusterDownError("The cluster is down"), TryAgainError("x"), "ok"]
+
+    async def call() -> Any:
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    assert await store.retrying(call) == "ok"
+
+    async def refused() -> Any:
+        raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    with pytest.raises(ResponseError):
+        await store.retrying(refused)
