@@ -10,7 +10,7 @@ APT_PACKAGES=(redis-server redis-tools nginx-light curl)
 SERVICES=(order payment stock)
 REDIS_NODES_PER_CLUSTER=6
 # Variables handed from the caller's environment to every service worker when set.
-PASS_THROUGH_VARS=(KAFKA_LINGER_MS KAFKA_FETCH_MAX_WAIT_MS TOPIC_PARTITIONS CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL LOG_FORMAT
+PASS_THROUGH_VARS=(KAFKA_LINGER_MS KAFKA_FETCH_MAX_WAIT_MS CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL LOG_FORMAT
     LOG_MESSAGES OTEL_EXPORTER OTEL_EXPORTER_OTLP_ENDPOINT)
 
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
@@ -34,7 +34,13 @@ load_settings() {
     PAYMENT_REDIS_PORT_BASE=${PAYMENT_REDIS_PORT_BASE:-7100}
     STOCK_REDIS_PORT_BASE=${STOCK_REDIS_PORT_BASE:-7200}
     REDIS_CLUSTER_NODE_TIMEOUT_MS=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-3000}
-    TOPIC_PARTITIONS=${TOPIC_PARTITIONS:-16}
+    # One partition per worker of the largest service: the local broker (Tansu) reads every
+    # partition of a fetch from its store on each poll, so partitions nobody needs cost CPU
+    # (README, Performance). Apache Kafka (compose, minikube) keeps 16.
+    local most=$ORDER_REPLICAS
+    ((PAYMENT_REPLICAS > most)) && most=$PAYMENT_REPLICAS
+    ((STOCK_REPLICAS > most)) && most=$STOCK_REPLICAS
+    TOPIC_PARTITIONS=${TOPIC_PARTITIONS:-$most}
     UP_TIMEOUT_S=${UP_TIMEOUT_S:-120}
 
     local name
