@@ -14,7 +14,7 @@
 # Settings (environment variables, default in brackets):
 #   STATE_DIR            [<repo>/.run] generated configs, Redis data (AOF, nodes.conf), logs/
 #   GATEWAY_PORT         [8000] the nginx gateway, on 127.0.0.1
-#   REPLICAS             [2] workers per service (at most TOPIC_PARTITIONS); per service:
+#   REPLICAS             [2] workers per service; per service:
 #   ORDER_REPLICAS, PAYMENT_REPLICAS, STOCK_REPLICAS  [REPLICAS]
 #   ORDER_PORT_BASE, PAYMENT_PORT_BASE, STOCK_PORT_BASE  [8100, 8200, 8300]
 #                        worker k of a service listens on base+k
@@ -22,7 +22,7 @@
 #                        the six nodes of a service's Redis Cluster listen on base..base+5
 #   BROKER_PORT          [9092] the Tansu broker
 #   REDIS_CLUSTER_NODE_TIMEOUT_MS  [3000] a dead master's replica is promoted after about this
-#   TOPIC_PARTITIONS     [the largest *_REPLICAS] partitions per topic, passed to the services
+#   TOPIC_PARTITIONS     [1] partitions per topic: consumers of a group beyond it stand by
 #   UP_TIMEOUT_S         [120] how long `up` waits for everything to be healthy
 #   STOCK_URL            [http://127.0.0.1:$GATEWAY_PORT/stock] where order reads item prices
 #   CHECKOUT_TIMEOUT_MS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS, LOG_LEVEL, LOG_FORMAT,

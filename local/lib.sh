@@ -34,13 +34,11 @@ load_settings() {
     PAYMENT_REDIS_PORT_BASE=${PAYMENT_REDIS_PORT_BASE:-7100}
     STOCK_REDIS_PORT_BASE=${STOCK_REDIS_PORT_BASE:-7200}
     REDIS_CLUSTER_NODE_TIMEOUT_MS=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-3000}
-    # One partition per worker of the largest service: the local broker (Tansu) reads every
-    # partition of a fetch from its store on each poll, so partitions nobody needs cost CPU
-    # (README, Performance). Apache Kafka (compose, minikube) keeps 16.
-    local most=$ORDER_REPLICAS
-    ((PAYMENT_REPLICAS > most)) && most=$PAYMENT_REPLICAS
-    ((STOCK_REPLICAS > most)) && most=$STOCK_REPLICAS
-    TOPIC_PARTITIONS=${TOPIC_PARTITIONS:-$most}
+    # One partition per topic: the local broker (Tansu) reads every partition of a fetch from
+    # its store on each poll and holds each fetch for its whole wait, so one busy consumer per
+    # group (the others stand by, taking over when it dies) does the same work for far less
+    # CPU on two cores (README, Performance). Apache Kafka (compose, minikube) keeps 16.
+    TOPIC_PARTITIONS=${TOPIC_PARTITIONS:-1}
     UP_TIMEOUT_S=${UP_TIMEOUT_S:-120}
 
     local name
@@ -50,9 +48,8 @@ load_settings() {
         TOPIC_PARTITIONS UP_TIMEOUT_S; do
         is_uint "${!name}" || die "$name must be a non-negative integer, got '${!name}'"
     done
-    for name in ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS; do
-        ((${!name} >= 1 && ${!name} <= TOPIC_PARTITIONS)) ||
-            die "$name must be between 1 and TOPIC_PARTITIONS ($TOPIC_PARTITIONS), got ${!name}"
+    for name in ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS TOPIC_PARTITIONS; do
+        ((${!name} >= 1)) || die "$name must be at least 1, got ${!name}"
     done
     mkdir -p "$STATE_DIR"
     STATE_DIR=$(cd "$STATE_DIR" && pwd)
