@@ -160,11 +160,9 @@ class Store:
                 result = await self._batch.run(node, ("EVALSHA", sha, len(keys), *keys, *args))
             except NoScriptError:
                 await self._node_client(node.host, node.port).script_load(body)
-            except (RedisError, OSError) as exc:
-                if len({self.cluster.keyslot(key) for key in keys}) > 1:
-                    raise CrossSlot(f"{name}: keys {list(keys)} not on one master") from exc
-                # MOVED, a dropped connection, a failover: the ordinary path below follows the
-                # cluster and retries (the scripts are idempotent).
+            except (RedisError, OSError):
+                pass  # MOVED, a dropped connection, a failover: the ordinary path below follows
+                # the cluster and retries (the scripts are idempotent)
             else:
                 if writes:
                     self.wrote(keys[0], node.name)
@@ -404,7 +402,11 @@ class _Batch:
         wrapped: asyncio.Future[Any] = loop.create_future()
 
         def unwrap(done: asyncio.Future[Any]) -> None:
-            if not wrapped.done():
+            if wrapped.done():
+                return
+            if done.cancelled():
+                wrapped.cancel()
+            else:
                 wrapped.set_result(done.exception() or done.result())
 
         future.add_done_callback(unwrap)
@@ -444,11 +446,6 @@ class _Batch:
 
 
 _sending: set[asyncio.Task[None]] = set()
-
-
-class CrossSlot(Unavailable):
-    """A script whose keys span slots found them on different masters (or no master reachable
-    to try): the caller runs it with its own slot's keys only."""
 
 
 class _Lagging(RedisError):
