@@ -38,22 +38,17 @@ class Checkout:
         self._timeout_s = timeout_ms / 1000
 
     async def __call__(self, order_id: str) -> None:
-        trace_id = ""  # the saga's own: derived from its id (common/tracing.py)
-        # The saga's start is replicated before its first command goes out (or re-run, if a
-        # failover may have erased it: the start then finds its own saga, or starts anew).
-        started = await self._start(order_id, trace_id)
+        # A client that hangs up (or a gateway that gives up on this worker) cancels this
+        # handler; the start and its first command are shielded from that, so a saga that
+        # began always moves on at once instead of waiting for the sweeper's re-send.
+        begin = asyncio.ensure_future(self._begin(order_id))
+        begin.add_done_callback(_retrieve)
+        started = await asyncio.shield(begin)
         telemetry.saga_begun(self._orch.definition.name, started.outcome.value, started.saga_id)
         if started.outcome is Outcome.UNKNOWN:
             raise NotFound(f"order {order_id!r} not found")
         if started.outcome is Outcome.DONE:
             return
-        if started.outcome is Outcome.STARTED:
-            try:
-                await self._bus.publish(started.commands, acknowledged=False)
-            except Exception as exc:  # the saga is logged and indexed: the sweeper re-sends
-                log.warning(
-                    "publishing %s failed (%r); the sweeper will re-send", started.saga_id, exc
-                )
         verdict = await self._waiters.wait(
             started.saga_id, lambda: self._poll(order_id, started.saga_id), self._timeout_s
         )
@@ -63,6 +58,20 @@ class Checkout:
         telemetry.saga_answered(paid)
         if not paid:
             raise Refused(f"order {order_id!r} not paid: {reason or 'checkout failed'}")
+
+    async def _begin(self, order_id: str) -> Started:
+        trace_id = ""  # the saga's own: derived from its id (common/tracing.py)
+        # The saga's start is replicated before its first command goes out (or re-run, if a
+        # failover may have erased it: the start then finds its own saga, or starts anew).
+        started = await self._start(order_id, trace_id)
+        if started.outcome is Outcome.STARTED:
+            try:
+                await self._bus.publish(started.commands, acknowledged=False)
+            except Exception as exc:  # the saga is logged and indexed: the sweeper re-sends
+                log.warning(
+                    "publishing %s failed (%r); the sweeper will re-send", started.saga_id, exc
+                )
+        return started
 
     async def _start(self, order_id: str, trace_id: str) -> Started:
         """Start or join the saga, retrying while the order's Redis is unavailable (a failover
@@ -130,3 +139,9 @@ class Checkout:
             await self._bus.publish(messages)
         except Exception as exc:  # the sweeper re-sends the compensation
             log.warning("publishing abort of %s failed (%r)", saga_id, exc)
+
+
+def _retrieve(task: asyncio.Future[Started]) -> None:
+    """Mark a shielded start's failure as seen: its handler, when still there, reports it."""
+    if not task.cancelled():
+        task.exception()

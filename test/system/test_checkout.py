@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+
+import aiohttp
 
 from test.client import Api
 
@@ -95,3 +98,29 @@ async def test_racing_orders_for_scarce_stock_and_credit(api: Api) -> None:
     for user_id in users:
         assert await api.credit(user_id) == 4 - spent[user_id]
     assert sum(r.status == 200 for r in replies) > 0
+
+
+async def test_a_client_that_hangs_up_does_not_stall_its_saga(api: Api) -> None:
+    """Checkouts abandoned a few milliseconds in (the gateway then drops the worker's request
+    and the handler is cancelled): a saga that began moves on at once, not after the sweeper's
+    re-send (SAGA_STEP_TIMEOUT_MS, 2 s), so nothing is paid late."""
+    item_id = await api.item(price=1, stock=1000)
+    warm = await api.order(await api.user(credit=10), [(item_id, 1)])
+    assert (await api.post(f"/orders/checkout/{warm}")).status == 200  # consumers are up
+    orders = [await api.order(await api.user(credit=10), [(item_id, 1)]) for _ in range(60)]
+    url = api.base_url + "/orders/checkout/{}"
+    async with aiohttp.ClientSession() as session:
+
+        async def abandon(order_id: str, after_s: float) -> None:
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                timeout = aiohttp.ClientTimeout(total=after_s)
+                async with session.post(url.format(order_id), timeout=timeout) as reply:
+                    await reply.read()
+
+        await asyncio.gather(*(abandon(o, 0.001 * (i % 6 + 1)) for i, o in enumerate(orders)))
+    await asyncio.sleep(1.5)
+    paid_soon = [await api.paid(o) for o in orders]
+    await asyncio.sleep(3.0)  # past a step timeout: a stalled saga would be re-sent by now
+    paid_later = [await api.paid(o) for o in orders]
+    assert paid_later == paid_soon, f"{sum(paid_later) - sum(paid_soon)} sagas stalled"
+    assert await api.stock(item_id) == 999 - sum(paid_later)

@@ -60,6 +60,7 @@ class Actor:
     background: bool = False
     task: asyncio.Task[Any] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    crashed: bool = False
 
     @property
     def alive(self) -> bool:
@@ -91,9 +92,13 @@ class Scheduler:
         self.spawned = 0
 
     async def gate(self, label: str) -> None:
-        """Park the calling actor until ``release``; a crash cancels it here."""
+        """Park the calling actor until ``release``; a crash cancels it here. Tasks an actor
+        started (a shielded step, say) carry its identity and die with its process too."""
+        actor = CURRENT.get()
+        if actor is not None and actor.crashed:
+            raise asyncio.CancelledError
         future: asyncio.Future[None] = self.loop.create_future()
-        self.gates.append(Gate(CURRENT.get(), label, future))
+        self.gates.append(Gate(actor, label, future))
         await future
 
     def spawn(
@@ -133,7 +138,11 @@ class Scheduler:
         victims = [a for a in self.actors if a.process == process and a.alive]
         for actor in victims:
             assert actor.task is not None
+            actor.crashed = True
             actor.task.cancel()
+        for gate in self.gates:
+            if gate.actor is not None and gate.actor.crashed:
+                gate.future.cancel()
         return victims
 
     def busy_actors(self) -> list[Actor]:
