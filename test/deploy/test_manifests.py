@@ -43,6 +43,8 @@ SETTINGS = {
     "REDIS_PASSWORD",
     "KAFKA_BOOTSTRAP_SERVERS",
     "KAFKA_IDEMPOTENCE",
+    "KAFKA_LINGER_MS",
+    "KAFKA_FETCH_MAX_WAIT_MS",
     "TOPIC_PARTITIONS",
     "CHECKOUT_TIMEOUT_MS",
     "SAGA_STEP_TIMEOUT_MS",
@@ -65,6 +67,7 @@ REQUIRED_SETTINGS = {"SERVICE_NAME", "REDIS_NODES", "KAFKA_BOOTSTRAP_SERVERS"}
 # Settings whose deployed value differs on purpose from the code's default (the local stack's).
 DIFFERS_FROM_CODE_DEFAULT = {
     "KAFKA_IDEMPOTENCE": "on with Apache Kafka, off with Tansu",
+    "KAFKA_FETCH_MAX_WAIT_MS": "Apache Kafka answers a waiting fetch when data arrives: no cost",
     "STOCK_URL": "the stock Service by name, not the local gateway",
 }
 
