@@ -23,6 +23,8 @@
 #   BROKER_PORT          [9092] the Tansu broker
 #   REDIS_CLUSTER_NODE_TIMEOUT_MS  [3000] a dead master's replica is promoted after about this
 #   TOPIC_PARTITIONS     [1] partitions per topic: consumers of a group beyond it stand by
+#   GATEWAY_BALANCE      [0] 0: the gateway sends a service's requests to its worker 0 (weight
+#                        100 to 1) and keeps the others as hot standbys; 1: round robin
 #   UP_TIMEOUT_S         [120] how long `up` waits for everything to be healthy
 #   STOCK_URL            [http://127.0.0.1:$GATEWAY_PORT/stock] where order reads item prices
 #   CHECKOUT_TIMEOUT_MS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS, LOG_LEVEL, LOG_FORMAT,
@@ -193,13 +195,19 @@ generate_services() {
 }
 
 generate_gateway() {
-    local service k servers upstreams=() text
+    local service k servers role upstreams=() text
     mkdir -p "$NGINX_DIR/tmp"
     for service in "${SERVICES[@]}"; do
         servers=()
         for ((k = 0; k < $(service_replicas "$service"); k++)); do
+            # GATEWAY_BALANCE=0: worker 0 takes nearly all requests, the others are hot
+            # standbys the gateway moves to (with the request in hand) when worker 0 fails.
+            # (Weights, not nginx's `backup`: a backup was not used when worker 0 died, and
+            # every request got a 502 "no live upstreams" until it was back.)
+            role=""
+            ((k == 0 && GATEWAY_BALANCE == 0)) && role=" weight=100"
             servers+=("    server 127.0.0.1:$(($(service_port_base "$service") + k))\
- max_fails=1 fail_timeout=2s;")
+ max_fails=1 fail_timeout=2s$role;")
         done
         upstreams+=("$(fill "$LOCAL_DIR/upstream.conf.in" UPSTREAM="${service}_upstream" \
             SERVERS="$(printf '%s\n' "${servers[@]}")")")

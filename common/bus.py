@@ -21,6 +21,8 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from common import telemetry
@@ -189,6 +191,12 @@ class ConsumerLoop:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bus.bootstrap,
             group_id=group_id,
+            # Members are ordered by id, which starts with the client id: with the range
+            # assignor the first worker takes partition 0 of every topic, so with one partition
+            # per topic (the local stack) worker 0 consumes all of a group's topics, and the
+            # order worker that serves the checkouts also gets their replies.
+            client_id=f"{self._bus.settings.worker_id}-{self._name}",
+            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             enable_auto_commit=False,
             # After a broker restarted empty, old positions point past the new log: start over.
             # A new generation of a wedged group starts at the end instead: what was in flight

@@ -40,17 +40,21 @@ load_settings() {
     # CPU on two cores (README, Performance). Apache Kafka (compose, minikube) keeps 16.
     TOPIC_PARTITIONS=${TOPIC_PARTITIONS:-1}
     UP_TIMEOUT_S=${UP_TIMEOUT_S:-120}
+    # Active/standby by default: on two cores one busy worker per service does the work for
+    # less CPU than several sharing it (README, Performance); the rest take over on a failure.
+    GATEWAY_BALANCE=${GATEWAY_BALANCE:-0}
 
     local name
     for name in GATEWAY_PORT BROKER_PORT REPLICAS ORDER_REPLICAS PAYMENT_REPLICAS \
         STOCK_REPLICAS ORDER_PORT_BASE PAYMENT_PORT_BASE STOCK_PORT_BASE ORDER_REDIS_PORT_BASE \
         PAYMENT_REDIS_PORT_BASE STOCK_REDIS_PORT_BASE REDIS_CLUSTER_NODE_TIMEOUT_MS \
-        TOPIC_PARTITIONS UP_TIMEOUT_S; do
+        TOPIC_PARTITIONS UP_TIMEOUT_S GATEWAY_BALANCE; do
         is_uint "${!name}" || die "$name must be a non-negative integer, got '${!name}'"
     done
     for name in ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS TOPIC_PARTITIONS; do
         ((${!name} >= 1)) || die "$name must be at least 1, got ${!name}"
     done
+    ((GATEWAY_BALANCE <= 1)) || die "GATEWAY_BALANCE must be 0 or 1, got $GATEWAY_BALANCE"
     mkdir -p "$STATE_DIR"
     STATE_DIR=$(cd "$STATE_DIR" && pwd)
 }
