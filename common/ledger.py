@@ -55,7 +55,7 @@ class Ledger:
 
     async def find(self, entity_id: str, fields: tuple[str, ...]) -> dict[str, int]:
         key = self.key(entity_id)
-        values = await self._store.retrying(lambda: self._store.cluster.hmget(key, list(fields)))
+        values = await self._store.hmget(key, fields)
         if values[0] is None:
             raise NotFound(f"{self._kind} {entity_id!r} not found")
         return {name: int(value or 0) for name, value in zip(fields, values, strict=True)}

@@ -99,7 +99,7 @@ async def describe(
     now = now_ms()
     key = order_key(order_id)
     fields = ["user_id", "items", "total_cost", "paid", "saga_attempt"]
-    values = await store.retrying(lambda: store.cluster.hmget(key, fields))
+    values = await store.hmget(key, fields)
     report: dict[str, Any] = {
         "order_id": order_id,
         "found": values[0] is not None,

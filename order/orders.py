@@ -36,7 +36,7 @@ class Orders:
 
     async def find(self, order_id: str) -> dict[str, Any]:
         key = order_key(order_id)
-        values = await self._store.retrying(lambda: self._store.cluster.hmget(key, _FIND_FIELDS))
+        values = await self._store.hmget(key, _FIND_FIELDS)
         user_id, items, total_cost, paid = values
         if user_id is None:
             raise NotFound(f"order {order_id!r} not found")
