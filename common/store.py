@@ -240,13 +240,7 @@ class Store:
                 packed = tuple(command)
             sent.append(self._batch.run(node, packed, raw=True))
         if want > 0:
-            barrier = ("SET", f"{hash_tag(key)}:barrier", b"1", "PX", 60_000)
-            sent.append(self._batch.run(node, barrier, raw=True))
-            sent.append(
-                self._batch.run(
-                    node, ("WAIT", want, self._settings.redis_wait_timeout_ms), raw=True
-                )
-            )
+            sent += [self._batch.run(node, command, raw=True) for command in self._barrier_of(key)]
         replies = await asyncio.gather(*sent)
         if any(isinstance(reply, Exception) for reply in replies):
             if any(isinstance(reply, NoScriptError) for reply in replies):
@@ -324,15 +318,12 @@ class Store:
         client = self._node_client(host, int(port))
         target = _Node(node, host, int(port))
         want = self._settings.redis_wait_replicas
-        wait_ms = self._settings.redis_wait_timeout_ms
 
         async def barrier() -> Any:
             # Both go out on one connection, after whatever else this turn sends that master.
-            marked = self._batch.run(
-                target, ("SET", f"{hash_tag(key)}:barrier", b"1", "PX", 60_000), raw=True
+            set_reply, acked = await asyncio.gather(
+                *(self._batch.run(target, command, raw=True) for command in self._barrier_of(key))
             )
-            counted = self._batch.run(target, ("WAIT", want, wait_ms), raw=True)
-            set_reply, acked = await asyncio.gather(marked, counted)
             if isinstance(set_reply, ResponseError):  # MOVED: another master owns the slot now
                 return set_reply
             if isinstance(set_reply, Exception):  # a dropped connection: try again
@@ -353,6 +344,14 @@ class Store:
             raise WriteMayBeLost(f"master {node} lost {hash_tag(key)}: {outcome}")
         if outcome < want:
             log.warning("no live replica of %s; relying on its AOF", node)
+
+    def _barrier_of(self, key: str) -> tuple[tuple[Arg, ...], tuple[Arg, ...]]:
+        """A small write in ``key``'s slot and a WAIT for it: sent after other writes on one
+        connection, the WAIT returns once a replica holds them all."""
+        return (
+            ("SET", f"{hash_tag(key)}:barrier", b"1", "PX", 60_000),
+            ("WAIT", self._settings.redis_wait_replicas, self._settings.redis_wait_timeout_ms),
+        )
 
     def _node_client(self, host: str, port: int) -> Redis:
         client = self._node_clients.get((host, port))

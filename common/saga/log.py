@@ -110,7 +110,11 @@ class SagaLog:
         deadline: int,
         index: tuple[int, int] | None = None,
     ) -> list[Any]:
-        shard, due = index if index is not None else (None, 0)
+        # The index shard and the entry's score, or nothing (the caller registers it itself).
+        indexed = ["", ""]
+        if index is not None:
+            shard, due = index
+            indexed = [self.shard_key(shard), repr(due + random.random())]
         return [
             "start" if start else "check",
             entity_id,
@@ -118,8 +122,7 @@ class SagaLog:
             now,
             deadline,
             self._def.done_field,
-            "" if shard is None else self.shard_key(shard),
-            repr(due + random.random()),
+            *indexed,
             *self._def.snapshot,
         ]
 
