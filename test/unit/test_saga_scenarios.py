@@ -222,13 +222,7 @@ async def test_a_timed_out_checkout_answers_what_the_saga_does() -> None:
     redis, hold = FakeRedis(), Hold()
     store, log, orchestrator = _checkout_saga(redis, hold)
     order_id = _one_unpaid_order(redis)
-    checkout = Checkout(
-        orchestrator,
-        store,  # type: ignore[arg-type]
-        FakeBus(),  # type: ignore[arg-type]
-        Waiters(poll_interval_s=0.005),
-        timeout_ms=40,
-    )
+    checkout = _checkout(orchestrator, store)
     # The checkout times out with the saga still at its first step; it reads the saga and is
     # about to abort it when the stock reply moves the saga on.
     release = asyncio.Event()
@@ -268,13 +262,7 @@ async def test_a_failover_during_a_timed_out_checkout_is_no_5xx() -> None:
     redis, hold = FakeRedis(), Hold()
     store, log, orchestrator = _checkout_saga(redis, hold)
     order_id = _one_unpaid_order(redis)
-    checkout = Checkout(
-        orchestrator,
-        store,  # type: ignore[arg-type]
-        FakeBus(),  # type: ignore[arg-type]
-        Waiters(poll_interval_s=0.005),
-        timeout_ms=40,
-    )
+    checkout = _checkout(orchestrator, store)
     # No participant answers: the checkout times out and aborts the saga. The order's master
     # fails over after the abort, before its barrier (the start's barrier passes).
     release = asyncio.Event()
@@ -306,13 +294,7 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     ids = {"saga_id": started.saga_id, "order_id": order_id}
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     bus = FakeBus()
-    checkout = Checkout(
-        orchestrator,
-        store,  # type: ignore[arg-type]
-        bus,  # type: ignore[arg-type]
-        Waiters(poll_interval_s=0.005),
-        timeout_ms=2000,
-    )
+    checkout = _checkout(orchestrator, store, bus=bus, timeout_ms=2000)
     # A second checkout of the order joins the running saga and waits for it.
     answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
     # The payment's reply arrives late (past the deadline); the orchestrator's move to
@@ -440,13 +422,7 @@ async def test_a_failover_during_the_one_round_trip_start_is_no_5xx(clock: Clock
     redis, hold = FakeRedis(clock), Hold()
     store, log, orchestrator = _checkout_saga(redis, hold)
     order_id = _one_unpaid_order(redis)
-    checkout = Checkout(
-        orchestrator,
-        store,  # type: ignore[arg-type]
-        FakeBus(),  # type: ignore[arg-type]
-        Waiters(poll_interval_s=0.005),
-        timeout_ms=40,
-    )
+    checkout = _checkout(orchestrator, store)
     release = asyncio.Event()
     hold.rules[("C", "wait")] = release  # FakeStore.on_master_of's barrier
     answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
@@ -514,6 +490,23 @@ def _checkout_saga(redis: FakeRedis, hold: Hold) -> tuple[FakeStore, SagaLog, Or
     log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
     orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
     return store, log, orchestrator
+
+
+def _checkout(
+    orchestrator: Orchestrator,
+    store: FakeStore,
+    *,
+    bus: FakeBus | None = None,
+    timeout_ms: int = 40,
+) -> Checkout:
+    """The HTTP side of checkout over the fakes, polling often, timing out after ``timeout_ms``."""
+    return Checkout(
+        orchestrator,
+        store,  # type: ignore[arg-type]
+        bus or FakeBus(),  # type: ignore[arg-type]
+        Waiters(poll_interval_s=0.005),
+        timeout_ms=timeout_ms,
+    )
 
 
 def _one_unpaid_order(redis: FakeRedis) -> str:
