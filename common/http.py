@@ -49,13 +49,18 @@ def _error_response(exc: AppError) -> Response:
 
 
 Hook = Callable[[Quart], Awaitable[None]]
+Waiting = Callable[[], list[str]]
+"""What the service still waits for before it can do its work (empty: nothing)."""
 
 
-def create_app(name: str, *, startup: Hook, shutdown: Hook) -> Quart:
+def create_app(
+    name: str, *, startup: Hook, shutdown: Hook, waiting: Waiting = lambda: []
+) -> Quart:
     """A Quart app whose clients are made in ``startup`` and closed in ``shutdown``.
 
-    Errors of the service's taxonomy become their HTTP status with a JSON body; a ``/health``
-    route answers 200 once startup finished.
+    Errors of the service's taxonomy become their HTTP status with a JSON body. ``/health``
+    (liveness) answers 200 once startup finished; ``/ready`` (readiness) only once, moreover,
+    ``waiting`` names nothing: every consumer has joined its group and holds its partitions.
     """
     app = Quart(name)
     app.config["ready"] = False
@@ -86,5 +91,10 @@ def create_app(name: str, *, startup: Hook, shutdown: Hook) -> Quart:
     async def _health() -> Response:
         ready = bool(app.config["ready"])
         return json_response({"ready": ready}, status=200 if ready else 503)
+
+    @app.get("/ready")
+    async def _ready() -> Response:
+        pending = waiting() if app.config["ready"] else ["startup"]
+        return json_response({"ready": not pending, "waiting": pending}, 503 if pending else 200)
 
     return app

@@ -54,6 +54,12 @@ HANDLER_ERRORS = Counter(
     "Handlers that raised (a retriable error retries the batch; another drops the message)",
     ["service", "consumer", "type", "error"],
 )
+POISON_MESSAGES = Counter(
+    "bus_poison_messages",
+    "Records that did not decode into a message of their topic (foreign bytes, an unknown type, "
+    "no value): logged and skipped, their offsets committed",
+    ["service", "consumer", "topic"],
+)
 MESSAGES_PUBLISHED = Counter(
     "bus_messages_published", "Messages sent to the broker, by type", ["service", "type"]
 )

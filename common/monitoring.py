@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka.errors import IllegalStateError, KafkaError
 from quart import Quart, Response, request
 
 from common import logs, metrics, telemetry, tracing
+from common.bus import ConsumerLoop
 from common.settings import Settings
 from common.tasks import cancel
 
@@ -61,7 +62,7 @@ def install(app: Quart, settings: Settings, parts: Iterable[Any]) -> None:
         body, content_type = metrics.render(settings)
         return Response(body, content_type=content_type)
 
-    sampler = LagSampler(service, [p for p in parts if hasattr(p, "_consumer")])
+    sampler = LagSampler(service, [p for p in parts if isinstance(p, ConsumerLoop)])
     app.before_serving(sampler.start)
 
     @app.after_serving
@@ -71,11 +72,24 @@ def install(app: Quart, settings: Settings, parts: Iterable[Any]) -> None:
         tracing.shutdown()  # flushes the spans not yet exported
 
 
+class Consuming(Protocol):
+    """What the sampler reads of a consumer loop."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def topics(self) -> tuple[str, ...]: ...
+    @property
+    def consumer(self) -> Any: ...
+
+
 class LagSampler:
     """Every ``interval_s``: per consumer loop and topic, highwater - position summed over the
     partitions assigned to this process (both known to the consumer: no broker request)."""
 
-    def __init__(self, service: str, loops: list[Any], interval_s: float = LAG_INTERVAL_S) -> None:
+    def __init__(
+        self, service: str, loops: Sequence[Consuming], interval_s: float = LAG_INTERVAL_S
+    ) -> None:
         self._service = service
         self._loops = loops
         self._interval_s = interval_s
@@ -101,10 +115,9 @@ class LagSampler:
 
     async def sample(self) -> None:
         for loop in self._loops:
-            # ConsumerLoop keeps its current consumer (None between generations) and its name.
-            consumer = getattr(loop, "_consumer", None)
-            name = str(getattr(loop, "_name", "consumer"))
-            lag = dict.fromkeys(getattr(loop, "_topics", ()), 0)
+            consumer = loop.consumer
+            name = loop.name
+            lag = dict.fromkeys(loop.topics, 0)
             if consumer is not None:
                 for topic, behind in (await _lag(consumer)).items():
                     lag[topic] = lag.get(topic, 0) + behind

@@ -10,7 +10,7 @@ from typing import Protocol
 from quart import Quart
 
 from common import telemetry
-from common.bus import Bus
+from common.bus import Bus, ConsumerLoop
 from common.http import create_app
 from common.monitoring import install
 from common.settings import Settings
@@ -49,6 +49,9 @@ class Runtime:
             for part in reversed(parts):
                 await part.stop()
 
-        app = create_app(name, startup=startup, shutdown=shutdown)
+        def waiting() -> list[str]:
+            return [p.name for p in parts if isinstance(p, ConsumerLoop) and not p.ready]
+
+        app = create_app(name, startup=startup, shutdown=shutdown, waiting=waiting)
         install(app, self.settings, parts)  # /metrics, request metrics, consumer lag
         return app

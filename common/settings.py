@@ -46,10 +46,9 @@ class Settings:
     redis_wait_timeout_ms: int
     redis_op_timeout_ms: int
     kafka_bootstrap_servers: str
-    kafka_idempotence: bool
     topic_partitions: int
+    topic_replication: int
     kafka_linger_ms: int
-    kafka_fetch_max_wait_ms: int
     checkout_timeout_ms: int
     saga_step_timeout_ms: int
     saga_deadline_ms: int
@@ -79,10 +78,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_wait_timeout_ms=_int(env, "REDIS_WAIT_TIMEOUT_MS", 1000),
         redis_op_timeout_ms=_int(env, "REDIS_OP_TIMEOUT_MS", 8000),
         kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        kafka_idempotence=_bool(env, "KAFKA_IDEMPOTENCE", False),
         topic_partitions=_int(env, "TOPIC_PARTITIONS", 16),
+        topic_replication=_int(env, "TOPIC_REPLICATION", 1),
         kafka_linger_ms=_int(env, "KAFKA_LINGER_MS", 0),
-        kafka_fetch_max_wait_ms=_int(env, "KAFKA_FETCH_MAX_WAIT_MS", 20),
         checkout_timeout_ms=_int(env, "CHECKOUT_TIMEOUT_MS", 20000),
         saga_step_timeout_ms=_int(env, "SAGA_STEP_TIMEOUT_MS", 2000),
         saga_deadline_ms=_int(env, "SAGA_DEADLINE_MS", 10000),

@@ -95,6 +95,15 @@ def received(message: Any, record_headers: Any) -> None:
     tracing.received(message, record_headers)
 
 
+def poison(consumer: str, topic: str, partition: int, offset: int, error: Exception) -> None:
+    """A record that is no message of its topic was skipped."""
+    _child(metrics.POISON_MESSAGES, _service, consumer, topic).inc()
+    log.error(
+        "%s: record %s/%d@%d is no message of its topic, skipped: %s",
+        consumer, topic, partition, offset, error,
+    )
+
+
 class handling:  # lower case: used as ``with telemetry.handling(...)``
     """Around one handler call: the logs carry the message's saga and trace ids, the handled
     message is counted (and its error, if any), and a span is made when tracing is on."""

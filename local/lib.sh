@@ -7,10 +7,14 @@ LOCAL_DIR="$REPO_DIR/local"
 VENV_DIR="$REPO_DIR/.venv"
 
 APT_PACKAGES=(redis-server redis-tools nginx-light curl)
+# The broker: Apache Kafka from Maven Central (local/kafka/pom.xml pins it) on a Java 17 runtime.
+KAFKA_POM="$LOCAL_DIR/kafka/pom.xml"
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")
+KAFKA_LIBS="$REPO_DIR/.kafka/$KAFKA_VERSION/libs"
 SERVICES=(order payment stock)
 REDIS_NODES_PER_CLUSTER=6
 # Variables handed from the caller's environment to every service worker when set.
-PASS_THROUGH_VARS=(KAFKA_LINGER_MS KAFKA_FETCH_MAX_WAIT_MS CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL LOG_FORMAT
+PASS_THROUGH_VARS=(KAFKA_LINGER_MS CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL LOG_FORMAT
     LOG_MESSAGES OTEL_EXPORTER OTEL_EXPORTER_OTLP_ENDPOINT)
 
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
@@ -34,27 +38,18 @@ load_settings() {
     PAYMENT_REDIS_PORT_BASE=${PAYMENT_REDIS_PORT_BASE:-7100}
     STOCK_REDIS_PORT_BASE=${STOCK_REDIS_PORT_BASE:-7200}
     REDIS_CLUSTER_NODE_TIMEOUT_MS=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-3000}
-    # One partition per topic: the local broker (Tansu) reads every partition of a fetch from
-    # its store on each poll and holds each fetch for its whole wait, so one busy consumer per
-    # group (the others stand by, taking over when it dies) does the same work for far less
-    # CPU on two cores (README, Performance). Apache Kafka (compose, minikube) keeps 16.
-    TOPIC_PARTITIONS=${TOPIC_PARTITIONS:-1}
     UP_TIMEOUT_S=${UP_TIMEOUT_S:-120}
-    # Active/standby by default: on two cores one busy worker per service does the work for
-    # less CPU than several sharing it (README, Performance); the rest take over on a failure.
-    GATEWAY_BALANCE=${GATEWAY_BALANCE:-0}
 
     local name
     for name in GATEWAY_PORT BROKER_PORT REPLICAS ORDER_REPLICAS PAYMENT_REPLICAS \
         STOCK_REPLICAS ORDER_PORT_BASE PAYMENT_PORT_BASE STOCK_PORT_BASE ORDER_REDIS_PORT_BASE \
         PAYMENT_REDIS_PORT_BASE STOCK_REDIS_PORT_BASE REDIS_CLUSTER_NODE_TIMEOUT_MS \
-        TOPIC_PARTITIONS UP_TIMEOUT_S GATEWAY_BALANCE; do
+        UP_TIMEOUT_S; do
         is_uint "${!name}" || die "$name must be a non-negative integer, got '${!name}'"
     done
-    for name in ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS TOPIC_PARTITIONS; do
+    for name in ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS; do
         ((${!name} >= 1)) || die "$name must be at least 1, got ${!name}"
     done
-    ((GATEWAY_BALANCE <= 1)) || die "GATEWAY_BALANCE must be 0 or 1, got $GATEWAY_BALANCE"
     mkdir -p "$STATE_DIR"
     STATE_DIR=$(cd "$STATE_DIR" && pwd)
 }
@@ -119,6 +114,8 @@ ensure_packages() {
     for package in "${APT_PACKAGES[@]}"; do
         package_installed "$package" || missing+=("$package")
     done
+    command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+    command -v mvn >/dev/null || missing+=(maven)
     python=$(find_python)
     if [[ -z $python ]]; then
         missing+=(python3 python3-venv)
@@ -160,6 +157,23 @@ ensure_venv() {
     echo "$wanted" >"$stamp"
 }
 
+# Apache Kafka's jars in KAFKA_LIBS, copied by Maven from Maven Central (its local repository
+# keeps them for the next install); a stamp remembers which pom they came from.
+ensure_kafka() {
+    local stamp="$KAFKA_LIBS/.installed" wanted log_file="${KAFKA_LIBS%/libs}/maven.log"
+    wanted=$(file_hash "$KAFKA_POM")
+    [[ -f $stamp && $(<"$stamp") == "$wanted" ]] && return
+    log "installing Apache Kafka $KAFKA_VERSION from Maven Central into ${KAFKA_LIBS%/libs}"
+    rm -rf "$KAFKA_LIBS"
+    mkdir -p "$KAFKA_LIBS"
+    if ! mvn -B -f "$KAFKA_POM" dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$KAFKA_LIBS" >"$log_file" 2>&1; then
+        tail -n 30 "$log_file" >&2
+        die "could not fetch Apache Kafka with Maven (log: $log_file)"
+    fi
+    echo "$wanted" >"$stamp"
+}
+
 # setup_machine REQUIREMENTS_FILE...: everything the stack needs on this machine, and the given
 # requirements files (relative to the repo) in .venv; fast when already done.
 setup_machine() {
@@ -168,6 +182,7 @@ setup_machine() {
     exec {lock_fd}>"${TMPDIR:-/tmp}/checkout-setup-$EUID.lock"
     flock "$lock_fd"
     ensure_packages
+    ensure_kafka
     for requirements in "$@"; do
         ensure_venv "$REPO_DIR/$requirements"
     done

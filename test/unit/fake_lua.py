@@ -187,13 +187,6 @@ def lease(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return 0
 
 
-def bump_generation(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
-    current = int(_num(r.get(keys[0]) or b"0"))
-    if current == _num(argv[0]):
-        current = r.incr(keys[0])
-    return current
-
-
 SCRIPTS: dict[str, Script] = {
     "take": take,
     "restore": restore,
@@ -204,7 +197,6 @@ SCRIPTS: dict[str, Script] = {
     "saga_touch": saga_touch,
     "index_drop": index_drop,
     "lease": lease,
-    "bump_generation": bump_generation,
 }
 """Script name (the .lua file's stem) -> its reproduction."""
 
@@ -218,6 +210,5 @@ SOURCES: dict[str, str] = {
     "saga_begin": "b1f37d0681f4b7d1741c88a374189ee2af25f103",
     "saga_move": "cc1847f4c961fe68043a9088d2e94e5e447fc1ec",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",
-    "bump_generation": "639cae325637a6f812747db77784d29f9e97b77e",
 }
 """Script name -> sha1 of the Lua text the function above reproduces."""

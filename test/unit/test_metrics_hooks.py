@@ -182,9 +182,9 @@ class FakeConsumer:
 
 class FakeLoop:
     def __init__(self, name: str, topics: tuple[str, ...], consumer: Any) -> None:
-        self._name = name
-        self._topics = topics
-        self._consumer = consumer
+        self.name = name
+        self.topics = topics
+        self.consumer = consumer
 
 
 async def test_lag_sampler_sums_highwater_minus_position_per_topic() -> None:

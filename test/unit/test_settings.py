@@ -14,8 +14,7 @@ def test_defaults_from_an_empty_environment() -> None:
     assert s.redis_wait_replicas == 1
     assert s.redis_op_timeout_ms == 8000
     assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
-    assert s.kafka_idempotence is False
-    assert s.topic_partitions == 16
+    assert (s.topic_partitions, s.topic_replication) == (16, 1)
     assert (s.checkout_timeout_ms, s.saga_step_timeout_ms, s.saga_deadline_ms) == (
         20000,
         2000,
@@ -33,7 +32,7 @@ def test_values_are_parsed() -> None:
             "REDIS_NODES": " 10.0.0.1:7000, 10.0.0.2:7001 ,,[::1]:7002",
             "REDIS_PASSWORD": "secret",
             "REDIS_WAIT_REPLICAS": " 0 ",
-            "KAFKA_IDEMPOTENCE": "Yes",
+            "LOG_MESSAGES": "Yes",
             "TOPIC_PARTITIONS": "4",
             "STOCK_URL": "http://gw/stock/",
         }
@@ -41,14 +40,14 @@ def test_values_are_parsed() -> None:
     assert s.redis_nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001), ("[::1]", 7002))
     assert (s.service_name, s.worker_id, s.redis_password) == ("order", "order-3", "secret")
     assert s.redis_wait_replicas == 0
-    assert s.kafka_idempotence is True
+    assert s.log_messages is True
     assert s.topic_partitions == 4
     assert s.stock_url == "http://gw/stock"
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
-    s = load_settings({"TOPIC_PARTITIONS": "  ", "REDIS_PASSWORD": "", "KAFKA_IDEMPOTENCE": ""})
-    assert (s.topic_partitions, s.redis_password, s.kafka_idempotence) == (16, None, False)
+    s = load_settings({"TOPIC_PARTITIONS": "  ", "REDIS_PASSWORD": "", "LOG_MESSAGES": ""})
+    assert (s.topic_partitions, s.redis_password, s.log_messages) == (16, None, False)
 
 
 @pytest.mark.parametrize("raw", ["ten", "1.5", "0x10", "1e3"])
