@@ -23,7 +23,7 @@ NUMBERS = {
     "starting_money",
 }
 PREFIXES = {"order": "/orders", "stock": "/stock", "payment": "/payment"}
-_HIDDEN = {"/health", "/metrics", "/openapi.json", "/static/<path:filename>"}
+_HIDDEN = {"/health", "/ready", "/metrics", "/openapi.json", "/static/<path:filename>"}
 
 
 def describe(app: Quart, service: str) -> dict[str, Any]:

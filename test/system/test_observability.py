@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from common.messages import (
     ALL_TOPICS,
@@ -201,24 +201,16 @@ async def _tail(stack: Stack) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         auto_offset_reset="latest",
     )
+    consumer.subscribe(list(ALL_TOPICS))  # no group: every partition, from the end
     await consumer.start()
-    partitions = [
-        TopicPartition(topic, p)
-        for topic in ALL_TOPICS
-        for p in sorted(consumer.partitions_for_topic(topic) or ())
-    ]
-    if not partitions:
-        await consumer.force_metadata_update()
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in ALL_TOPICS
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-    consumer.assign(partitions)
-    await consumer.seek_to_end(*partitions)
-    for tp in partitions:
+    await until(lambda: _assigned(consumer), within=10)
+    for tp in consumer.assignment():
         await consumer.position(tp)
     return consumer
+
+
+async def _assigned(consumer: AIOKafkaConsumer) -> bool:
+    return {tp.topic for tp in consumer.assignment()} == set(ALL_TOPICS)
 
 
 async def _records_of(consumer: AIOKafkaConsumer, order: str) -> list[object]:
