@@ -113,4 +113,28 @@ def configure(settings: Settings) -> None:
     handler._checkout_logs = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.log_level)
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    kafka = logging.getLogger("aiokafka")
+    kafka.setLevel(logging.ERROR)
+    for old in [f for f in kafka.filters if isinstance(f, OncePerInterval)]:
+        kafka.removeFilter(old)
+    kafka.addFilter(OncePerInterval(5.0))
+
+
+class OncePerInterval(logging.Filter):
+    """Lets one record of each message template through per ``seconds``: while the broker is
+    down, aiokafka logs the same connection error for every request, hundreds a second."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        last = self._last.get(key)
+        if last is not None and record.created - last < self._seconds:
+            return False
+        if len(self._last) > 1000:  # templates are few; this only bounds a surprise
+            self._last.clear()
+        self._last[key] = record.created
+        return True

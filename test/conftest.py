@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -44,6 +45,14 @@ class Stack:
         pid = self.pid(name)
         os.kill(pid, signal.SIGKILL)
         return pid
+
+    def restart_broker_empty(self) -> None:
+        """Stop the broker, delete its log, start it: it comes back with no topics, messages
+        or committed offsets (as after losing its volume)."""
+        log_dir = Path(self.env()["STATE_DIR"]) / "broker" / "log"
+        self.run("ctl", "stop", "broker")
+        shutil.rmtree(log_dir, ignore_errors=True)
+        self.run("ctl", "start", "broker")
 
     def env(self) -> dict[str, str]:
         """The stack's addresses (``run_local.sh env``): broker, Redis nodes, gateway."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
@@ -57,7 +58,8 @@ FAULTS: dict[str, Callable[[Stack], Awaitable[None]]] = {
     "order Redis master failover": lambda s: fail_over(s, "order"),
     "stock Redis master failover": lambda s: fail_over(s, "stock"),
     "payment Redis master failover": lambda s: fail_over(s, "payment"),
-    "broker SIGKILL (restarts empty)": lambda s: kill(s, "broker"),
+    "broker SIGKILL": lambda s: kill(s, "broker"),
+    "broker restarted empty": lambda s: asyncio.to_thread(s.restart_broker_empty),
 }
 
 
@@ -69,6 +71,7 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
         api, n_items=20, n_users=60, n_orders=6000, stock_each=25, credit_each=12
     )
     load = Load(api, shop, clients=24)
+    resends_before = await sweeper_resends(stack)
     running = asyncio.ensure_future(load.run())
     start = time.monotonic()
     await asyncio.sleep(BASELINE_S)  # the load runs; this is the measuring window
@@ -81,7 +84,8 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
     await _all_sagas_terminal(stack, list(load.replies))
     statuses = load.statuses()
     recovery = recovered_at - fault_at if recovered_at else float("inf")
-    _record(fault, baseline, recovery, statuses)
+    resends = await sweeper_resends(stack) - resends_before
+    _record(fault, baseline, recovery, statuses, resends)
     assert set(statuses) <= {200, 400}, f"5xx or dropped replies: {statuses}"
     await _check_invariants(api, shop, load.replies)
     assert recovered_at is not None, f"throughput not back to 90% within {OBSERVE_S}s"
@@ -140,10 +144,30 @@ async def _check_invariants(api: Api, shop: Shop, replies: dict[str, int]) -> No
     }
 
 
-def _record(fault: str, baseline: float, recovery: float, statuses: dict[int, int]) -> None:
+async def sweeper_resends(stack: Stack) -> int:
+    """Steps the sweeper re-sent so far, summed over the order workers (a restarted worker
+    counts from zero again)."""
+    total = 0.0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        for address in stack.env()["ORDER_WORKERS"].split(","):
+            try:
+                async with session.get(f"http://{address}/metrics") as reply:
+                    text = await reply.text()
+            except (aiohttp.ClientError, TimeoutError):
+                continue  # restarting
+            for line in text.splitlines():
+                if line.startswith("saga_sweeper_resends_total"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def _record(
+    fault: str, baseline: float, recovery: float, statuses: dict[int, int], resends: int
+) -> None:
     line = (
         f"{fault}\t{baseline:.0f}/s\t{recovery:.1f}s\t{statuses.get(200, 0)}\t"
         f"{statuses.get(400, 0)}\t{sum(v for k, v in statuses.items() if k not in (200, 400))}"
+        f"\tresends {resends}"
     )
     print(f"\nFAULT {line}")
     with RESULTS.open("a") as out:
