@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -57,6 +58,7 @@ class Bus:
         self._topics = Topics(settings)
         self._producer: AIOKafkaProducer | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._unacknowledged: dict[asyncio.Future[Any], float] = {}
 
     @property
     def settings(self) -> Settings:
@@ -94,11 +96,22 @@ class Bus:
             )
             for topic, msg in messages
         ]
+        sent_at = time.monotonic()
+        for future in futures:
+            self._unacknowledged[future] = sent_at
+            future.add_done_callback(self._unacknowledged.pop)
         if acknowledged:
             await asyncio.gather(*futures)
         else:
             for future in futures:
                 future.add_done_callback(_log_send_failure)
+
+    def unacknowledged_for(self) -> float:
+        """Seconds the oldest send still waiting for the broker's acknowledgement has waited
+        (0 when none waits): long while the broker is down or restarting."""
+        if not self._unacknowledged:
+            return 0.0
+        return time.monotonic() - min(self._unacknowledged.values())
 
     async def _keep_topics(self) -> None:
         while True:

@@ -37,7 +37,9 @@ def producer_options(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "linger_ms": settings.kafka_linger_ms,
         "max_request_size": MAX_REQUEST_SIZE,
-        "request_timeout_ms": 5000,
+        # A send waits this long for the broker before it fails: long enough to outlast a
+        # broker restart, so what was queued then is delivered, not left to the sweeper.
+        "request_timeout_ms": 30000,
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
 

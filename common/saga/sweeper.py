@@ -65,6 +65,10 @@ class Sweeper:
 
     async def sweep(self) -> int:
         """One round over the leased shards; returns how many messages it sent."""
+        if self._bus.unacknowledged_for() * 1000 > self._orch.step_timeout_ms / 2:
+            # The broker is not answering (down, restarting): the stalled sagas' messages wait
+            # in the producer, and a re-send would only queue behind them.
+            return 0
         lease_ms = self._interval_ms * 4
         now = now_ms()
         due: list[tuple[int, str, float]] = []

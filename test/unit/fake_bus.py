@@ -67,6 +67,10 @@ class FakeBus:
         return zlib.crc32(key) % self.partitions
 
     # --- producing ----------------------------------------------------------------------------
+    def unacknowledged_for(self) -> float:
+        """As ``Bus.unacknowledged_for``: a publish here returns acknowledged or failed."""
+        return 0.0
+
     async def publish(
         self, messages: Sequence[tuple[str, Message]], *, acknowledged: bool = True
     ) -> None:

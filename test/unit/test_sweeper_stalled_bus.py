@@ -1,0 +1,52 @@
+"""While the broker does not acknowledge sends (it is down or restarting), the sweeper does not
+re-send stalled steps: their messages wait in the producer and go out when it is back."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.saga import orchestrator as saga_orchestrator
+from common.saga import sweeper as saga_sweeper
+from common.saga.sweeper import Sweeper
+from test.unit.fake_bus import FakeBus
+from test.unit.fake_redis import FakeRedis
+from test.unit.test_saga_scenarios import (
+    STEP_MS,
+    Clock,
+    Hold,
+    _checkout_saga,
+    _one_unpaid_order,
+)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    now = Clock()
+    monkeypatch.setattr(saga_orchestrator, "now_ms", now)
+    monkeypatch.setattr(saga_sweeper, "now_ms", now)
+    return now
+
+
+class StalledBus(FakeBus):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting_s = 0.0
+
+    def unacknowledged_for(self) -> float:
+        return self.waiting_s
+
+
+async def test_no_resends_while_the_broker_acknowledges_nothing(clock: Clock) -> None:
+    redis, hold = FakeRedis(clock), Hold()
+    store, log, orchestrator = _checkout_saga(redis, hold)
+    order_id = _one_unpaid_order(redis)
+    bus = StalledBus()
+    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    await orchestrator.start(order_id)
+    clock.ms += STEP_MS + 1  # the first command was never acknowledged: the step is stalled
+    bus.waiting_s = STEP_MS / 1000
+    assert await sweeper.sweep() == 0
+    assert bus.published == []
+    bus.waiting_s = 0.0  # the broker answers again: the step is re-sent
+    assert await sweeper.sweep() == 1
+    assert [type(m).__name__ for _, m in bus.published] == ["StockUpdateRequested"]
