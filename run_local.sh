@@ -152,7 +152,7 @@ generate_broker() {
     render "$LOCAL_DIR/server.properties.in" "$dir/server.properties" \
         BROKER_PORT="$BROKER_PORT" CONTROLLER_PORT="$((BROKER_PORT + 1))" LOG_DIR="$dir/log" \
         SHARED="$(shared_broker_properties)"
-    program broker 200 true "$LOCAL_DIR/broker.sh $KAFKA_LIBS $dir/server.properties $dir/log \
+    program broker 200 true "$LOCAL_DIR/broker.sh run $KAFKA_LIBS $dir/server.properties $dir/log \
 $(broker_cluster_id)"
 }
 

@@ -20,7 +20,14 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from common import telemetry
 from common.errors import Unavailable
@@ -42,8 +49,19 @@ Handler = Callable[[Any], Awaitable[Sequence[Outgoing]]]
 COMMIT_INTERVAL_S = 0.2
 """Offsets are committed at most this often: each commit is a broker round trip, and one
 missed only means a redelivery of what the handlers have already done (which they ignore)."""
-TOPIC_CHECK_S = 5.0
+TOPIC_CHECK_S = 2.0
 """How often the topics are looked for: a broker that came back empty has none."""
+
+PRODUCER_BROKEN = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+    ProducerClosed,
+)
+"""Errors after which aiokafka's idempotent producer sends nothing more (its sender stops; it
+never takes a new producer id by itself): seen after a broker was killed mid-write. The bus then
+replaces its producer, and the send is retried by its caller."""
 
 RETRIABLE = (Unavailable, KafkaError, OSError)
 """Failures a later attempt can cure (a dependency down or failing over)."""
@@ -59,6 +77,7 @@ class Bus:
         self._producer: AIOKafkaProducer | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._unacknowledged: dict[asyncio.Future[Any], float] = {}
+        self._replacing = asyncio.Lock()
 
     @property
     def settings(self) -> Settings:
@@ -88,23 +107,50 @@ class Bus:
         hurt: the saga sweeper re-sends whatever a saga waits for)."""
         if not messages:
             return
-        if self._producer is None:
+        producer = self._producer
+        if producer is None:
             raise KafkaError("producer not started")
-        futures = [
-            await self._producer.send(
-                topic, encode(msg), key=msg.order_id.encode(), headers=telemetry.headers(msg)
-            )
-            for topic, msg in messages
-        ]
-        sent_at = time.monotonic()
-        for future in futures:
-            self._unacknowledged[future] = sent_at
-            future.add_done_callback(self._unacknowledged.pop)
-        if acknowledged:
-            await asyncio.gather(*futures)
-        else:
+        try:
+            futures = [
+                await producer.send(
+                    topic, encode(msg), key=msg.order_id.encode(), headers=telemetry.headers(msg)
+                )
+                for topic, msg in messages
+            ]
+            sent_at = time.monotonic()
             for future in futures:
-                future.add_done_callback(_log_send_failure)
+                self._unacknowledged[future] = sent_at
+                future.add_done_callback(self._unacknowledged.pop)
+            if acknowledged:
+                await asyncio.gather(*futures)
+        except PRODUCER_BROKEN as exc:
+            await self._replace(producer, exc)
+            raise Unavailable(f"the producer failed ({exc!r}) and was replaced") from exc
+        if not acknowledged:
+            for future in futures:
+                future.add_done_callback(self._unacknowledged_done)
+
+    def _unacknowledged_done(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is None:
+            return
+        error = future.exception()
+        log.warning("unacknowledged send failed (the sweeper re-sends): %r", error)
+        if isinstance(error, PRODUCER_BROKEN) and self._producer is not None:
+            broken = self._producer
+            task = asyncio.ensure_future(self._replace(broken, error))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _replace(self, broken: AIOKafkaProducer, error: BaseException) -> None:
+        """Swap ``broken`` for a new producer (with a new producer id), once."""
+        async with self._replacing:
+            if self._producer is not broken:
+                return  # replaced already
+            log.warning("producer failed (%r): replacing it", error)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(broken.stop(), 5)
+            producer = AIOKafkaProducer(**producer_options(self._settings))
+            await _retry_forever(producer.start, "producer start")
+            self._producer = producer
 
     def unacknowledged_for(self) -> float:
         """Seconds the oldest send still waiting for the broker's acknowledgement has waited
@@ -344,11 +390,6 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self.epoch += 1
         self.joined = True
         log.info("%s: %d partitions assigned", self._name, len(assigned))
-
-
-def _log_send_failure(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("unacknowledged send failed (the sweeper re-sends): %r", future.exception())
 
 
 async def _retry_forever(start: Callable[[], Awaitable[Any]], what: str) -> None:

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The local Apache Kafka broker (one KRaft node, broker and controller), run by supervisord as the
-# program `broker`. Formats the log directory first when it holds no log (the first start, or a
-# log deleted to bring the broker back empty), then becomes the broker.
+# The local Apache Kafka broker (one KRaft node, broker and controller).
 #
-# Usage: local/broker.sh KAFKA_LIBS SERVER_PROPERTIES LOG_DIR CLUSTER_ID
+#   local/broker.sh run KAFKA_LIBS SERVER_PROPERTIES LOG_DIR CLUSTER_ID
+#       run by supervisord as the program `broker`: formats the log directory first when it holds
+#       no log (the first start, or a log deleted to bring the broker back empty), then becomes
+#       the broker.
+#   local/broker.sh archive KAFKA_LIBS
+#       at install: starts a throw-away broker once and keeps the classes it loaded in a class
+#       data sharing archive beside KAFKA_LIBS, which every later start maps instead of loading
+#       them again (a start takes 1.5 s instead of 2.9 s: a killed broker is back sooner).
 set -euo pipefail
-libs=$1 properties=$2 log_dir=$3 cluster_id=$4
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mode=$1 libs=$2
+archive="${libs%/libs}/classes.jsa"
 
 # Sized for a 2-core machine that runs some 30 other processes: a small fixed heap, the serial
 # collector (no GC threads of its own), two JIT compiler threads.
@@ -15,9 +21,63 @@ java_options=(
     -Djava.awt.headless=true "-Dlog4j2.configurationFile=$here/kafka/log4j2.properties"
 )
 
-if [[ ! -f $log_dir/meta.properties ]]; then
-    mkdir -p "$log_dir"
+format() { # PROPERTIES LOG_DIR CLUSTER_ID
+    mkdir -p "$2"
     java "${java_options[@]}" -cp "$libs/*" kafka.tools.StorageTool format --ignore-formatted \
-        -t "$cluster_id" -c "$properties"
-fi
-exec java "${java_options[@]}" -cp "$libs/*" kafka.Kafka "$properties"
+        -t "$3" -c "$1"
+}
+
+free_port() {
+    local port
+    for port in $(shuf -i 20000-29999 -n 50); do
+        if ! (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+            ! (: <"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    return 1
+}
+
+make_archive() {
+    local dir port pid tries
+    dir=$(mktemp -d)
+    trap 'rm -rf "$dir"' RETURN
+    port=$(free_port)
+    cat >"$dir/server.properties" <<PROPERTIES
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$((port + 1))
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
+controller.listener.names=CONTROLLER
+log.dirs=$dir/log
+offsets.topic.replication.factor=1
+PROPERTIES
+    format "$dir/server.properties" "$dir/log" "$(sed -n 's/^CLUSTER_ID=//p' \
+        "$here/../env/kafka/broker.env")" >/dev/null
+    java "${java_options[@]}" "-XX:ArchiveClassesAtExit=$archive.tmp" -cp "$libs/*" kafka.Kafka \
+        "$dir/server.properties" >"$dir/out.log" 2>&1 &
+    pid=$!
+    for ((tries = 0; tries < 600; tries++)); do
+        grep -q "Kafka Server started" "$dir/out.log" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" || true
+    if [[ -s $archive.tmp ]]; then mv "$archive.tmp" "$archive"; else rm -f "$archive.tmp"; fi
+}
+
+case $mode in
+    run)
+        properties=$3 log_dir=$4 cluster_id=$5
+        if [[ -f $archive ]]; then java_options+=("-XX:SharedArchiveFile=$archive"); fi
+        if [[ ! -f $log_dir/meta.properties ]]; then format "$properties" "$log_dir" "$cluster_id"; fi
+        exec java "${java_options[@]}" -cp "$libs/*" kafka.Kafka "$properties"
+        ;;
+    archive) make_archive ;;
+    *)
+        echo "usage: $0 run KAFKA_LIBS SERVER_PROPERTIES LOG_DIR CLUSTER_ID | archive KAFKA_LIBS" >&2
+        exit 2
+        ;;
+esac

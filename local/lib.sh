@@ -171,6 +171,7 @@ ensure_kafka() {
         tail -n 30 "$log_file" >&2
         die "could not fetch Apache Kafka with Maven (log: $log_file)"
     fi
+    "$LOCAL_DIR/broker.sh" archive "$KAFKA_LIBS" || log "no class archive for the broker (it starts slower)"
     echo "$wanted" >"$stamp"
 }
 
