@@ -111,25 +111,26 @@ def configure(settings: Settings) -> None:
     for old in [h for h in root.handlers if getattr(h, "_checkout_logs", False)]:
         root.removeHandler(old)
     handler._checkout_logs = True  # type: ignore[attr-defined]
+    handler.addFilter(OncePerInterval(5.0, prefix="aiokafka"))
     root.addHandler(handler)
     root.setLevel(settings.log_level)
-    kafka = logging.getLogger("aiokafka")
-    kafka.setLevel(logging.ERROR)
-    for old in [f for f in kafka.filters if isinstance(f, OncePerInterval)]:
-        kafka.removeFilter(old)
-    kafka.addFilter(OncePerInterval(5.0))
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
 
 
 class OncePerInterval(logging.Filter):
-    """Lets one record of each message template through per ``seconds``: while the broker is
-    down, aiokafka logs the same connection error for every request, hundreds a second."""
+    """Lets one record of each message template of the loggers under ``prefix`` through per
+    ``seconds``: while the broker is down, aiokafka logs the same connection error for every
+    request, hundreds a second."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, prefix: str) -> None:
         super().__init__()
         self._seconds = seconds
+        self._prefix = prefix
         self._last: dict[tuple[str, object], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefix):
+            return True
         key = (record.name, record.msg)
         last = self._last.get(key)
         if last is not None and record.created - last < self._seconds:

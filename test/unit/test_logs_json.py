@@ -116,13 +116,14 @@ def test_configure_installs_one_handler_however_often_called() -> None:
 
 def test_repeated_library_errors_are_let_through_once_per_interval() -> None:
     """aiokafka's one error per request while the broker is down becomes one line per 5 s."""
-    once = logs.OncePerInterval(5.0)
+    once = logs.OncePerInterval(5.0, prefix="aiokafka")
 
-    def record(msg: str, at: float) -> logging.LogRecord:
-        made = logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, msg, ("node 1",), None)
+    def record(msg: str, at: float, name: str = "aiokafka.conn") -> logging.LogRecord:
+        made = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, ("node 1",), None)
         made.created = at
         return made
 
     passed = [once.filter(record("Unable connect to %s", t)) for t in (0.0, 0.1, 4.9, 5.1)]
     assert passed == [True, False, False, True]
     assert once.filter(record("Unable to update metadata from %s", 0.2))
+    assert all(once.filter(record("our own line", t, "common.bus")) for t in (0.0, 0.1))
