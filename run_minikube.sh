@@ -94,6 +94,9 @@ build_image() {
 }
 
 apply_manifests() {
+    # The broker's settings, from the file every deployment reads.
+    kubectl create configmap kafka-broker --from-env-file=env/kafka/broker.env \
+        --dry-run=client -o yaml | kubectl apply -f -
     # A Job's pod template is immutable: drop the finished one so the topics are checked again.
     kubectl delete job kafka-topics --ignore-not-found
     local tries=0

