@@ -21,7 +21,7 @@ from common.tasks import cancel
 
 log = logging.getLogger(__name__)
 
-LAG_INTERVAL_S = 2.0
+LAG_INTERVAL_S = 5.0
 # A request carrying one of these came through a proxy (the gateway or the ingress set them):
 # /metrics is for scrapers on the pod network, never for the public side.
 PROXY_HEADERS = ("X-Request-Id", "X-Forwarded-For")
