@@ -8,6 +8,7 @@ the gateway test runs the Debian nginx when it is installed. Run by test/deploy/
 from __future__ import annotations
 
 import ast
+import contextlib
 import fnmatch
 import http.server
 import os
@@ -18,8 +19,8 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -563,12 +564,18 @@ def test_ingress_strips_the_prefix(
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
-    """Answers every request with the service's name and the path it received."""
+    """Answers every request with the service's name and the path it received, and the
+    X-Request-Id it received in ``X-Seen-Request-Id`` (recorded in ``server.seen`` too)."""
+
+    status = 200
 
     def _answer(self) -> None:
+        seen = self.headers.get("X-Request-Id", "")
+        self.server.seen.append(seen)  # type: ignore[attr-defined]
         body = f"{self.server.service_name} {self.path}".encode()  # type: ignore[attr-defined]
-        self.send_response(200)
+        self.send_response(self.status)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Seen-Request-Id", seen)
         self.end_headers()
         self.wfile.write(body)
 
@@ -576,6 +583,20 @@ class _Echo(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
+
+
+class _BadGateway(_Echo):
+    """A worker that fails every request with a 502: nginx retries it on the next server."""
+
+    status = 502
+
+
+def start_echo(service: str, handler: type[_Echo] = _Echo) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.service_name = service  # type: ignore[attr-defined]
+    server.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def free_port() -> int:
@@ -586,70 +607,45 @@ def free_port() -> int:
 
 @pytest.fixture
 def echo_servers() -> Iterator[dict[str, int]]:
-    servers = []
-    for service in SERVICES:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-        server.service_name = service  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
+    servers = [start_echo(service) for service in SERVICES]
     yield {s: srv.server_address[1] for s, srv in zip(SERVICES, servers, strict=True)}
     for server in servers:
         server.shutdown()
         server.server_close()
 
 
-def test_compose_gateway_config_routes_through_nginx(
-    tmp_path: Path, echo_servers: dict[str, int]
-) -> None:
-    """Runs env/gateway/{nginx,upstreams.compose,routes}.conf in the local nginx, with the
-    service names pointed at echo servers on loopback. `resolve` needs nginx >= 1.27.3 (the
-    image's); Debian's nginx is older, so that one word is dropped here."""
-    routes = routes_conf()
+def nginx_binary() -> str:
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
     )
     if nginx is None:
         pytest.skip("nginx is not installed")
-    gateway = REPO / "env" / "gateway"
-    upstreams = (gateway / "upstreams.compose.conf").read_text(encoding="utf-8")
-    for service, port in echo_servers.items():
-        upstreams = upstreams.replace(
-            f"server {service}:{PORT} resolve", f"server 127.0.0.1:{port}"
-        )
-    port = free_port()
-    conf = (gateway / "nginx.conf").read_text(encoding="utf-8")
-    conf = conf.replace("/etc/nginx/gateway/", f"{tmp_path}/")
-    conf = conf.replace("pid /tmp/nginx.pid", f"pid {tmp_path}/nginx.pid")
-    conf = conf.replace(f"listen {PORT} ", f"listen 127.0.0.1:{port} ")
-    (tmp_path / "nginx.conf").write_text(conf, encoding="utf-8")
-    (tmp_path / "upstreams.compose.conf").write_text(upstreams, encoding="utf-8")
-    (tmp_path / "routes.conf").write_text(routes, encoding="utf-8")
-    (tmp_path / "logs").mkdir()
-    args = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    return nginx
+
+
+@contextlib.contextmanager
+def running_nginx(prefix: Path, conf: Path, port: int) -> Iterator[str]:
+    """Runs nginx with ``conf`` in the foreground until the block ends; yields its base URL."""
+    (prefix / "logs").mkdir(exist_ok=True)
+    args = [nginx_binary(), "-p", str(prefix), "-c", str(conf)]
+    if not re.search(r"^daemon off;", conf.read_text(encoding="utf-8"), flags=re.M):
+        args += ["-g", "daemon off;"]
     check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen([*args, "-g", "daemon off;"], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE)
     try:
-        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while True:
             try:
-                with urllib.request.urlopen(base + "/gateway/health", timeout=2) as reply:
-                    assert reply.status == 200
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                assert proc.poll() is None and time.monotonic() < deadline, "nginx did not start"
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    _, err = proc.communicate(timeout=10)
+                    pytest.fail(f"nginx did not start: {err.decode(errors='replace')}")
                 time.sleep(0.1)
-        cases = {
-            "/orders/create/u1": "order /create/u1",
-            "/orders/checkout/7": "order /checkout/7",
-            "/payment/find_user/u1": "payment /find_user/u1",
-            "/stock/find/i1": "stock /find/i1",
-        }
-        for path, expected in cases.items():
-            request = urllib.request.Request(base + path, method="POST", data=b"")
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                assert reply.read().decode() == expected
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGQUIT)
         try:
@@ -659,6 +655,107 @@ def test_compose_gateway_config_routes_through_nginx(
             proc.wait(timeout=10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def post(url: str, headers: dict[str, str] | None = None) -> tuple[str, str]:
+    """POST through the gateway: (body, the X-Request-Id the service received)."""
+    request = urllib.request.Request(url, method="POST", data=b"", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        return reply.read().decode(), reply.headers.get("X-Seen-Request-Id", "")
+
+
+def compose_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
+    """env/gateway as the nginx image sees it, in ``tmp_path``, listening on loopback ``port``."""
+    gateway = REPO / "env" / "gateway"
+    conf = (gateway / "nginx.conf").read_text(encoding="utf-8")
+    conf = conf.replace("/etc/nginx/gateway/", f"{tmp_path}/")
+    conf = conf.replace("pid /tmp/nginx.pid", f"pid {tmp_path}/nginx.pid")
+    conf = conf.replace(f"listen {PORT} ", f"listen 127.0.0.1:{port} ")
+    (tmp_path / "nginx.conf").write_text(conf, encoding="utf-8")
+    (tmp_path / "upstreams.compose.conf").write_text(upstreams, encoding="utf-8")
+    for name in ("routes.conf", "request-id.conf"):
+        shutil.copy(gateway / name, tmp_path / name)
+    return tmp_path / "nginx.conf"
+
+
+def local_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
+    """local/nginx.conf.in filled in as run_local.sh fills it, with the given upstreams."""
+    conf = (REPO / "local" / "nginx.conf.in").read_text(encoding="utf-8")
+    for name, value in {"NGINX_DIR": tmp_path, "GATEWAY_PORT": port, "REPO_DIR": REPO}.items():
+        conf = conf.replace("${" + name + "}", str(value))
+    assert "${" not in conf
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "nginx.conf").write_text(conf, encoding="utf-8")
+    (tmp_path / "upstreams.conf").write_text(upstreams, encoding="utf-8")
+    return tmp_path / "nginx.conf"
+
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def test_compose_gateway_config_routes_through_nginx(
+    tmp_path: Path, echo_servers: dict[str, int]
+) -> None:
+    """Runs env/gateway/{nginx,upstreams.compose,routes,request-id}.conf in the local nginx, with
+    the service names pointed at echo servers on loopback. `resolve` needs nginx >= 1.27.3 (the
+    image's); Debian's nginx is older, so that one word is dropped here."""
+    routes_conf()
+    upstreams = (REPO / "env" / "gateway" / "upstreams.compose.conf").read_text(encoding="utf-8")
+    for service, echo_port in echo_servers.items():
+        upstreams = upstreams.replace(
+            f"server {service}:{PORT} resolve", f"server 127.0.0.1:{echo_port}"
+        )
+    port = free_port()
+    with running_nginx(tmp_path, compose_gateway_conf(tmp_path, upstreams, port), port) as base:
+        with urllib.request.urlopen(base + "/gateway/health", timeout=2) as reply:
+            assert reply.status == 200
+        cases = {
+            "/orders/create/u1": "order /create/u1",
+            "/orders/checkout/7": "order /checkout/7",
+            "/payment/find_user/u1": "payment /find_user/u1",
+            "/stock/find/i1": "stock /find/i1",
+        }
+        for path, expected in cases.items():
+            assert post(base + path)[0] == expected
+        # As ingress-nginx: the client's request id goes through unchanged, else nginx makes one.
+        client_id = str(uuid.uuid4())
+        assert post(base + "/stock/subtract/i1/1", {"X-Request-Id": client_id})[1] == client_id
+        made = {post(base + "/stock/subtract/i1/1")[1] for _ in range(2)}
+        assert len(made) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", m) for m in made)
+
+
+def test_local_gateway_keeps_the_request_id_across_its_retries(tmp_path: Path) -> None:
+    """local/nginx.conf.in as run_local.sh renders it, with stock's first worker failing every
+    request (502): nginx retries on the second, and both see one request id, the client's when
+    it sent one (a dashed UUID here, as most clients send), else one nginx made."""
+    failing, working = start_echo("stock", _BadGateway), start_echo("stock")
+    others = {s: start_echo(s) for s in ("order", "payment")}
+    try:
+        upstreams = f"""
+upstream stock_upstream {{
+    server 127.0.0.1:{failing.server_address[1]} max_fails=0;
+    server 127.0.0.1:{working.server_address[1]} backup;
+    keepalive 8;
+}}
+""" + "".join(
+            f"upstream {s}_upstream {{ server 127.0.0.1:{srv.server_address[1]}; }}\n"
+            for s, srv in others.items()
+        )
+        port = free_port()
+        with running_nginx(tmp_path, local_gateway_conf(tmp_path, upstreams, port), port) as base:
+            client_id = str(uuid.uuid4())
+            body, seen = post(base + "/stock/subtract/i1/1", {"X-Request-ID": client_id})
+            assert (body, seen) == ("stock /subtract/i1/1", client_id)
+            body, made = post(base + "/stock/subtract/i1/1")
+            assert body == "stock /subtract/i1/1" and re.fullmatch(r"[0-9a-f]{32}", made)
+            assert post(base + "/orders/create/u1")[0] == "order /create/u1"
+        assert failing.seen == [client_id, made]  # type: ignore[attr-defined]
+        assert working.seen == [client_id, made]  # type: ignore[attr-defined]
+        assert UUID.fullmatch(client_id)
+    finally:
+        for server in (failing, working, *others.values()):
+            server.shutdown()
+            server.server_close()
 
 
 # --- the image --------------------------------------------------------------------------------
