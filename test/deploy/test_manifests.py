@@ -880,7 +880,9 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     stubs.mkdir()
     script = {
         "minikube": 'case "$*" in *" status"*) exit 1 ;; *" ip") echo 192.168.49.2 ;; esac',
-        "kubectl": 'case "$1" in get) exit 1 ;; esac; cat >/dev/null 2>&1 </dev/null',
+        # Reads its stdin like kubectl (the Secret is piped in): a stub that did not could end
+        # before the writer wrote, and the script died of SIGPIPE (exit 141) now and then.
+        "kubectl": 'case "$1" in get) exit 1 ;; esac; cat >/dev/null',
         "helm": "",
         "curl": "echo 400",
     }
@@ -893,6 +895,7 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     done = subprocess.run(
         ["bash", str(work / "run_minikube.sh")],
         env={"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=60,
