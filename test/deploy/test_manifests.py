@@ -342,16 +342,35 @@ def test_k8s_kafka_is_single_node_kraft(k8s: list[dict[str, Any]]) -> None:
 # --- redis ------------------------------------------------------------------------------------
 
 
+def redis_conf(path: Path) -> dict[str, str]:
+    settings = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.strip().partition(" ")
+            settings[name] = value
+    return settings
+
+
 def test_compose_has_a_six_node_cluster_per_service(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for service in SERVICES:
         nodes = [f"{service}-redis-{k}" for k in range(6)]
         for node in nodes:
-            command = services[node]["command"]
-            flags = dict(zip(command[1::2], command[2::2], strict=True))
-            assert flags["--cluster-enabled"] == "yes"
-            assert flags["--appendonly"] == "yes"
-            assert flags["--cluster-node-timeout"] == "3000"
+            (config,) = services[node]["configs"]
+            conf = redis_conf(REPO / compose["configs"][config["source"]]["file"])
+            assert conf["cluster-enabled"] == "yes"
+            assert conf["appendonly"] == "yes"
+            assert conf["cluster-node-timeout"] == "3000"
+            assert conf["dir"] == "/data" and conf["port"] == "6379"
+            # Clients are given node names, which stay valid when a container is recreated with
+            # a new IP; each node announces its own service name (what REDIS_NODES lists).
+            assert conf["cluster-preferred-endpoint-type"] == "hostname"
+            assert services[node]["command"] == [
+                "redis-server",
+                config["target"],
+                "--cluster-announce-hostname",
+                node,
+            ]
             assert services[node]["volumes"] == [f"{node}:/data"]
             assert node in compose["volumes"]
             assert "healthcheck" in services[node]
