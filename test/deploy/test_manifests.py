@@ -676,10 +676,10 @@ def running_nginx(prefix: Path, conf: Path, port: int) -> Iterator[str]:
         proc.stderr.close()
 
 
-def post(url: str, headers: dict[str, str] | None = None) -> tuple[str, str]:
+def post(url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[str, str]:
     """POST through the gateway: (body, the X-Request-Id the service received)."""
     request = urllib.request.Request(url, method="POST", data=b"", headers=headers or {})
-    with urllib.request.urlopen(request, timeout=5) as reply:
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
         return reply.read().decode(), reply.headers.get("X-Seen-Request-Id", "")
 
 
@@ -870,8 +870,148 @@ def test_entrypoint_starts_hypercorn_with_uvloop(tmp_path: Path, service: str) -
     worker, args = done.stdout.splitlines()
     assert worker == f"WORKER_ID={service}-7"
     assert args == (
-        f"--worker-class uvloop --workers 1 --bind 0.0.0.0:{PORT} --keep-alive 75 {service}.app:app"
+        f"--worker-class uvloop --workers 0 --bind 0.0.0.0:{PORT} --keep-alive 75"
+        f" --graceful-timeout 35 {service}.app:app"
     )
+
+
+# --- stopping a worker: running requests finish --------------------------------------------------
+
+# After hypercorn has let its requests finish, a worker closes its consumers (commit, leave the
+# group), producer and Redis clients before it exits: room left for that in every grace period
+# (a margin, not a measurement).
+SHUTDOWN_MARGIN_S = 10
+
+
+def hypercorn_args(tmp_path: Path, **env: str) -> list[str]:
+    done = run_entrypoint(tmp_path, SERVICE_NAME="order", **env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[1].split()
+
+
+def graceful_timeout(tmp_path: Path, checkout_timeout_ms: str) -> int:
+    args = hypercorn_args(tmp_path, CHECKOUT_TIMEOUT_MS=checkout_timeout_ms)
+    return int(args[args.index("--graceful-timeout") + 1])
+
+
+@pytest.mark.parametrize(("checkout_ms", "graceful_s"), [("20000", 35), ("4000", 11), ("1", 6)])
+def test_graceful_timeout_outlasts_a_checkout(
+    tmp_path: Path, checkout_ms: str, graceful_s: int
+) -> None:
+    """A checkout waits CHECKOUT_TIMEOUT_MS for its saga, then up to half as long for the
+    compensation of a timed-out one (order/checkout.py): hypercorn lets it finish."""
+    assert graceful_timeout(tmp_path, checkout_ms) == graceful_s
+    assert graceful_s >= int(checkout_ms) * 1.5 / 1000
+    done = run_entrypoint(tmp_path, SERVICE_NAME="order", CHECKOUT_TIMEOUT_MS="20s")
+    assert done.returncode == 64 and "CHECKOUT_TIMEOUT_MS" in done.stderr
+
+
+def seconds(duration: str) -> int:
+    """A compose duration such as 50s, 1m or 1m30s, in seconds."""
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert match and duration, duration
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+def test_grace_periods_let_running_checkouts_finish(
+    tmp_path: Path, compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    common = read_env_file(REPO / "env" / "common.env")
+    graceful = graceful_timeout(tmp_path, common["CHECKOUT_TIMEOUT_MS"])
+    for service in SERVICES:
+        stop = seconds(compose["services"][service]["stop_grace_period"])
+        assert stop >= graceful + SHUTDOWN_MARGIN_S, service
+
+    config = k8s_objects(k8s, "ConfigMap")["checkout-config"]["data"]
+    graceful = graceful_timeout(tmp_path, config["CHECKOUT_TIMEOUT_MS"])
+    for service in SERVICES:
+        pod = k8s_objects(k8s, "Deployment")[service]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        # preStop runs first (endpoints are removed meanwhile), then SIGTERM; the grace period
+        # counts from the start of the hook.
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and 1 <= int(command[1]) <= 10
+        needed = int(command[1]) + graceful + SHUTDOWN_MARGIN_S
+        assert pod["terminationGracePeriodSeconds"] >= needed, service
+
+
+SLOW_APP = """
+import asyncio
+
+from common.http import create_app
+
+
+async def nothing(_):
+    return None
+
+
+app = create_app("order", startup=nothing, shutdown=nothing)
+
+
+@app.post("/checkout/<seconds>")
+async def checkout(seconds):
+    await asyncio.sleep(float(seconds))
+    return "paid"
+"""
+
+
+def test_a_stopping_worker_finishes_a_checkout_that_outlasts_hypercorns_default(
+    tmp_path: Path,
+) -> None:
+    """hypercorn started with the entrypoint's arguments (its port moved to loopback) and a
+    Quart app whose checkout takes 6 s, twice hypercorn's default graceful timeout: SIGTERM
+    while it runs, and the client still gets its answer; new connections are refused at once
+    (the gateway takes them elsewhere) and the worker exits when the request is done."""
+    hypercorn = REPO / ".venv" / "bin" / "hypercorn"
+    if not hypercorn.exists():
+        pytest.skip("hypercorn is not installed in .venv")
+    app_dir = tmp_path / "app" / "order"
+    app_dir.mkdir(parents=True)
+    (app_dir / "__init__.py").write_text("", encoding="utf-8")
+    (app_dir / "app.py").write_text(SLOW_APP, encoding="utf-8")
+    port = free_port()
+    args = hypercorn_args(tmp_path, CHECKOUT_TIMEOUT_MS="20000")
+    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(hypercorn), *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path / 'app'}:{REPO}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no hypercorn"
+                time.sleep(0.1)
+        answers: list[object] = []
+
+        def checkout() -> None:
+            try:
+                answers.append(post(f"http://127.0.0.1:{port}/checkout/6", timeout=30)[0])
+            except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+                answers.append(exc)
+
+        client = threading.Thread(target=checkout)
+        client.start()
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        client.join(timeout=20)
+        assert answers == ["paid"]
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 def test_entrypoint_defaults_worker_id_to_the_hostname(tmp_path: Path) -> None:
