@@ -93,7 +93,25 @@ build_image() {
     mk image build -t "$IMAGE" .
 }
 
+# The Deployments leave their replica count to the HPAs. One applied by an older k8s/ (with
+# `replicas: 2`) keeps that count in kubectl's last-applied annotation, and the next apply
+# would remove the field, scaling it to 1 for a moment. Dropping the annotation makes that apply
+# leave the count alone (kubectl warns once and writes the annotation anew).
+leave_replicas_to_the_hpa() {
+    local service applied
+    for service in "${SERVICES[@]}"; do
+        applied="$(kubectl get deployment "$service" --ignore-not-found \
+            -o jsonpath='{.metadata.annotations.kubectl\.kubernetes\.io/last-applied-configuration}')" ||
+            continue
+        if [[ $applied == *'"replicas":'* ]]; then
+            log "deployment/$service: its replica count is the HPA's from now on"
+            kubectl annotate deployment "$service" kubectl.kubernetes.io/last-applied-configuration-
+        fi
+    done
+}
+
 apply_manifests() {
+    leave_replicas_to_the_hpa
     # A Job's pod template is immutable: drop the finished one so the topics are checked again.
     kubectl delete job kafka-topics --ignore-not-found
     local tries=0

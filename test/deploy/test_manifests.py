@@ -443,7 +443,8 @@ def test_k8s_deployment_has_probes_resources_hpa_and_pdb(
     deployment = k8s_objects(k8s, "Deployment")[service]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert deployment["spec"]["replicas"] >= 2
+    # The HPA owns the count: a `replicas` here would be put back by every kubectl apply.
+    assert "replicas" not in deployment["spec"]
     container = pod_container(deployment)
     assert container["ports"] == [{"name": "http", "containerPort": PORT}]
     readiness, liveness = container["readinessProbe"], container["livenessProbe"]
@@ -466,8 +467,7 @@ def test_k8s_deployment_has_probes_resources_hpa_and_pdb(
         "kind": "Deployment",
         "name": service,
     }
-    replicas = deployment["spec"]["replicas"]
-    assert 2 <= hpa["spec"]["minReplicas"] <= replicas <= hpa["spec"]["maxReplicas"]
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
     pdb = k8s_objects(k8s, "PodDisruptionBudget")[service]
     assert pdb["apiVersion"] == "policy/v1"
@@ -1029,7 +1029,17 @@ def test_entrypoint_refuses_an_unknown_service(tmp_path: Path) -> None:
 # --- run_minikube.sh, against stand-ins for minikube, kubectl, helm and curl --------------------
 
 
-def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
+# What the kubectl stand-in answers `get deployment <name> -o jsonpath=<last-applied>` with for
+# a Deployment applied by the k8s/ of before (with `replicas: 2`).
+APPLIED_WITH_REPLICAS = '{"apiVersion":"apps/v1","kind":"Deployment","spec":{"replicas":2}}'
+
+
+def run_minikube(
+    tmp_path: Path, *, deployed: bool = False, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], list[str], Path]:
+    """run_minikube.sh in a copy of the repo, with stand-ins for minikube, kubectl, helm and
+    curl that log their calls: (the run, the calls, the copy). ``deployed``: a deployment made
+    by an earlier run (by the k8s/ of before) is there."""
     work = tmp_path / "repo"
     for name in ("k8s", "helm-config", "test"):
         (work / name).mkdir(parents=True)
@@ -1041,7 +1051,11 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
         "minikube": 'case "$*" in *" status"*) exit 1 ;; *" ip") echo 192.168.49.2 ;; esac',
         # Reads its stdin like kubectl (the Secret is piped in): a stub that did not could end
         # before the writer wrote, and the script died of SIGPIPE (exit 141) now and then.
-        "kubectl": 'case "$1" in get) exit 1 ;; esac; cat >/dev/null',
+        "kubectl": f"""case "$1 $2" in
+    "get secret") [ -n "$STUB_DEPLOYED" ] || exit 1 ;;
+    "get deployment") [ -z "$STUB_DEPLOYED" ] || printf '%s' '{APPLIED_WITH_REPLICAS}' ;;
+esac
+cat >/dev/null""",
         "helm": "",
         "curl": "echo 400",
     }
@@ -1053,18 +1067,32 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
         stub.chmod(0o755)
     done = subprocess.run(
         ["bash", str(work / "run_minikube.sh")],
-        env={"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        env={
+            "PATH": f"{stubs}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "STUB_DEPLOYED": "1" if deployed else "",
+            **(env or {}),
+        },
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+    calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return done, calls, work
+
+
+def index_of(calls: list[str], prefix: str) -> int:
+    return next(i for i, call in enumerate(calls) if call.startswith(prefix))
+
+
+def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
+    done, calls, work = run_minikube(tmp_path)
     assert done.returncode == 0, done.stderr
-    calls = log.read_text(encoding="utf-8").splitlines()
 
     def first(prefix: str) -> int:
-        return next(i for i, call in enumerate(calls) if call.startswith(prefix))
+        return index_of(calls, prefix)
 
     assert first("minikube -p minikube start --kubernetes-version=v1.34.0") < first(
         "minikube -p minikube addons enable ingress"
@@ -1084,3 +1112,20 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
         '{"ORDER_URL": "http://192.168.49.2", "PAYMENT_URL": "http://192.168.49.2", '
         '"STOCK_URL": "http://192.168.49.2"}\n'
     )
+    # A first deployment: nothing was applied before, so no annotation is touched.
+    assert not [c for c in calls if c.startswith("kubectl annotate")]
+
+
+def test_run_minikube_leaves_the_replica_count_to_the_hpa(tmp_path: Path) -> None:
+    """Over a deployment made by the k8s/ of before (`replicas: 2` in kubectl's last-applied
+    annotation), the apply would remove the field and scale each Deployment to 1 once: the
+    script drops that annotation first, so the apply leaves the HPA's count alone."""
+    done, calls, _ = run_minikube(tmp_path, deployed=True)
+    assert done.returncode == 0, done.stderr
+    apply = index_of(calls, "kubectl apply -f k8s/")
+    for service in SERVICES:
+        forget = index_of(
+            calls, f"kubectl annotate deployment {service} kubectl.kubernetes.io/last-applied-"
+        )
+        assert forget < apply
+    assert not [c for c in calls if c.startswith("kubectl scale")]
