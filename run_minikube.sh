@@ -4,13 +4,15 @@
 #   ./run_minikube.sh          start minikube if needed, then install or update everything
 #   ./run_minikube.sh down     remove what `up` installed (minikube itself keeps running)
 #
-# Needs minikube, kubectl and helm (>= 3.8, for OCI charts) on PATH, and network access to
-# Docker Hub (images, and the bitnami chart from registry-1.docker.io).
+# Needs minikube, kubectl, helm (>= 3.8, for OCI charts) and python3 on PATH, and network access
+# to Docker Hub (images, and the bitnami chart from registry-1.docker.io).
 # Settings (environment):
 #   MINIKUBE_PROFILE   (minikube)   MINIKUBE_K8S_VERSION (v1.34.0: k8s/ is validated against it)
-#   MINIKUBE_CPUS      (4)          MINIKUBE_MEMORY      (8192, MiB)
+#   MINIKUBE_CPUS      (4)          MINIKUBE_MEMORY      (8192, MiB)   for a profile it starts
 #   MINIKUBE_DRIVER    (minikube's choice)
 #   GATEWAY_URL        (http://$(minikube ip)) e.g. http://127.0.0.1 with `minikube tunnel`
+# The profile must have at least MIN_CPUS CPUs and MIN_MEMORY MiB (a running one is checked):
+# the pods' requests with every HPA at its maximum fit in that (test/deploy checks the sums).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -20,6 +22,8 @@ K8S_VERSION="${MINIKUBE_K8S_VERSION:-v1.34.0}"
 CPUS="${MINIKUBE_CPUS:-4}"
 MEMORY="${MINIKUBE_MEMORY:-8192}"
 DRIVER="${MINIKUBE_DRIVER:-}"
+MIN_CPUS=4
+MIN_MEMORY=6144
 
 REDIS_CHART="oci://registry-1.docker.io/bitnamicharts/redis-cluster"
 REDIS_CHART_VERSION="13.0.5"
@@ -46,6 +50,11 @@ start_minikube() {
     if mk status >/dev/null 2>&1; then
         log "minikube profile $PROFILE is running"
     else
+        # (minikube also takes "max" or "8g"; those are checked once the profile runs)
+        if [[ $CPUS =~ ^[0-9]+$ && $CPUS -lt $MIN_CPUS ]] ||
+            [[ $MEMORY =~ ^[0-9]+$ && $MEMORY -lt $MIN_MEMORY ]]; then
+            die "MINIKUBE_CPUS=$CPUS MINIKUBE_MEMORY=$MEMORY: the deployment needs at least $MIN_CPUS CPUs and $MIN_MEMORY MiB"
+        fi
         local args=(start --kubernetes-version="$K8S_VERSION" --cpus="$CPUS" --memory="$MEMORY")
         if [[ -n "$DRIVER" ]]; then
             args+=(--driver="$DRIVER")
@@ -54,6 +63,38 @@ start_minikube() {
         mk "${args[@]}"
     fi
     kubectl config use-context "$PROFILE" >/dev/null
+    check_size
+}
+
+# "<CPUs> <memory MiB>" the profile was started with, from minikube's record of it.
+profile_size() {
+    mk profile list -o json 2>/dev/null | python3 -c '
+import json, sys
+for profile in json.load(sys.stdin).get("valid") or []:
+    if profile.get("Name") == sys.argv[1]:
+        config = profile.get("Config") or {}
+        print(int(config.get("CPUs") or 0), int(config.get("Memory") or 0))
+' "$PROFILE" 2>/dev/null
+}
+
+# An existing profile keeps the size it was first started with (minikube start ignores --cpus
+# and --memory for it): refuse one too small rather than deploy pods that stay Pending.
+check_size() {
+    local size cpus memory
+    size="$(profile_size)" || size=""
+    if [[ -z $size ]]; then
+        log "warning: could not read the size of profile $PROFILE; it needs $MIN_CPUS CPUs and $MIN_MEMORY MiB"
+        return
+    fi
+    read -r cpus memory <<<"$size"
+    if ((cpus >= MIN_CPUS && memory >= MIN_MEMORY)); then
+        return
+    fi
+    log "profile $PROFILE has $cpus CPUs and $memory MiB; the deployment needs at least $MIN_CPUS CPUs"
+    log "and $MIN_MEMORY MiB (what its pods request with every HPA at its maximum). Either start this"
+    log "profile again, bigger:   minikube delete -p $PROFILE && MINIKUBE_CPUS=4 MINIKUBE_MEMORY=8192 $0"
+    log "or keep it and start another one:   MINIKUBE_PROFILE=checkout $0"
+    die "minikube profile $PROFILE is too small"
 }
 
 enable_addons() {
@@ -163,7 +204,7 @@ write_urls() {
 }
 
 up() {
-    require minikube kubectl helm
+    require minikube kubectl helm python3
     start_minikube
     enable_addons
     ensure_redis_secret

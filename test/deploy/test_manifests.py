@@ -11,6 +11,7 @@ import ast
 import contextlib
 import fnmatch
 import http.server
+import json
 import os
 import re
 import shutil
@@ -1034,6 +1035,14 @@ def test_entrypoint_refuses_an_unknown_service(tmp_path: Path) -> None:
 APPLIED_WITH_REPLICAS = '{"apiVersion":"apps/v1","kind":"Deployment","spec":{"replicas":2}}'
 
 
+def profiles(cpus: int, memory: int) -> str:
+    """`minikube profile list -o json` with the profile minikube of that size running."""
+    config = {"Name": "minikube", "CPUs": cpus, "Memory": memory, "Driver": "docker"}
+    return json.dumps(
+        {"invalid": [], "valid": [{"Name": "minikube", "Status": "OK", "Config": config}]}
+    )
+
+
 def run_minikube(
     tmp_path: Path, *, deployed: bool = False, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], list[str], Path]:
@@ -1048,7 +1057,11 @@ def run_minikube(
     stubs = tmp_path / "bin"
     stubs.mkdir()
     script = {
-        "minikube": 'case "$*" in *" status"*) exit 1 ;; *" ip") echo 192.168.49.2 ;; esac',
+        "minikube": """case "$*" in
+    *" status"*) [ -n "$STUB_DEPLOYED" ] || exit 1 ;;
+    *" ip") echo 192.168.49.2 ;;
+    *"profile list -o json") printf '%s' "$STUB_PROFILES" ;;
+esac""",
         # Reads its stdin like kubectl (the Secret is piped in): a stub that did not could end
         # before the writer wrote, and the script died of SIGPIPE (exit 141) now and then.
         "kubectl": f"""case "$1 $2" in
@@ -1071,6 +1084,7 @@ cat >/dev/null""",
             "PATH": f"{stubs}:/usr/bin:/bin",
             "HOME": str(tmp_path),
             "STUB_DEPLOYED": "1" if deployed else "",
+            "STUB_PROFILES": profiles(4, 8192),
             **(env or {}),
         },
         stdin=subprocess.DEVNULL,
@@ -1129,3 +1143,92 @@ def test_run_minikube_leaves_the_replica_count_to_the_hpa(tmp_path: Path) -> Non
         )
         assert forget < apply
     assert not [c for c in calls if c.startswith("kubectl scale")]
+
+
+# --- the size of minikube ------------------------------------------------------------------------
+
+# What minikube's own pods request on its one node (millicores, MiB): kubeadm's control plane
+# (kube-apiserver 250m, kube-controller-manager 200m, kube-scheduler 100m, etcd 100m and 100Mi),
+# CoreDNS (100m, 70Mi) and the addons run_minikube.sh enables, ingress-nginx's controller
+# (100m, 90Mi) and metrics-server (100m, 200Mi); kube-proxy and the storage provisioner request
+# nothing. Read from their manifests, not measured on a minikube here.
+MINIKUBE_OWN = {"cpu": 950, "memory": 460}
+
+
+def millicores(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+
+
+def mebibytes(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def requests_of(container: dict[str, Any]) -> dict[str, int]:
+    asked = container["resources"]["requests"]
+    return {"cpu": millicores(str(asked["cpu"])), "memory": mebibytes(str(asked["memory"]))}
+
+
+def script_setting(name: str) -> int:
+    script = (REPO / "run_minikube.sh").read_text(encoding="utf-8")
+    (value,) = re.findall(rf"^{name}=(\d+)$", script, flags=re.M)
+    return int(value)
+
+
+def test_pods_fit_the_smallest_minikube_run_minikube_accepts(k8s: list[dict[str, Any]]) -> None:
+    """Every pod's requests with each HPA at its maximum, one extra pod per Deployment in a
+    rolling update, the topic Job and minikube's own pods fit the smallest profile that
+    run_minikube.sh accepts (so nothing stays Pending), and its default start is that big."""
+    need = dict(MINIKUBE_OWN)
+
+    def add(count: int, asked: dict[str, int]) -> None:
+        for resource in need:
+            need[resource] += count * asked[resource]
+
+    hpas = k8s_objects(k8s, "HorizontalPodAutoscaler")
+    for name, deployment in k8s_objects(k8s, "Deployment").items():
+        surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        add(hpas[name]["spec"]["maxReplicas"] + surge, requests_of(pod_container(deployment)))
+    for statefulset in k8s_objects(k8s, "StatefulSet").values():
+        add(statefulset["spec"]["replicas"], requests_of(pod_container(statefulset)))
+    for job in k8s_objects(k8s, "Job").values():
+        add(1, requests_of(pod_container(job)))
+    (values,) = load_yaml_docs(REPO / "helm-config" / "redis-cluster-values.yaml")
+    add(len(SERVICES) * values["cluster"]["nodes"], requests_of(values["redis"]))
+
+    cpus, memory = script_setting("MIN_CPUS"), script_setting("MIN_MEMORY")
+    assert need["cpu"] <= cpus * 1000, need
+    assert need["memory"] <= memory, need
+    script = (REPO / "run_minikube.sh").read_text(encoding="utf-8")
+    assert int(re.findall(r'CPUS="\$\{MINIKUBE_CPUS:-(\d+)\}"', script)[0]) >= cpus
+    assert int(re.findall(r'MEMORY="\$\{MINIKUBE_MEMORY:-(\d+)\}"', script)[0]) >= memory
+
+
+def test_run_minikube_refuses_a_running_profile_too_small(tmp_path: Path) -> None:
+    done, calls, _ = run_minikube(tmp_path, deployed=True, env={"STUB_PROFILES": profiles(2, 4000)})
+    assert done.returncode != 0
+    assert "profile minikube has 2 CPUs and 4000 MiB" in done.stderr
+    assert "minikube delete -p minikube && MINIKUBE_CPUS=4 MINIKUBE_MEMORY=8192" in done.stderr
+    assert "MINIKUBE_PROFILE=checkout" in done.stderr
+    assert not [
+        c for c in calls if c.startswith(("helm", "kubectl apply", "minikube -p minikube addons"))
+    ]
+    assert not [c for c in calls if c.startswith("minikube -p minikube start")]
+
+
+def test_run_minikube_refuses_to_start_a_profile_too_small(tmp_path: Path) -> None:
+    done, calls, _ = run_minikube(tmp_path, env={"MINIKUBE_CPUS": "2"})
+    assert done.returncode != 0
+    assert "needs at least 4 CPUs" in done.stderr
+    assert not [c for c in calls if c.startswith("minikube -p minikube start")]
+
+
+def test_run_minikube_goes_on_over_a_running_profile_big_enough(tmp_path: Path) -> None:
+    done, calls, _ = run_minikube(tmp_path, deployed=True, env={"STUB_PROFILES": profiles(6, 8000)})
+    assert done.returncode == 0, done.stderr
+    assert not [c for c in calls if c.startswith("minikube -p minikube start")]
+    index_of(calls, "kubectl apply -f k8s/")
+    # A size it cannot read is a warning, not a refusal.
+    done, _, _ = run_minikube(tmp_path / "unread", deployed=True, env={"STUB_PROFILES": ""})
+    assert done.returncode == 0, done.stderr
+    assert "could not read the size of profile minikube" in done.stderr
