@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Deploys the checkout system to minikube and writes the gateway URL into test/urls.json.
+# Deploys the checkout system to minikube and writes the gateway URL into test/urls.minikube.json
+# (untracked; test/urls.json, the local stack's, stays as it is).
 #
 #   ./run_minikube.sh          start minikube if needed, then install or update everything
 #   ./run_minikube.sh down     remove what `up` installed (minikube itself keeps running)
@@ -30,6 +31,9 @@ REDIS_CHART_VERSION="13.0.5"
 REDIS_VALUES="helm-config/redis-cluster-values.yaml"
 IMAGE="checkout-service:local"
 SERVICES=(order payment stock)
+URLS_FILE="test/urls.minikube.json"
+# Deployments that existed before this run applied k8s/ (see wait_for_rollout).
+EXISTING=()
 
 log() { printf 'run_minikube: %s\n' "$*" >&2; }
 die() {
@@ -116,16 +120,25 @@ ensure_redis_secret() {
 }
 
 install_redis_clusters() {
-    local service pids=() failed=0 pid
+    local service pids=() failed=0 pid chart_dir chart
+    # The chart is pulled once and the three releases installed from that file.
+    chart_dir="$(mktemp -d)"
+    log "pulling chart redis-cluster $REDIS_CHART_VERSION"
+    if ! helm pull "$REDIS_CHART" --version "$REDIS_CHART_VERSION" --destination "$chart_dir"; then
+        rm -rf "$chart_dir"
+        die "could not pull $REDIS_CHART $REDIS_CHART_VERSION"
+    fi
+    chart="$chart_dir/redis-cluster-$REDIS_CHART_VERSION.tgz"
     for service in "${SERVICES[@]}"; do
         log "installing Redis Cluster ${service}-redis-cluster (chart $REDIS_CHART_VERSION)"
-        helm upgrade --install "${service}-redis-cluster" "$REDIS_CHART" \
-            --version "$REDIS_CHART_VERSION" -f "$REDIS_VALUES" --wait --timeout 15m &
+        helm upgrade --install "${service}-redis-cluster" "$chart" \
+            -f "$REDIS_VALUES" --wait --timeout 15m &
         pids+=("$!")
     done
     for pid in "${pids[@]}"; do
         wait "$pid" || failed=1
     done
+    rm -rf "$chart_dir"
     ((failed == 0)) || die "a Redis Cluster release failed to install"
 }
 
@@ -152,6 +165,12 @@ leave_replicas_to_the_hpa() {
 }
 
 apply_manifests() {
+    local service
+    for service in "${SERVICES[@]}"; do
+        if [[ -n $(kubectl get deployment "$service" --ignore-not-found -o name) ]]; then
+            EXISTING+=("$service")
+        fi
+    done
     leave_replicas_to_the_hpa
     # A Job's pod template is immutable: drop the finished one so the topics are checked again.
     kubectl delete job kafka-topics --ignore-not-found
@@ -169,8 +188,9 @@ wait_for_rollout() {
     local service
     kubectl rollout status statefulset/kafka --timeout=600s
     kubectl wait --for=condition=complete job/kafka-topics --timeout=600s
-    # The image tag does not change between builds: restart to run the image just built.
-    for service in "${SERVICES[@]}"; do
+    # The image tag does not change between builds: a Deployment that was running before this
+    # run still runs the previous build until restarted. A new one starts with this build.
+    for service in ${EXISTING[@]+"${EXISTING[@]}"}; do
         kubectl rollout restart "deployment/$service"
     done
     for service in "${SERVICES[@]}"; do
@@ -184,8 +204,9 @@ write_urls() {
         url="http://$(mk ip)"
     fi
     printf '{"ORDER_URL": "%s", "PAYMENT_URL": "%s", "STOCK_URL": "%s"}\n' \
-        "$url" "$url" "$url" >test/urls.json
-    log "gateway (ingress) URL: $url   (written to test/urls.json)"
+        "$url" "$url" "$url" >"$URLS_FILE"
+    log "gateway (ingress) URL: $url   (written to $URLS_FILE)"
+    log "e.g. .venv/bin/python test/run_consistency_test.py --urls $URLS_FILE"
     if command -v curl >/dev/null 2>&1; then
         local code tries=0
         # An unknown user is a 400 from the payment service itself: the route works end to end.

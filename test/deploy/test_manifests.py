@@ -1053,6 +1053,7 @@ def run_minikube(
     for name in ("k8s", "helm-config", "test"):
         (work / name).mkdir(parents=True)
     shutil.copy(REPO / "run_minikube.sh", work / "run_minikube.sh")
+    shutil.copy(REPO / "test" / "urls.json", work / "test" / "urls.json")
     log = tmp_path / "calls.log"
     stubs = tmp_path / "bin"
     stubs.mkdir()
@@ -1122,12 +1123,42 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     assert first("kubectl apply -f k8s/") < first(
         "kubectl wait --for=condition=complete job/kafka-topics"
     )
-    assert (work / "test" / "urls.json").read_text(encoding="utf-8") == (
+    assert (work / "test" / "urls.minikube.json").read_text(encoding="utf-8") == (
         '{"ORDER_URL": "http://192.168.49.2", "PAYMENT_URL": "http://192.168.49.2", '
         '"STOCK_URL": "http://192.168.49.2"}\n'
     )
     # A first deployment: nothing was applied before, so no annotation is touched.
     assert not [c for c in calls if c.startswith("kubectl annotate")]
+
+
+def test_run_minikube_leaves_the_tracked_urls_file_alone(tmp_path: Path) -> None:
+    """The ingress URL goes to an untracked file; test/urls.json (the local stack's) stays."""
+    done, _, work = run_minikube(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (work / "test" / "urls.json").read_bytes() == (REPO / "test" / "urls.json").read_bytes()
+    assert (work / "test" / "urls.minikube.json").exists()
+    assert "test/urls.minikube.json" in (REPO / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def test_run_minikube_pulls_the_chart_once(tmp_path: Path) -> None:
+    done, calls, _ = run_minikube(tmp_path)
+    assert done.returncode == 0, done.stderr
+    (pull,) = [c for c in calls if c.startswith("helm pull")]
+    assert pull.startswith("helm pull oci://registry-1.docker.io/bitnamicharts/redis-cluster")
+    assert "--version 13.0.5" in pull
+    chart = pull.split("--destination ")[1] + "/redis-cluster-13.0.5.tgz"
+    installs = [c for c in calls if c.startswith("helm upgrade --install")]
+    assert len(installs) == 3 and all(c.split()[4] == chart for c in installs)
+    assert index_of(calls, "helm pull") < index_of(calls, "helm upgrade")
+
+
+def test_run_minikube_does_not_restart_a_first_deployment(tmp_path: Path) -> None:
+    """Its pods start with the image just built; a restart would only roll them again."""
+    done, calls, _ = run_minikube(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not [c for c in calls if c.startswith("kubectl rollout restart")]
+    for service in SERVICES:
+        index_of(calls, f"kubectl rollout status deployment/{service}")
 
 
 def test_run_minikube_leaves_the_replica_count_to_the_hpa(tmp_path: Path) -> None:
@@ -1143,6 +1174,18 @@ def test_run_minikube_leaves_the_replica_count_to_the_hpa(tmp_path: Path) -> Non
         )
         assert forget < apply
     assert not [c for c in calls if c.startswith("kubectl scale")]
+
+
+def test_run_minikube_restarts_only_the_deployments_that_ran_an_older_build(
+    tmp_path: Path,
+) -> None:
+    """The image tag stays checkout-service:local: a Deployment that was there before this run
+    still runs the previous build and is restarted, after the apply."""
+    done, calls, _ = run_minikube(tmp_path, deployed=True)
+    assert done.returncode == 0, done.stderr
+    restarts = [c for c in calls if c.startswith("kubectl rollout restart")]
+    assert restarts == [f"kubectl rollout restart deployment/{s}" for s in SERVICES]
+    assert index_of(calls, "kubectl apply -f k8s/") < index_of(calls, "kubectl rollout restart")
 
 
 # --- the size of minikube ------------------------------------------------------------------------
