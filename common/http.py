@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +21,11 @@ MAX_NUMBER = 10**15
 _json = msgspec.json.Encoder()
 log = logging.getLogger(__name__)
 
+# The usual forms of a request id, used as they are: UUIDs with or without dashes, nginx's
+# $request_id (32 hex digits), ULIDs, "client-42.7". The first character is a letter or digit,
+# so "." and ".." are not ids.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
 
 def parse_number(raw: str, name: str, *, minimum: int = 0) -> int:
     """Parse a path number: a plain decimal integer in ``[minimum, MAX_NUMBER]``, else 400."""
@@ -31,12 +38,32 @@ def parse_number(raw: str, name: str, *, minimum: int = 0) -> int:
 
 
 def request_id() -> str:
-    """This request's id: the gateway's ``X-Request-Id`` (the same on the gateway's retries of
-    one client request, so routes that key their effect by it are safe to retry), else new."""
-    given = request.headers.get("X-Request-Id", "")
-    if 8 <= len(given) <= 64 and given.isascii() and given.isalnum():
-        return given.lower()
+    """This request's idempotency key, from its ``X-Request-Id`` (see ``idempotency_key``)."""
+    return idempotency_key(request.headers.get("X-Request-Id", ""))
+
+
+def idempotency_key(given: str) -> str:
+    """The key that makes a mutation happen at most once per client request.
+
+    ``given`` is the request's ``X-Request-Id``: the client's own when it sent one (the gateway
+    and ingress-nginx pass it on), else the gateway's, the same on the gateway's retries of one
+    request. 1-64 letters, digits, ``-``, ``_`` and ``.`` (starting with a letter or digit) are
+    the key as given; any other non-empty value is hashed, so it is still the same key on a
+    retry; no header at all (a direct call) gets a new key.
+    """
+    if _REQUEST_ID.fullmatch(given):
+        return given
+    if given:
+        return hashlib.blake2b(given.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
     return uuid.uuid4().hex
+
+
+def new_entity_id(key: str) -> str:
+    """The id of the entity that the request with idempotency ``key`` creates: the same for a
+    retried create (which then finds the entity and keeps it), and 32 hex digits whatever the
+    key, so that a client's request id ("0", "42") never names an entity created otherwise
+    (``batch_init`` creates "0" ... "n-1")."""
+    return hashlib.blake2b(key.encode(), digest_size=16, person=b"entity-id").hexdigest()
 
 
 def json_response(payload: Any, status: int = 200) -> Response:

@@ -24,6 +24,7 @@ from redis.exceptions import (
     RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 
@@ -82,6 +83,11 @@ class Store:
         s = self._settings
         self._cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in s.redis_nodes],
+            # Find the cluster again through REDIS_NODES (a Kubernetes Service, the compose
+            # names), not through the nodes found at the last refresh: redis-py's default
+            # replaces the startup nodes with those (pod IPs), and once every pod of the
+            # cluster has been replaced it can never reach it again.
+            dynamic_startup_nodes=False,
             password=s.redis_password,
             socket_timeout=2.0,
             socket_connect_timeout=1.0,
@@ -109,8 +115,10 @@ class Store:
         while True:
             try:
                 return await call()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 if isinstance(exc, ResponseError) and not _is_transient(exc):
+                    raise
+                if isinstance(exc, RedisClusterException) and not _cluster_unreachable(exc):
                     raise
                 if time.monotonic() + delay > deadline:
                     raise Unavailable(f"redis unavailable: {exc}") from exc
@@ -340,7 +348,8 @@ class Store:
         except Unavailable as exc:
             raise WriteMayBeLost(f"master {node} unreachable: {exc}") from exc
         if isinstance(outcome, Exception):
-            await self.cluster.initialize()
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                await self.cluster.initialize()  # else the next call initializes it
             raise WriteMayBeLost(f"master {node} lost {hash_tag(key)}: {outcome}")
         if outcome < want:
             log.warning("no live replica of %s; relying on its AOF", node)
@@ -458,6 +467,22 @@ def _connected_replicas(info: Any) -> int:
 class WriteMayBeLost(Unavailable):
     """A write's master failed over or stayed unreachable before a replica confirmed it: the
     write may be gone. Whoever made it must make it again (the scripts are idempotent)."""
+
+
+def _cluster_unreachable(exc: RedisClusterException) -> bool:
+    """redis-py's cluster client raises these (not RedisErrors) while it cannot find the
+    cluster or its slot map is incomplete: every startup node refused, nodes disagree during a
+    failover, slots not covered yet. Anything else of the class is a misuse (cross-slot
+    commands), not retried."""
+    if isinstance(exc, SlotNotCoveredError):
+        return True
+    return str(exc).startswith(
+        (
+            "Redis Cluster cannot be connected",
+            "All slots are not covered",
+            "startup_nodes could not agree",
+        )
+    )
 
 
 def _is_transient(exc: ResponseError) -> bool:

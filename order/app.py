@@ -12,7 +12,7 @@ from quart import Response
 
 from common.bus import Bus, ConsumerLoop, Outgoing
 from common.errors import BadRequest, NotFound, Unavailable
-from common.http import json_response, parse_number, request_id
+from common.http import json_response, new_entity_id, parse_number, request_id
 from common.ledger import LUA_DIR
 from common.messages import (
     ORDER_STATUS_UPDATE,
@@ -123,7 +123,7 @@ app = runtime.app("order")
 
 @app.post("/create/<user_id>")
 async def create_order(user_id: str) -> Response:
-    return json_response({"order_id": await orders.create(request_id(), user_id)})
+    return json_response({"order_id": await orders.create(new_entity_id(request_id()), user_id)})
 
 
 @app.post("/batch_init/<n>/<n_items>/<n_users>/<item_price>")

@@ -6,7 +6,7 @@ from quart import Response
 
 from common.bus import Bus, ConsumerLoop
 from common.errors import BadRequest
-from common.http import json_response, parse_number, request_id
+from common.http import json_response, new_entity_id, parse_number, request_id
 from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT
 from common.service import Runtime
@@ -36,7 +36,8 @@ app = runtime.app("payment")
 
 @app.post("/create_user")
 async def create_user() -> Response:
-    return json_response({"user_id": await users.create(request_id(), {"credit": 0})})
+    user_id = await users.create(new_entity_id(request_id()), {"credit": 0})
+    return json_response({"user_id": user_id})
 
 
 @app.post("/batch_init/<n>/<starting_money>")

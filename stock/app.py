@@ -6,7 +6,7 @@ from quart import Response
 
 from common.bus import Bus, ConsumerLoop
 from common.errors import BadRequest
-from common.http import json_response, parse_number, request_id
+from common.http import json_response, new_entity_id, parse_number, request_id
 from common.ledger import LUA_DIR, Ledger
 from common.messages import STOCK
 from common.service import Runtime
@@ -36,7 +36,8 @@ app = runtime.app("stock")
 
 @app.post("/item/create/<price>")
 async def create_item(price: str) -> Response:
-    item_id = await items.create(request_id(), {"stock": 0, "price": parse_number(price, "price")})
+    fields = {"stock": 0, "price": parse_number(price, "price")}
+    item_id = await items.create(new_entity_id(request_id()), fields)
     return json_response({"item_id": item_id})
 
 

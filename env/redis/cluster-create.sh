@@ -5,7 +5,10 @@
 #   REDIS_CLUSTER_REPLICAS  replicas per master (default 1)
 #   REDIS_PASSWORD  optional
 # Idempotent: if the first node already knows every node (a restart with kept volumes), it
-# only waits for cluster_state:ok. Exits non-zero if the cluster is not ok in time.
+# introduces the nodes to each other again at their current addresses instead: the nodes find
+# their peers by the IPs kept in nodes.conf, and `docker compose down` + `up` gives the new
+# containers new IPs. Then it waits until every node reports cluster_state:ok, and exits
+# non-zero if that does not happen in time.
 set -eu
 
 nodes="${REDIS_CLUSTER_NODES:?REDIS_CLUSTER_NODES is required}"
@@ -38,8 +41,26 @@ wait_for() {
     done
 }
 
+# Every node reports cluster_state:ok and is linked to all nodes, none of them flagged failing
+# (a node restarted with its peers at addresses they no longer have says ok until it notices,
+# cluster-node-timeout later).
 cluster_ok() {
-    [ "$(info_field "$first" cluster_state)" = "ok" ]
+    for node in $nodes; do
+        [ "$(info_field "$node" cluster_state)" = "ok" ] || return 1
+        cli "$node" cluster nodes | tr -d '\r' |
+            awk -v want="$count" '$8 == "connected" && $3 !~ /fail/ { n++ } END { exit n < want }' ||
+            return 1
+    done
+}
+
+# CLUSTER MEET takes addresses, not names.
+address_of() {
+    ip="$(getent hosts "${1%:*}" | awk '{ print $1; exit }')"
+    if [ -z "$ip" ]; then
+        echo "cluster-create: cannot resolve ${1%:*}" >&2
+        exit 1
+    fi
+    echo "$ip:${1##*:}"
 }
 
 count=0
@@ -52,22 +73,36 @@ done
 
 known="$(info_field "$first" cluster_known_nodes)"
 if [ "${known:-1}" -ge "$count" ]; then
-    echo "cluster-create: $first already knows $known nodes; not creating again"
+    echo "cluster-create: $first already knows $known nodes; introducing them again at their current addresses"
+    # A node told to MEET an address that answers with a node id it knows updates that node's
+    # address (and the met node learns the sender's); no node joins and no slot moves. With
+    # unchanged addresses this changes nothing. A node without the cluster's configuration (its
+    # volume lost) is left out: meeting it would add an empty master.
+    members=""
+    for node in $nodes; do
+        knows="$(info_field "$node" cluster_known_nodes)"
+        if [ "${knows:-0}" -ge "$count" ]; then
+            members="$members $node"
+        else
+            echo "cluster-create: $node does not know the cluster (a new volume?); not joining it" >&2
+        fi
+    done
+    for node in $members; do
+        for peer in $members; do
+            [ "$peer" = "$node" ] && continue
+            address="$(address_of "$peer")"
+            cli "$node" cluster meet "${address%:*}" "${address##*:}" >/dev/null
+        done
+    done
 else
-    # CLUSTER MEET takes addresses, not names: resolve every node first.
     addresses=""
     for node in $nodes; do
-        ip="$(getent hosts "${node%:*}" | awk '{ print $1; exit }')"
-        if [ -z "$ip" ]; then
-            echo "cluster-create: cannot resolve ${node%:*}" >&2
-            exit 1
-        fi
-        addresses="$addresses $ip:${node##*:}"
+        addresses="$addresses $(address_of "$node")"
     done
     echo "cluster-create: creating a cluster of$addresses"
     # shellcheck disable=SC2086 # one argument per address
     redis-cli --cluster create $addresses --cluster-replicas "$replicas" --cluster-yes
 fi
 
-wait_for "cluster_state:ok" cluster_ok
-echo "cluster-create: cluster_state:ok ($count nodes)"
+wait_for "cluster_state:ok on every node" cluster_ok
+echo "cluster-create: cluster_state:ok on all $count nodes"

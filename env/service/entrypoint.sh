@@ -16,10 +16,29 @@ esac
 WORKER_ID="${WORKER_ID:-$(hostname)}"
 export WORKER_ID
 
+# How long a stopping worker (SIGTERM: compose stop, pod deletion, scale-in) lets the requests
+# it holds finish; hypercorn's default, 3 s, cut checkouts short. A checkout waits up to
+# CHECKOUT_TIMEOUT_MS for its saga, then up to half that again while a timed-out saga is turned
+# back (order/checkout.py): 1.5 x CHECKOUT_TIMEOUT_MS + 5 s. compose's stop_grace_period and
+# the pods' terminationGracePeriodSeconds leave room for it (test/deploy checks them).
+checkout_ms="${CHECKOUT_TIMEOUT_MS:-20000}"
+case "$checkout_ms" in
+    "" | *[!0-9]*)
+        echo "service-entrypoint: CHECKOUT_TIMEOUT_MS must be a number of milliseconds (got '$checkout_ms')" >&2
+        exit 64
+        ;;
+esac
+graceful_s=$(((checkout_ms * 3 / 2 + 999) / 1000 + 5))
+
+# --workers 0: hypercorn serves in this very process (PID 1 of the container), as in the local
+# stack. With --workers 1 a parent process kept the listening socket open while its child
+# drained: after SIGTERM new connections were still accepted, then hung until the worker exited,
+# instead of being refused at once and retried elsewhere by the gateway.
 exec hypercorn \
     --worker-class uvloop \
-    --workers 1 \
+    --workers 0 \
     --bind 0.0.0.0:8000 \
     --keep-alive 75 \
+    --graceful-timeout "$graceful_s" \
     "$@" \
     "${SERVICE_NAME}.app:app"

@@ -8,8 +8,10 @@ the gateway test runs the Debian nginx when it is installed. Run by test/deploy/
 from __future__ import annotations
 
 import ast
+import contextlib
 import fnmatch
 import http.server
+import json
 import os
 import re
 import shutil
@@ -18,8 +20,8 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -394,16 +396,35 @@ def test_k8s_kafka_is_single_node_kraft(k8s: list[dict[str, Any]]) -> None:
 # --- redis ------------------------------------------------------------------------------------
 
 
+def redis_conf(path: Path) -> dict[str, str]:
+    settings = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.strip().partition(" ")
+            settings[name] = value
+    return settings
+
+
 def test_compose_has_a_six_node_cluster_per_service(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for service in SERVICES:
         nodes = [f"{service}-redis-{k}" for k in range(6)]
         for node in nodes:
-            command = services[node]["command"]
-            flags = dict(zip(command[1::2], command[2::2], strict=True))
-            assert flags["--cluster-enabled"] == "yes"
-            assert flags["--appendonly"] == "yes"
-            assert flags["--cluster-node-timeout"] == "3000"
+            (config,) = services[node]["configs"]
+            conf = redis_conf(REPO / compose["configs"][config["source"]]["file"])
+            assert conf["cluster-enabled"] == "yes"
+            assert conf["appendonly"] == "yes"
+            assert conf["cluster-node-timeout"] == "3000"
+            assert conf["dir"] == "/data" and conf["port"] == "6379"
+            # Clients are given node names, which stay valid when a container is recreated with
+            # a new IP; each node announces its own service name (what REDIS_NODES lists).
+            assert conf["cluster-preferred-endpoint-type"] == "hostname"
+            assert services[node]["command"] == [
+                "redis-server",
+                config["target"],
+                "--cluster-announce-hostname",
+                node,
+            ]
             assert services[node]["volumes"] == [f"{node}:/data"]
             assert node in compose["volumes"]
             assert "healthcheck" in services[node]
@@ -476,7 +497,8 @@ def test_k8s_deployment_has_probes_resources_hpa_and_pdb(
     deployment = k8s_objects(k8s, "Deployment")[service]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert deployment["spec"]["replicas"] >= 2
+    # The HPA owns the count: a `replicas` here would be put back by every kubectl apply.
+    assert "replicas" not in deployment["spec"]
     container = pod_container(deployment)
     assert container["ports"] == [{"name": "http", "containerPort": PORT}]
     readiness, liveness = container["readinessProbe"], container["livenessProbe"]
@@ -499,8 +521,7 @@ def test_k8s_deployment_has_probes_resources_hpa_and_pdb(
         "kind": "Deployment",
         "name": service,
     }
-    replicas = deployment["spec"]["replicas"]
-    assert 2 <= hpa["spec"]["minReplicas"] <= replicas <= hpa["spec"]["maxReplicas"]
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
     pdb = k8s_objects(k8s, "PodDisruptionBudget")[service]
     assert pdb["apiVersion"] == "policy/v1"
@@ -616,12 +637,18 @@ def test_ingress_strips_the_prefix(
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
-    """Answers every request with the service's name and the path it received."""
+    """Answers every request with the service's name and the path it received, and the
+    X-Request-Id it received in ``X-Seen-Request-Id`` (recorded in ``server.seen`` too)."""
+
+    status = 200
 
     def _answer(self) -> None:
+        seen = self.headers.get("X-Request-Id", "")
+        self.server.seen.append(seen)  # type: ignore[attr-defined]
         body = f"{self.server.service_name} {self.path}".encode()  # type: ignore[attr-defined]
-        self.send_response(200)
+        self.send_response(self.status)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Seen-Request-Id", seen)
         self.end_headers()
         self.wfile.write(body)
 
@@ -629,6 +656,20 @@ class _Echo(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
+
+
+class _BadGateway(_Echo):
+    """A worker that fails every request with a 502: nginx retries it on the next server."""
+
+    status = 502
+
+
+def start_echo(service: str, handler: type[_Echo] = _Echo) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.service_name = service  # type: ignore[attr-defined]
+    server.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def free_port() -> int:
@@ -639,70 +680,45 @@ def free_port() -> int:
 
 @pytest.fixture
 def echo_servers() -> Iterator[dict[str, int]]:
-    servers = []
-    for service in SERVICES:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-        server.service_name = service  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
+    servers = [start_echo(service) for service in SERVICES]
     yield {s: srv.server_address[1] for s, srv in zip(SERVICES, servers, strict=True)}
     for server in servers:
         server.shutdown()
         server.server_close()
 
 
-def test_compose_gateway_config_routes_through_nginx(
-    tmp_path: Path, echo_servers: dict[str, int]
-) -> None:
-    """Runs env/gateway/{nginx,upstreams.compose,routes}.conf in the local nginx, with the
-    service names pointed at echo servers on loopback. `resolve` needs nginx >= 1.27.3 (the
-    image's); Debian's nginx is older, so that one word is dropped here."""
-    routes = routes_conf()
+def nginx_binary() -> str:
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
     )
     if nginx is None:
         pytest.skip("nginx is not installed")
-    gateway = REPO / "env" / "gateway"
-    upstreams = (gateway / "upstreams.compose.conf").read_text(encoding="utf-8")
-    for service, port in echo_servers.items():
-        upstreams = upstreams.replace(
-            f"server {service}:{PORT} resolve", f"server 127.0.0.1:{port}"
-        )
-    port = free_port()
-    conf = (gateway / "nginx.conf").read_text(encoding="utf-8")
-    conf = conf.replace("/etc/nginx/gateway/", f"{tmp_path}/")
-    conf = conf.replace("pid /tmp/nginx.pid", f"pid {tmp_path}/nginx.pid")
-    conf = conf.replace(f"listen {PORT} ", f"listen 127.0.0.1:{port} ")
-    (tmp_path / "nginx.conf").write_text(conf, encoding="utf-8")
-    (tmp_path / "upstreams.compose.conf").write_text(upstreams, encoding="utf-8")
-    (tmp_path / "routes.conf").write_text(routes, encoding="utf-8")
-    (tmp_path / "logs").mkdir()
-    args = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    return nginx
+
+
+@contextlib.contextmanager
+def running_nginx(prefix: Path, conf: Path, port: int) -> Iterator[str]:
+    """Runs nginx with ``conf`` in the foreground until the block ends; yields its base URL."""
+    (prefix / "logs").mkdir(exist_ok=True)
+    args = [nginx_binary(), "-p", str(prefix), "-c", str(conf)]
+    if not re.search(r"^daemon off;", conf.read_text(encoding="utf-8"), flags=re.M):
+        args += ["-g", "daemon off;"]
     check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen([*args, "-g", "daemon off;"], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE)
     try:
-        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while True:
             try:
-                with urllib.request.urlopen(base + "/gateway/health", timeout=2) as reply:
-                    assert reply.status == 200
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                assert proc.poll() is None and time.monotonic() < deadline, "nginx did not start"
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    _, err = proc.communicate(timeout=10)
+                    pytest.fail(f"nginx did not start: {err.decode(errors='replace')}")
                 time.sleep(0.1)
-        cases = {
-            "/orders/create/u1": "order /create/u1",
-            "/orders/checkout/7": "order /checkout/7",
-            "/payment/find_user/u1": "payment /find_user/u1",
-            "/stock/find/i1": "stock /find/i1",
-        }
-        for path, expected in cases.items():
-            request = urllib.request.Request(base + path, method="POST", data=b"")
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                assert reply.read().decode() == expected
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGQUIT)
         try:
@@ -712,6 +728,107 @@ def test_compose_gateway_config_routes_through_nginx(
             proc.wait(timeout=10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def post(url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[str, str]:
+    """POST through the gateway: (body, the X-Request-Id the service received)."""
+    request = urllib.request.Request(url, method="POST", data=b"", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        return reply.read().decode(), reply.headers.get("X-Seen-Request-Id", "")
+
+
+def compose_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
+    """env/gateway as the nginx image sees it, in ``tmp_path``, listening on loopback ``port``."""
+    gateway = REPO / "env" / "gateway"
+    conf = (gateway / "nginx.conf").read_text(encoding="utf-8")
+    conf = conf.replace("/etc/nginx/gateway/", f"{tmp_path}/")
+    conf = conf.replace("pid /tmp/nginx.pid", f"pid {tmp_path}/nginx.pid")
+    conf = conf.replace(f"listen {PORT} ", f"listen 127.0.0.1:{port} ")
+    (tmp_path / "nginx.conf").write_text(conf, encoding="utf-8")
+    (tmp_path / "upstreams.compose.conf").write_text(upstreams, encoding="utf-8")
+    for name in ("routes.conf", "request-id.conf"):
+        shutil.copy(gateway / name, tmp_path / name)
+    return tmp_path / "nginx.conf"
+
+
+def local_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
+    """local/nginx.conf.in filled in as run_local.sh fills it, with the given upstreams."""
+    conf = (REPO / "local" / "nginx.conf.in").read_text(encoding="utf-8")
+    for name, value in {"NGINX_DIR": tmp_path, "GATEWAY_PORT": port, "REPO_DIR": REPO}.items():
+        conf = conf.replace("${" + name + "}", str(value))
+    assert "${" not in conf
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "nginx.conf").write_text(conf, encoding="utf-8")
+    (tmp_path / "upstreams.conf").write_text(upstreams, encoding="utf-8")
+    return tmp_path / "nginx.conf"
+
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def test_compose_gateway_config_routes_through_nginx(
+    tmp_path: Path, echo_servers: dict[str, int]
+) -> None:
+    """Runs env/gateway/{nginx,upstreams.compose,routes,request-id}.conf in the local nginx, with
+    the service names pointed at echo servers on loopback. `resolve` needs nginx >= 1.27.3 (the
+    image's); Debian's nginx is older, so that one word is dropped here."""
+    routes_conf()
+    upstreams = (REPO / "env" / "gateway" / "upstreams.compose.conf").read_text(encoding="utf-8")
+    for service, echo_port in echo_servers.items():
+        upstreams = upstreams.replace(
+            f"server {service}:{PORT} resolve", f"server 127.0.0.1:{echo_port}"
+        )
+    port = free_port()
+    with running_nginx(tmp_path, compose_gateway_conf(tmp_path, upstreams, port), port) as base:
+        with urllib.request.urlopen(base + "/gateway/health", timeout=2) as reply:
+            assert reply.status == 200
+        cases = {
+            "/orders/create/u1": "order /create/u1",
+            "/orders/checkout/7": "order /checkout/7",
+            "/payment/find_user/u1": "payment /find_user/u1",
+            "/stock/find/i1": "stock /find/i1",
+        }
+        for path, expected in cases.items():
+            assert post(base + path)[0] == expected
+        # As ingress-nginx: the client's request id goes through unchanged, else nginx makes one.
+        client_id = str(uuid.uuid4())
+        assert post(base + "/stock/subtract/i1/1", {"X-Request-Id": client_id})[1] == client_id
+        made = {post(base + "/stock/subtract/i1/1")[1] for _ in range(2)}
+        assert len(made) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", m) for m in made)
+
+
+def test_local_gateway_keeps_the_request_id_across_its_retries(tmp_path: Path) -> None:
+    """local/nginx.conf.in as run_local.sh renders it, with stock's first worker failing every
+    request (502): nginx retries on the second, and both see one request id, the client's when
+    it sent one (a dashed UUID here, as most clients send), else one nginx made."""
+    failing, working = start_echo("stock", _BadGateway), start_echo("stock")
+    others = {s: start_echo(s) for s in ("order", "payment")}
+    try:
+        upstreams = f"""
+upstream stock_upstream {{
+    server 127.0.0.1:{failing.server_address[1]} max_fails=0;
+    server 127.0.0.1:{working.server_address[1]} backup;
+    keepalive 8;
+}}
+""" + "".join(
+            f"upstream {s}_upstream {{ server 127.0.0.1:{srv.server_address[1]}; }}\n"
+            for s, srv in others.items()
+        )
+        port = free_port()
+        with running_nginx(tmp_path, local_gateway_conf(tmp_path, upstreams, port), port) as base:
+            client_id = str(uuid.uuid4())
+            body, seen = post(base + "/stock/subtract/i1/1", {"X-Request-ID": client_id})
+            assert (body, seen) == ("stock /subtract/i1/1", client_id)
+            body, made = post(base + "/stock/subtract/i1/1")
+            assert body == "stock /subtract/i1/1" and re.fullmatch(r"[0-9a-f]{32}", made)
+            assert post(base + "/orders/create/u1")[0] == "order /create/u1"
+        assert failing.seen == [client_id, made]  # type: ignore[attr-defined]
+        assert working.seen == [client_id, made]  # type: ignore[attr-defined]
+        assert UUID.fullmatch(client_id)
+    finally:
+        for server in (failing, working, *others.values()):
+            server.shutdown()
+            server.server_close()
 
 
 # --- the image --------------------------------------------------------------------------------
@@ -807,8 +924,148 @@ def test_entrypoint_starts_hypercorn_with_uvloop(tmp_path: Path, service: str) -
     worker, args = done.stdout.splitlines()
     assert worker == f"WORKER_ID={service}-7"
     assert args == (
-        f"--worker-class uvloop --workers 1 --bind 0.0.0.0:{PORT} --keep-alive 75 {service}.app:app"
+        f"--worker-class uvloop --workers 0 --bind 0.0.0.0:{PORT} --keep-alive 75"
+        f" --graceful-timeout 35 {service}.app:app"
     )
+
+
+# --- stopping a worker: running requests finish --------------------------------------------------
+
+# After hypercorn has let its requests finish, a worker closes its consumers (commit, leave the
+# group), producer and Redis clients before it exits: room left for that in every grace period
+# (a margin, not a measurement).
+SHUTDOWN_MARGIN_S = 10
+
+
+def hypercorn_args(tmp_path: Path, **env: str) -> list[str]:
+    done = run_entrypoint(tmp_path, SERVICE_NAME="order", **env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[1].split()
+
+
+def graceful_timeout(tmp_path: Path, checkout_timeout_ms: str) -> int:
+    args = hypercorn_args(tmp_path, CHECKOUT_TIMEOUT_MS=checkout_timeout_ms)
+    return int(args[args.index("--graceful-timeout") + 1])
+
+
+@pytest.mark.parametrize(("checkout_ms", "graceful_s"), [("20000", 35), ("4000", 11), ("1", 6)])
+def test_graceful_timeout_outlasts_a_checkout(
+    tmp_path: Path, checkout_ms: str, graceful_s: int
+) -> None:
+    """A checkout waits CHECKOUT_TIMEOUT_MS for its saga, then up to half as long for the
+    compensation of a timed-out one (order/checkout.py): hypercorn lets it finish."""
+    assert graceful_timeout(tmp_path, checkout_ms) == graceful_s
+    assert graceful_s >= int(checkout_ms) * 1.5 / 1000
+    done = run_entrypoint(tmp_path, SERVICE_NAME="order", CHECKOUT_TIMEOUT_MS="20s")
+    assert done.returncode == 64 and "CHECKOUT_TIMEOUT_MS" in done.stderr
+
+
+def seconds(duration: str) -> int:
+    """A compose duration such as 50s, 1m or 1m30s, in seconds."""
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert match and duration, duration
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+def test_grace_periods_let_running_checkouts_finish(
+    tmp_path: Path, compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    common = read_env_file(REPO / "env" / "common.env")
+    graceful = graceful_timeout(tmp_path, common["CHECKOUT_TIMEOUT_MS"])
+    for service in SERVICES:
+        stop = seconds(compose["services"][service]["stop_grace_period"])
+        assert stop >= graceful + SHUTDOWN_MARGIN_S, service
+
+    config = k8s_objects(k8s, "ConfigMap")["checkout-config"]["data"]
+    graceful = graceful_timeout(tmp_path, config["CHECKOUT_TIMEOUT_MS"])
+    for service in SERVICES:
+        pod = k8s_objects(k8s, "Deployment")[service]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        # preStop runs first (endpoints are removed meanwhile), then SIGTERM; the grace period
+        # counts from the start of the hook.
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and 1 <= int(command[1]) <= 10
+        needed = int(command[1]) + graceful + SHUTDOWN_MARGIN_S
+        assert pod["terminationGracePeriodSeconds"] >= needed, service
+
+
+SLOW_APP = """
+import asyncio
+
+from common.http import create_app
+
+
+async def nothing(_):
+    return None
+
+
+app = create_app("order", startup=nothing, shutdown=nothing)
+
+
+@app.post("/checkout/<seconds>")
+async def checkout(seconds):
+    await asyncio.sleep(float(seconds))
+    return "paid"
+"""
+
+
+def test_a_stopping_worker_finishes_a_checkout_that_outlasts_hypercorns_default(
+    tmp_path: Path,
+) -> None:
+    """hypercorn started with the entrypoint's arguments (its port moved to loopback) and a
+    Quart app whose checkout takes 6 s, twice hypercorn's default graceful timeout: SIGTERM
+    while it runs, and the client still gets its answer; new connections are refused at once
+    (the gateway takes them elsewhere) and the worker exits when the request is done."""
+    hypercorn = REPO / ".venv" / "bin" / "hypercorn"
+    if not hypercorn.exists():
+        pytest.skip("hypercorn is not installed in .venv")
+    app_dir = tmp_path / "app" / "order"
+    app_dir.mkdir(parents=True)
+    (app_dir / "__init__.py").write_text("", encoding="utf-8")
+    (app_dir / "app.py").write_text(SLOW_APP, encoding="utf-8")
+    port = free_port()
+    args = hypercorn_args(tmp_path, CHECKOUT_TIMEOUT_MS="20000")
+    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(hypercorn), *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path / 'app'}:{REPO}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no hypercorn"
+                time.sleep(0.1)
+        answers: list[object] = []
+
+        def checkout() -> None:
+            try:
+                answers.append(post(f"http://127.0.0.1:{port}/checkout/6", timeout=30)[0])
+            except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+                answers.append(exc)
+
+        client = threading.Thread(target=checkout)
+        client.start()
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        client.join(timeout=20)
+        assert answers == ["paid"]
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 def test_entrypoint_defaults_worker_id_to_the_hostname(tmp_path: Path) -> None:
@@ -826,18 +1083,47 @@ def test_entrypoint_refuses_an_unknown_service(tmp_path: Path) -> None:
 # --- run_minikube.sh, against stand-ins for minikube, kubectl, helm and curl --------------------
 
 
-def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
+# What the kubectl stand-in answers `get deployment <name> -o jsonpath=<last-applied>` with for
+# a Deployment applied by the k8s/ of before (with `replicas: 2`).
+APPLIED_WITH_REPLICAS = '{"apiVersion":"apps/v1","kind":"Deployment","spec":{"replicas":2}}'
+
+
+def profiles(cpus: int, memory: int) -> str:
+    """`minikube profile list -o json` with the profile minikube of that size running."""
+    config = {"Name": "minikube", "CPUs": cpus, "Memory": memory, "Driver": "docker"}
+    return json.dumps(
+        {"invalid": [], "valid": [{"Name": "minikube", "Status": "OK", "Config": config}]}
+    )
+
+
+def run_minikube(
+    tmp_path: Path, *, deployed: bool = False, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], list[str], Path]:
+    """run_minikube.sh in a copy of the repo, with stand-ins for minikube, kubectl, helm and
+    curl that log their calls: (the run, the calls, the copy). ``deployed``: a deployment made
+    by an earlier run (by the k8s/ of before) is there."""
     work = tmp_path / "repo"
     for name in ("k8s", "helm-config", "test", "env/kafka"):
         (work / name).mkdir(parents=True)
     shutil.copy(REPO / "run_minikube.sh", work / "run_minikube.sh")
     shutil.copy(BROKER_ENV, work / "env" / "kafka" / "broker.env")
+    shutil.copy(REPO / "test" / "urls.json", work / "test" / "urls.json")
     log = tmp_path / "calls.log"
     stubs = tmp_path / "bin"
     stubs.mkdir()
     script = {
-        "minikube": 'case "$*" in *" status"*) exit 1 ;; *" ip") echo 192.168.49.2 ;; esac',
-        "kubectl": 'case "$1" in get) exit 1 ;; esac; cat >/dev/null 2>&1 </dev/null',
+        "minikube": """case "$*" in
+    *" status"*) [ -n "$STUB_DEPLOYED" ] || exit 1 ;;
+    *" ip") echo 192.168.49.2 ;;
+    *"profile list -o json") printf '%s' "$STUB_PROFILES" ;;
+esac""",
+        # Reads its stdin like kubectl (the Secret is piped in): a stub that did not could end
+        # before the writer wrote, and the script died of SIGPIPE (exit 141) now and then.
+        "kubectl": f"""case "$1 $2" in
+    "get secret") [ -n "$STUB_DEPLOYED" ] || exit 1 ;;
+    "get deployment") [ -z "$STUB_DEPLOYED" ] || printf '%s' '{APPLIED_WITH_REPLICAS}' ;;
+esac
+cat >/dev/null""",
         "helm": "",
         "curl": "echo 400",
     }
@@ -849,17 +1135,33 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
         stub.chmod(0o755)
     done = subprocess.run(
         ["bash", str(work / "run_minikube.sh")],
-        env={"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        env={
+            "PATH": f"{stubs}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "STUB_DEPLOYED": "1" if deployed else "",
+            "STUB_PROFILES": profiles(4, 8192),
+            **(env or {}),
+        },
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+    calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return done, calls, work
+
+
+def index_of(calls: list[str], prefix: str) -> int:
+    return next(i for i, call in enumerate(calls) if call.startswith(prefix))
+
+
+def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
+    done, calls, work = run_minikube(tmp_path)
     assert done.returncode == 0, done.stderr
-    calls = log.read_text(encoding="utf-8").splitlines()
 
     def first(prefix: str) -> int:
-        return next(i for i, call in enumerate(calls) if call.startswith(prefix))
+        return index_of(calls, prefix)
 
     assert first("minikube -p minikube start --kubernetes-version=v1.34.0") < first(
         "minikube -p minikube addons enable ingress"
@@ -876,7 +1178,155 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     assert first("kubectl apply -f k8s/") < first(
         "kubectl wait --for=condition=complete job/kafka-topics"
     )
-    assert (work / "test" / "urls.json").read_text(encoding="utf-8") == (
+    assert (work / "test" / "urls.minikube.json").read_text(encoding="utf-8") == (
         '{"ORDER_URL": "http://192.168.49.2", "PAYMENT_URL": "http://192.168.49.2", '
         '"STOCK_URL": "http://192.168.49.2"}\n'
     )
+    # A first deployment: nothing was applied before, so no annotation is touched.
+    assert not [c for c in calls if c.startswith("kubectl annotate")]
+
+
+def test_run_minikube_leaves_the_tracked_urls_file_alone(tmp_path: Path) -> None:
+    """The ingress URL goes to an untracked file; test/urls.json (the local stack's) stays."""
+    done, _, work = run_minikube(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (work / "test" / "urls.json").read_bytes() == (REPO / "test" / "urls.json").read_bytes()
+    assert (work / "test" / "urls.minikube.json").exists()
+    assert "test/urls.minikube.json" in (REPO / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def test_run_minikube_pulls_the_chart_once(tmp_path: Path) -> None:
+    done, calls, _ = run_minikube(tmp_path)
+    assert done.returncode == 0, done.stderr
+    (pull,) = [c for c in calls if c.startswith("helm pull")]
+    assert pull.startswith("helm pull oci://registry-1.docker.io/bitnamicharts/redis-cluster")
+    assert "--version 13.0.5" in pull
+    chart = pull.split("--destination ")[1] + "/redis-cluster-13.0.5.tgz"
+    installs = [c for c in calls if c.startswith("helm upgrade --install")]
+    assert len(installs) == 3 and all(c.split()[4] == chart for c in installs)
+    assert index_of(calls, "helm pull") < index_of(calls, "helm upgrade")
+
+
+def test_run_minikube_does_not_restart_a_first_deployment(tmp_path: Path) -> None:
+    """Its pods start with the image just built; a restart would only roll them again."""
+    done, calls, _ = run_minikube(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not [c for c in calls if c.startswith("kubectl rollout restart")]
+    for service in SERVICES:
+        index_of(calls, f"kubectl rollout status deployment/{service}")
+
+
+def test_run_minikube_leaves_the_replica_count_to_the_hpa(tmp_path: Path) -> None:
+    """Over a deployment made by the k8s/ of before (`replicas: 2` in kubectl's last-applied
+    annotation), the apply would remove the field and scale each Deployment to 1 once: the
+    script drops that annotation first, so the apply leaves the HPA's count alone."""
+    done, calls, _ = run_minikube(tmp_path, deployed=True)
+    assert done.returncode == 0, done.stderr
+    apply = index_of(calls, "kubectl apply -f k8s/")
+    for service in SERVICES:
+        forget = index_of(
+            calls, f"kubectl annotate deployment {service} kubectl.kubernetes.io/last-applied-"
+        )
+        assert forget < apply
+    assert not [c for c in calls if c.startswith("kubectl scale")]
+
+
+def test_run_minikube_restarts_only_the_deployments_that_ran_an_older_build(
+    tmp_path: Path,
+) -> None:
+    """The image tag stays checkout-service:local: a Deployment that was there before this run
+    still runs the previous build and is restarted, after the apply."""
+    done, calls, _ = run_minikube(tmp_path, deployed=True)
+    assert done.returncode == 0, done.stderr
+    restarts = [c for c in calls if c.startswith("kubectl rollout restart")]
+    assert restarts == [f"kubectl rollout restart deployment/{s}" for s in SERVICES]
+    assert index_of(calls, "kubectl apply -f k8s/") < index_of(calls, "kubectl rollout restart")
+
+
+# --- the size of minikube ------------------------------------------------------------------------
+
+# What minikube's own pods request on its one node (millicores, MiB): kubeadm's control plane
+# (kube-apiserver 250m, kube-controller-manager 200m, kube-scheduler 100m, etcd 100m and 100Mi),
+# CoreDNS (100m, 70Mi) and the addons run_minikube.sh enables, ingress-nginx's controller
+# (100m, 90Mi) and metrics-server (100m, 200Mi); kube-proxy and the storage provisioner request
+# nothing. Read from their manifests, not measured on a minikube here.
+MINIKUBE_OWN = {"cpu": 950, "memory": 460}
+
+
+def millicores(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+
+
+def mebibytes(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def requests_of(container: dict[str, Any]) -> dict[str, int]:
+    asked = container["resources"]["requests"]
+    return {"cpu": millicores(str(asked["cpu"])), "memory": mebibytes(str(asked["memory"]))}
+
+
+def script_setting(name: str) -> int:
+    script = (REPO / "run_minikube.sh").read_text(encoding="utf-8")
+    (value,) = re.findall(rf"^{name}=(\d+)$", script, flags=re.M)
+    return int(value)
+
+
+def test_pods_fit_the_smallest_minikube_run_minikube_accepts(k8s: list[dict[str, Any]]) -> None:
+    """Every pod's requests with each HPA at its maximum, one extra pod per Deployment in a
+    rolling update, the topic Job and minikube's own pods fit the smallest profile that
+    run_minikube.sh accepts (so nothing stays Pending), and its default start is that big."""
+    need = dict(MINIKUBE_OWN)
+
+    def add(count: int, asked: dict[str, int]) -> None:
+        for resource in need:
+            need[resource] += count * asked[resource]
+
+    hpas = k8s_objects(k8s, "HorizontalPodAutoscaler")
+    for name, deployment in k8s_objects(k8s, "Deployment").items():
+        surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        add(hpas[name]["spec"]["maxReplicas"] + surge, requests_of(pod_container(deployment)))
+    for statefulset in k8s_objects(k8s, "StatefulSet").values():
+        add(statefulset["spec"]["replicas"], requests_of(pod_container(statefulset)))
+    for job in k8s_objects(k8s, "Job").values():
+        add(1, requests_of(pod_container(job)))
+    (values,) = load_yaml_docs(REPO / "helm-config" / "redis-cluster-values.yaml")
+    add(len(SERVICES) * values["cluster"]["nodes"], requests_of(values["redis"]))
+
+    cpus, memory = script_setting("MIN_CPUS"), script_setting("MIN_MEMORY")
+    assert need["cpu"] <= cpus * 1000, need
+    assert need["memory"] <= memory, need
+    script = (REPO / "run_minikube.sh").read_text(encoding="utf-8")
+    assert int(re.findall(r'CPUS="\$\{MINIKUBE_CPUS:-(\d+)\}"', script)[0]) >= cpus
+    assert int(re.findall(r'MEMORY="\$\{MINIKUBE_MEMORY:-(\d+)\}"', script)[0]) >= memory
+
+
+def test_run_minikube_refuses_a_running_profile_too_small(tmp_path: Path) -> None:
+    done, calls, _ = run_minikube(tmp_path, deployed=True, env={"STUB_PROFILES": profiles(2, 4000)})
+    assert done.returncode != 0
+    assert "profile minikube has 2 CPUs and 4000 MiB" in done.stderr
+    assert "minikube delete -p minikube && MINIKUBE_CPUS=4 MINIKUBE_MEMORY=8192" in done.stderr
+    assert "MINIKUBE_PROFILE=checkout" in done.stderr
+    assert not [
+        c for c in calls if c.startswith(("helm", "kubectl apply", "minikube -p minikube addons"))
+    ]
+    assert not [c for c in calls if c.startswith("minikube -p minikube start")]
+
+
+def test_run_minikube_refuses_to_start_a_profile_too_small(tmp_path: Path) -> None:
+    done, calls, _ = run_minikube(tmp_path, env={"MINIKUBE_CPUS": "2"})
+    assert done.returncode != 0
+    assert "needs at least 4 CPUs" in done.stderr
+    assert not [c for c in calls if c.startswith("minikube -p minikube start")]
+
+
+def test_run_minikube_goes_on_over_a_running_profile_big_enough(tmp_path: Path) -> None:
+    done, calls, _ = run_minikube(tmp_path, deployed=True, env={"STUB_PROFILES": profiles(6, 8000)})
+    assert done.returncode == 0, done.stderr
+    assert not [c for c in calls if c.startswith("minikube -p minikube start")]
+    index_of(calls, "kubectl apply -f k8s/")
+    # A size it cannot read is a warning, not a refusal.
+    done, _, _ = run_minikube(tmp_path / "unread", deployed=True, env={"STUB_PROFILES": ""})
+    assert done.returncode == 0, done.stderr
+    assert "could not read the size of profile minikube" in done.stderr

@@ -10,7 +10,13 @@ from collections.abc import Awaitable
 from typing import Any
 
 import pytest
-from redis.exceptions import ClusterDownError, ResponseError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from common.ledger import LUA_DIR
 from common.settings import load_settings
@@ -295,3 +301,50 @@ async def test_a_cluster_down_reply_is_retried() -> None:
 
     with pytest.raises(ResponseError):
         await store.retrying(refused)
+
+
+async def test_a_cluster_that_cannot_be_found_is_retried() -> None:
+    """While every node the client knows is gone (all pods of a Kubernetes cluster replaced,
+    the new ones not ready yet), redis-py's cluster client raises RedisClusterException, not a
+    RedisError: retried like a dropped connection, until the cluster is found again."""
+    store = StoreOverFake(FakeRedis())
+    replies: list[Any] = [
+        RedisClusterException(
+            "Redis Cluster cannot be connected. Please provide at least one reachable node: "
+            "Error 111 connecting to 10.244.0.7:6379. Connection refused."
+        ),
+        RedisClusterException("All slots are not covered after query all startup_nodes. 0 of"),
+        SlotNotCoveredError('Slot "42" not covered by the cluster.'),
+        "ok",
+    ]
+
+    async def call() -> Any:
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    assert await store.retrying(call) == "ok"
+
+    async def misuse() -> Any:
+        raise RedisClusterException("No targets were found to execute ('X',) command on")
+
+    with pytest.raises(RedisClusterException):
+        await store.retrying(misuse)
+
+
+async def test_the_cluster_client_keeps_asking_the_configured_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """REDIS_NODES (in Kubernetes one Service name) stay the startup nodes: redis-py's default
+    (dynamic_startup_nodes) replaces them with the pod IPs it found, and after every pod of the
+    cluster has been replaced it could never find the cluster again."""
+    monkeypatch.setattr(Store, "retrying", lambda self, call: asyncio.sleep(0))
+    store = Store(load_settings({"REDIS_NODES": "order-redis-cluster:6379"}), LUA_DIR)
+    await store.start()
+    try:
+        manager = store.cluster.nodes_manager
+        assert manager._dynamic_startup_nodes is False
+        assert list(manager.startup_nodes) == ["order-redis-cluster:6379"]
+    finally:
+        await store.stop()

@@ -1,0 +1,58 @@
+"""A client's own X-Request-Id through the gateway, as ingress-nginx passes it on: the same id
+twice is one effect (a retry), two ids are two effects. Dashed UUIDs, the form most clients send."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+
+from test.client import Api
+
+
+async def post(session: aiohttp.ClientSession, url: str, request_id: str | None) -> int:
+    headers = {} if request_id is None else {"X-Request-Id": request_id}
+    async with session.post(url, headers=headers) as reply:
+        await reply.read()
+        return reply.status
+
+
+async def test_subtract_and_pay_happen_once_per_request_id(api: Api, gateway_url: str) -> None:
+    item = await api.item(price=1, stock=10)
+    user = await api.user(credit=10)
+    async with aiohttp.ClientSession() as session:
+        for path, read in (
+            (f"/stock/subtract/{item}/2", lambda: api.stock(item)),
+            (f"/payment/pay/{user}/2", lambda: api.credit(user)),
+        ):
+            retried = str(uuid.uuid4())
+            assert [await post(session, gateway_url + path, retried) for _ in range(2)] == [200] * 2
+            assert await read() == 8, path
+            for other in (str(uuid.uuid4()), str(uuid.uuid4())):
+                assert await post(session, gateway_url + path, other) == 200
+            assert await read() == 4, path
+            # Without an id of its own, each request is new (the gateway makes one per request).
+            for _ in range(2):
+                assert await post(session, gateway_url + path, None) == 200
+            assert await read() == 0, path
+
+
+async def test_a_retried_create_returns_the_same_entity(api: Api, gateway_url: str) -> None:
+    retried = str(uuid.uuid4())
+    async with aiohttp.ClientSession() as session:
+        created = []
+        for _ in range(2):
+            async with session.post(
+                gateway_url + "/payment/create_user", headers={"X-Request-Id": retried}
+            ) as reply:
+                assert reply.status == 200
+                created.append((await reply.json())["user_id"])
+        assert created[0] == created[1]
+        # A short id a client chose never names an entity that exists for another reason
+        # (batch_init's users "0" ... "n-1").
+        async with session.post(
+            gateway_url + "/payment/create_user", headers={"X-Request-Id": "0"}
+        ) as reply:
+            user_id = (await reply.json())["user_id"]
+    assert user_id not in ("0", created[0])
+    assert await api.credit(user_id) == 0
