@@ -22,7 +22,8 @@ Usage: .venv/bin/python stress-test/compare.py --template DIR [--rounds 3]
 DIR is a checkout of delftdata/wdm-project-template (outside this repo; nothing of it is
 committed here); ../shared/bench/template.sh runs it on 127.0.0.1:8190. This project runs as
 ./run_local.sh starts it, in STATE_DIR [.run-bench], on its default ports: stop any other
-stack first.
+stack first. --project DIR runs another checkout of this project instead (a worktree of an
+older commit, for a before/after figure from the same run).
 """
 
 from __future__ import annotations
@@ -89,18 +90,23 @@ class Template(System):
 class Project(System):
     name = "project"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, repo: Path, state_dir: Path) -> None:
+        self.repo = repo
         self.env = {**os.environ, "STATE_DIR": str(state_dir)}
         url = f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8000')}"
         self.urls = {"ORDER_URL": url, "PAYMENT_URL": url, "STOCK_URL": url}
 
     def up(self) -> None:
-        subprocess.run([str(REPO / "run_local.sh"), "down", "--clean"], env=self.env, check=True)
-        subprocess.run([str(REPO / "run_local.sh"), "up"], env=self.env, check=True)
+        subprocess.run(
+            [str(self.repo / "run_local.sh"), "down", "--clean"], env=self.env, check=True
+        )
+        subprocess.run([str(self.repo / "run_local.sh"), "up"], env=self.env, check=True)
         asyncio.run(init_all(self.urls, Sizes(), quiet=True))
 
     def down(self) -> None:
-        subprocess.run([str(REPO / "run_local.sh"), "down", "--clean"], env=self.env, check=True)
+        subprocess.run(
+            [str(self.repo / "run_local.sh"), "down", "--clean"], env=self.env, check=True
+        )
 
 
 def measured(run: Callable[[], tuple[float, float, float, int, str]]) -> Figures:
@@ -179,9 +185,16 @@ def main() -> int:
     parser.add_argument("--wrk-seconds", type=int, default=20)
     parser.add_argument("--idle-checkouts", type=int, default=300)
     parser.add_argument("--state-dir", type=Path, default=REPO / ".run-bench")
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=REPO,
+        help="the checkout of this project to run (another commit's, for a before/after)",
+    )
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
-    systems: list[System] = [Template(args.template.resolve()), Project(args.state_dir)]
+    project = Project(args.project.resolve(), args.state_dir.resolve())
+    systems: list[System] = [Template(args.template.resolve()), project]
     results: dict[tuple[str, str], list[Figures]] = {}
     failures: list[str] = []
     stamp = time.strftime("%Y-%m-%d %H:%M")
