@@ -50,6 +50,7 @@ COMMIT_INTERVAL_S = 0.2
 """Offsets are committed at most this often: each commit is a broker round trip, and one
 missed only means a redelivery of what the handlers have already done (which they ignore)."""
 TOPIC_CHECK_S = 2.0
+BATCH_RETRY_MAX_S = 1.0
 """How often the topics are looked for: a broker that came back empty has none."""
 
 PRODUCER_BROKEN = (
@@ -321,7 +322,9 @@ class ConsumerLoop:
             except Exception:  # every failure is retried: the batch is idempotent
                 log.exception("%s: batch failed, retrying in %.2fs", self._name, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # At most a second apart: a retry is cheap (the scripts find their effects
+                # done), and after an outage the batch goes on within a second of the end.
+                delay = min(delay * 2, BATCH_RETRY_MAX_S)
 
     def _decode(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> list[list[Message]]:
         """The batch's messages grouped by key, in partition order; poison records left out."""

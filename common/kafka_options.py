@@ -10,7 +10,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 
 from common.settings import Settings
 
-METADATA_MAX_AGE_MS = 5000
+METADATA_MAX_AGE_MS = 3000
 """How stale a client's view of topics may get: after a broker came back empty, producers and
 consumers find the re-created topics within this."""
 

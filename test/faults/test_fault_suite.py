@@ -20,6 +20,9 @@ from test.faults.load import Load, Shop
 
 BASELINE_S = 3.0
 OBSERVE_S = 25.0  # an upper bound for the assertion; the suite prints the measured time
+# A broker that comes back empty formats a new log, and every group then forms from nothing
+# and finds the re-created topics only on its next metadata refresh: allow it longer.
+OBSERVE_EMPTY_BROKER_S = 45.0
 RESULTS = Path(os.environ.get("FAULT_RESULTS", "/tmp/fault-results.tsv"))
 
 
@@ -78,7 +81,8 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
     baseline = load.rate(start + 1.0, time.monotonic())
     fault_at = time.monotonic()
     await FAULTS[fault](stack)
-    recovered_at = await _recovery(load, baseline, fault_at)
+    within = OBSERVE_EMPTY_BROKER_S if fault == "broker restarted empty" else OBSERVE_S
+    recovered_at = await _recovery(load, baseline, fault_at, within)
     load.stop()
     await running
     await _all_sagas_terminal(stack, list(load.replies))
@@ -88,12 +92,12 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
     _record(fault, baseline, recovery, statuses, resends)
     assert set(statuses) <= {200, 400}, f"5xx or dropped replies: {statuses}"
     await _check_invariants(api, shop, load.replies)
-    assert recovered_at is not None, f"throughput not back to 90% within {OBSERVE_S}s"
+    assert recovered_at is not None, f"throughput not back to 90% within {within}s"
 
 
-async def _recovery(load: Load, baseline: float, fault_at: float) -> float | None:
+async def _recovery(load: Load, baseline: float, fault_at: float, within: float) -> float | None:
     """When a 1 s window after the fault first reaches 90% of the baseline rate."""
-    while time.monotonic() < fault_at + OBSERVE_S:
+    while time.monotonic() < fault_at + within:
         await asyncio.sleep(0.25)
         now = time.monotonic()
         if now - fault_at >= 1.0 and load.rate(now - 1.0, now) >= 0.9 * baseline:
