@@ -1,0 +1,147 @@
+"""What the scripted scenarios share: a clock the saga code reads, a store gate that holds one
+named caller's calls until the test lets them through, and the checkout saga wired over the
+fakes (``test_saga_scenarios``, ``test_edge_scenarios``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from common.ledger import LUA_DIR
+from common.saga.log import SagaLog
+from common.saga.orchestrator import Orchestrator
+from common.saga.waiters import Waiters
+from order.checkout import Checkout
+from order.saga import CHECKOUT, order_key
+from test.unit.fake_bus import FakeBus
+from test.unit.fake_redis import MASTERS, FakeRedis
+from test.unit.fake_store import FakeStore
+
+STEP_MS, DEADLINE_MS = 2000, 10_000
+
+
+class Clock:
+    """Milliseconds since the epoch, moved only by the test."""
+
+    def __init__(self) -> None:
+        self.ms = 1_000_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+class ScenarioBroken(Exception):
+    """A scenario could not be set up as written (the code took another path): a real
+    failure, not the expected one of its strict xfail (those expect AssertionError)."""
+
+
+def given(condition: bool, what: str) -> None:
+    if not condition:
+        raise ScenarioBroken(what)
+
+
+def fresh_ids(prefix: str) -> Iterator[str]:
+    while True:
+        yield f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+class Hold:
+    """A store gate that holds the calls of one named execution whose label starts with a
+    prefix until the test releases them: only once a call starting with ``after[rule]`` was
+    made, if the rule has one, and after letting ``skip[rule]`` of them through."""
+
+    def __init__(self) -> None:
+        self.who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")
+        self.rules: dict[tuple[str, str], asyncio.Event] = {}
+        self.skip: dict[tuple[str, str], int] = {}
+        self.after: dict[tuple[str, str], str] = {}
+        self.parked: dict[str, int] = {}
+        self._seen: set[tuple[str, str]] = set()
+
+    async def __call__(self, label: str) -> None:
+        who = self.who.get()
+        for rule, event in self.rules.items():
+            if rule[0] != who or not label.startswith(rule[1]) or not self._armed(rule):
+                continue
+            if self.skip.get(rule, 0) > 0:
+                self.skip[rule] -= 1
+                continue
+            self.parked[who] = self.parked.get(who, 0) + 1
+            await event.wait()
+        self._seen.add((who, label))
+
+    def _armed(self, rule: tuple[str, str]) -> bool:
+        after = self.after.get(rule)
+        return after is None or any(
+            w == rule[0] and seen.startswith(after) for w, seen in self._seen
+        )
+
+    async def run_as(self, who: str, coro: Any) -> Any:
+        self.who.set(who)
+        return await coro
+
+    async def until_parked(self, who: str, count: int) -> None:
+        for _ in range(1000):
+            if self.parked.get(who, 0) >= count:
+                return
+            await asyncio.sleep(0)
+        raise ScenarioBroken(f"{who} never parked {count} calls")
+
+
+async def until(condition: Callable[[], bool], task: asyncio.Task[Any]) -> None:
+    """Return once ``condition()`` holds; fail if ``task`` ends first or it never does."""
+    for _ in range(2000):
+        if condition():
+            return
+        if task.done():
+            await task
+            raise AssertionError("finished before the condition held")
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never held")
+
+
+def checkout_saga(redis: FakeRedis, hold: Hold) -> tuple[FakeStore, SagaLog, Orchestrator]:
+    """The checkout saga's store, log and orchestrator over ``redis``, gated by ``hold``."""
+    store = FakeStore(redis, hold, node_aware=True)
+    store.load_scripts(LUA_DIR)
+    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
+    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
+    return store, log, orchestrator
+
+
+def checkout_edge(
+    orchestrator: Orchestrator,
+    store: FakeStore,
+    *,
+    bus: FakeBus | None = None,
+    timeout_ms: int = 40,
+    **options: Any,
+) -> Checkout:
+    """The HTTP side of checkout over the fakes, polling often, timing out after ``timeout_ms``."""
+    return Checkout(
+        orchestrator,
+        store,  # type: ignore[arg-type]
+        bus or FakeBus(),  # type: ignore[arg-type]
+        Waiters(poll_interval_s=0.005),
+        timeout_ms=timeout_ms,
+        **options,
+    )
+
+
+def one_unpaid_order(redis: FakeRedis, *, user: str = "u1", total: int = 3) -> str:
+    """A fresh one-line order of ``user``, replicated everywhere."""
+    order_id = next(fresh_ids("o"))
+    redis.hset(
+        order_key(order_id),
+        {
+            b"user_id": user.encode(),
+            b"items": b'[["i1",1]]',
+            b"total_cost": b"%d" % total,
+            b"paid": b"0",
+        },
+    )
+    redis.replicate(range(MASTERS))
+    return order_id
