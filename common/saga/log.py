@@ -71,12 +71,15 @@ class SagaLog:
     # --- the saga state (one atomic script per change) -----------------------------------------
     async def begin(self, entity_id: str, *, start: bool, now: int, deadline: int) -> list[str]:
         """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['STARTED', id, data]``.
-        The caller registers a saga it may start in the index first (``index_add``)."""
+        The caller registers a saga it may start in the index first (``index_add``).
+
+        A check changes nothing, but what it finds is acted on (a DONE becomes a 200): it is
+        tracked like a write, so whoever replicates the caller's writes puts a barrier on that
+        master too, and a DONE resting on a move no replica holds yet is not answered."""
         reply = await self._store.script(
             "saga_begin",
             [self._def.entity_key(entity_id)],
             self._begin_args(entity_id, start=start, now=now, deadline=deadline),
-            writes=start,
         )
         return [part.decode() for part in reply]
 
