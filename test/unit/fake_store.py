@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from common.errors import Unavailable
 from common.store import Store
 from test.unit.fake_lua import SCRIPTS
-from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
+from test.unit.fake_redis import MASTERS, RESYNCING, FakeRedis, encode_arg, master_of
 
 try:
     from common.store import WriteMayBeLost
@@ -220,7 +220,9 @@ class FakeStore:
             if self.dropped_pipeline_is_none:
                 return None
             raise RedisConnectionError("Connection closed by server.")
-        self.redis.replicate([master])
+        if self.redis.replica[master] == RESYNCING:
+            return None  # as Store: a replica is connected but lagging: the ordinary path waits
+        self.redis.replicate([master])  # a replica that is down receives nothing (see _barrier)
         return replies
 
     async def replicate(self, written: Iterable[str] | Mapping[str, str]) -> None:
@@ -232,14 +234,25 @@ class FakeStore:
         moved = []
         if isinstance(written, Mapping):
             moved = [k for k, node in written.items() if node != self.redis.node_of(k)]
-        self.redis.replicate({master_of(k) for k in keys if k not in moved})
+        masters = {master_of(k) for k in keys if k not in moved}
+        self._barrier(masters)
         if moved:
             self.calls["write_may_be_lost"] += 1
             raise WriteMayBeLost(f"masters of {sorted(moved)} failed over")
 
     async def replicate_all(self) -> None:
         await self._gate("replicate_all")
-        self.redis.replicate(range(MASTERS))
+        self._barrier(set(range(MASTERS)))
+
+    def _barrier(self, masters: set[int]) -> None:
+        """As ``Store._barrier`` on each master: a replica in sync takes the writes; one that
+        is connected but lagging (resyncing) fails the barrier once the retries run out; a
+        master with no replica connected is taken at its word (its AOF)."""
+        self.redis.replicate(masters)
+        lagging = sorted(m for m in masters if self.redis.replica[m] == RESYNCING)
+        if lagging:
+            self.calls["write_may_be_lost"] += 1
+            raise WriteMayBeLost(f"replicas of masters {lagging} lagging")
 
     async def durable(self, action: Callable[[], Awaitable[Any]]) -> Any:
         """As ``Store.durable``: run ``action`` again while its writes may have been lost."""

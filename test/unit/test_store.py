@@ -16,7 +16,7 @@ from common.ledger import LUA_DIR
 from common.settings import load_settings
 from common.store import Store, hash_tag
 from test.unit.fake_lua import SCRIPTS
-from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
+from test.unit.fake_redis import DOWN, IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
 from test.unit.fake_store import FakeStore, WriteMayBeLost
 
 
@@ -97,8 +97,9 @@ class _NodeClient:
         if name == "WAIT":
             if not barrier:
                 return ResponseError("WAIT without a write")
-            self._redis.replicate([master_of(barrier[-1])])
-            return 1
+            master = master_of(barrier[-1])
+            self._redis.replicate([master])
+            return int(self._redis.replica[master] == IN_SYNC)
         key = str(command[3] if name == "EVALSHA" else command[1])
         if self._redis.node_of(key) != self._name:
             return ResponseError(f"MOVED 1 {self._redis.node_of(key)}")
@@ -118,7 +119,8 @@ class _NodeClient:
         return None
 
     async def info(self, section: str) -> dict[str, int]:
-        return {"connected_slaves": 1}
+        master = int(self._name.split(".")[2])  # FakeRedis.node_of: 10.0.<master>.<generation>
+        return {"connected_slaves": int(self._redis.replica[master] != DOWN)}
 
 
 class _Pipeline:
@@ -145,8 +147,8 @@ class StoreOverFake(Store):
     """The real ``Store`` (tracking, script, replicate, durable) with its cluster and node
     connections answered by a ``FakeRedis``."""
 
-    def __init__(self, redis: FakeRedis) -> None:
-        super().__init__(load_settings({}), LUA_DIR)
+    def __init__(self, redis: FakeRedis, op_timeout_ms: int = 8000) -> None:
+        super().__init__(load_settings({"REDIS_OP_TIMEOUT_MS": str(op_timeout_ms)}), LUA_DIR)
         self._cluster = _Cluster(redis)  # type: ignore[assignment]
         self.redis = redis
         self.sent: list[int] = []
@@ -246,28 +248,38 @@ async def test_replicate_sees_a_failover_between_two_writes_to_one_key() -> None
 
 @pytest.mark.parametrize(
     "scenario",
-    ["one write", "two writes"],
+    ["one write", "two writes", "replica down", "replica resyncing"],
 )
 async def test_fake_store_tracks_like_the_real_store(scenario: str) -> None:
-    """The simulation's ``FakeStore`` must follow ``Store``'s bookkeeping; if this fails,
-    ``Store`` changed how it tracks writes: change ``FakeStore.script``/``replicate`` too."""
+    """The simulation's ``FakeStore`` must follow ``Store``'s bookkeeping and its barrier's
+    verdicts; if this fails, ``Store`` changed how it tracks writes or when it vouches for
+    them: change ``FakeStore.script``/``replicate``/``on_master_of`` too."""
     outcomes = []
-    for make in (StoreOverFake, _fake_store):
+    for make in (_store_over_fake, _fake_store):
         redis = FakeRedis()
         store = make(redis)
         if scenario == "two writes":
             outcomes.append(await _two_writes_to_one_key_around_a_failover(store, redis))
-        else:
-            key = user(redis, 5)
-            with store.tracking() as written:
-                await take(store, key, "s")
+            continue
+        key = user(redis, 5)
+        if scenario == "replica down":
+            redis.replica_down(master_of(key))
+        elif scenario == "replica resyncing":
+            redis.replica_back(master_of(key))
+        with store.tracking() as written:
+            await take(store, key, "s")
+        if scenario == "one write":
             redis.failover(master_of(key))
-            try:
-                await store.replicate(written)
-                outcomes.append("vouched")
-            except WriteMayBeLost:
-                outcomes.append("refused")
+        try:
+            await store.replicate(written)
+            outcomes.append("vouched")
+        except WriteMayBeLost:
+            outcomes.append("refused")
     assert outcomes[0] == outcomes[1]
+
+
+def _store_over_fake(redis: FakeRedis) -> StoreOverFake:
+    return StoreOverFake(redis, op_timeout_ms=200)
 
 
 def _fake_store(redis: FakeRedis) -> FakeStore:
