@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from common.errors import Unavailable
 from common.store import Store
 from test.unit.fake_lua import SCRIPTS
-from test.unit.fake_redis import MASTERS, RESYNCING, FakeRedis, encode_arg, master_of
+from test.unit.fake_redis import IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
 
 try:
     from common.store import WriteMayBeLost
@@ -220,9 +220,9 @@ class FakeStore:
             if self.dropped_pipeline_is_none:
                 return None
             raise RedisConnectionError("Connection closed by server.")
-        if self.redis.replica[master] == RESYNCING:
-            return None  # as Store: a replica is connected but lagging: the ordinary path waits
-        self.redis.replicate([master])  # a replica that is down receives nothing (see _barrier)
+        if self.redis.replica[master] != IN_SYNC:
+            return None  # as Store: no replica acknowledged; the ordinary path waits for one
+        self.redis.replicate([master])
         return replies
 
     async def replicate(self, written: Iterable[str] | Mapping[str, str]) -> None:
@@ -245,14 +245,14 @@ class FakeStore:
         self._barrier(set(range(MASTERS)))
 
     def _barrier(self, masters: set[int]) -> None:
-        """As ``Store._barrier`` on each master: a replica in sync takes the writes; one that
-        is connected but lagging (resyncing) fails the barrier once the retries run out; a
-        master with no replica connected is taken at its word (its AOF)."""
+        """As ``Store._barrier`` on each master: a replica in sync takes the writes; a master
+        whose replica is down or resyncing fails the barrier once its retries ran out (here at
+        once: a caller that retries finds the replica back when the simulation says so)."""
         self.redis.replicate(masters)
-        lagging = sorted(m for m in masters if self.redis.replica[m] == RESYNCING)
-        if lagging:
+        unacknowledged = sorted(m for m in masters if self.redis.replica[m] != IN_SYNC)
+        if unacknowledged:
             self.calls["write_may_be_lost"] += 1
-            raise WriteMayBeLost(f"replicas of masters {lagging} lagging")
+            raise WriteMayBeLost(f"no replica of masters {unacknowledged} acknowledged")
 
     async def durable(self, action: Callable[[], Awaitable[Any]]) -> Any:
         """As ``Store.durable``: run ``action`` again while its writes may have been lost."""

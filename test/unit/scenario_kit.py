@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from common.ledger import LUA_DIR
+from aiokafka.structs import TopicPartition
+
+from common.bus import ConsumerLoop
+from common.ledger import LUA_DIR, Ledger
+from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
 from common.saga.log import SagaLog
 from common.saga.orchestrator import Orchestrator
 from common.saga.waiters import Waiters
 from order.checkout import Checkout
 from order.saga import CHECKOUT, order_key
+from payment.handlers import handlers as payment_handlers
+from stock.handlers import handlers as stock_handlers
 from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import MASTERS, FakeRedis
-from test.unit.fake_store import FakeStore
+from test.unit.fake_store import FakeStore, Gate, no_gate
 
 STEP_MS, DEADLINE_MS = 2000, 10_000
 
@@ -145,3 +152,100 @@ def one_unpaid_order(redis: FakeRedis, *, user: str = "u1", total: int = 3) -> s
     )
     redis.replicate(range(MASTERS))
     return order_id
+
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "stock": (STOCK,),
+    "payment": (PAYMENT,),
+    "order": (STOCK_PROCESSING, PAYMENT_PROCESSING),
+}
+
+
+class Services:
+    """Order (the orchestrator), stock and payment, each over a Redis of its own, and the
+    consumer loops that carry the saga's messages between them over one ``FakeBus``:
+    ``deliver`` runs what a group has not consumed yet, as its consumer would."""
+
+    def __init__(self, now_ms: Callable[[], int] | None = None, gate: Gate = no_gate) -> None:
+        self.redis = {name: FakeRedis(now_ms or Clock()) for name in GROUPS}
+        self.stores = {name: FakeStore(r, gate, node_aware=True) for name, r in self.redis.items()}
+        for store in self.stores.values():
+            store.load_scripts(LUA_DIR)
+        self.log = SagaLog(self.stores["order"], CHECKOUT)  # type: ignore[arg-type]
+        self.orchestrator = Orchestrator(
+            CHECKOUT, self.log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS
+        )
+        self.items = Ledger(self.stores["stock"], "item", "stock")  # type: ignore[arg-type]
+        self.users = Ledger(self.stores["payment"], "user", "credit")  # type: ignore[arg-type]
+        self.bus = FakeBus(groups=GROUPS)
+        handlers = {
+            "stock": stock_handlers(self.items),
+            "payment": payment_handlers(self.users),
+            "order": self.orchestrator.handlers(),
+        }
+        self.consumers = {
+            name: ConsumerLoop(
+                name=name,
+                bus=self.bus,  # type: ignore[arg-type]
+                store=self.stores[name],  # type: ignore[arg-type]
+                topics=list(topics),
+                group_id=name,
+                handlers=handlers[name],
+            )
+            for name, topics in GROUPS.items()
+        }
+
+    def item(self, stock: int, price: int = 1) -> str:
+        item_id = next(fresh_ids("i"))
+        fields = {b"stock": b"%d" % stock, b"price": b"%d" % price}
+        self.redis["stock"].hset(self.items.key(item_id), fields)
+        self.redis["stock"].replicate(range(MASTERS))
+        return item_id
+
+    def user(self, credit: int) -> str:
+        user_id = next(fresh_ids("u"))
+        self.redis["payment"].hset(self.users.key(user_id), {b"credit": b"%d" % credit})
+        self.redis["payment"].replicate(range(MASTERS))
+        return user_id
+
+    def order(self, user_id: str, lines: list[tuple[str, int]], total: int) -> str:
+        order_id = next(fresh_ids("o"))
+        fields = {
+            b"user_id": user_id.encode(),
+            b"items": json.dumps(lines).encode(),
+            b"total_cost": b"%d" % total,
+            b"paid": b"0",
+        }
+        self.redis["order"].hset(order_key(order_id), fields)
+        self.redis["order"].replicate(range(MASTERS))
+        return order_id
+
+    def balance(self, ledger: Ledger, entity_id: str) -> int:
+        redis = self.redis["stock" if ledger is self.items else "payment"]
+        return int(redis.hget(ledger.key(entity_id), ledger.field.encode()) or b"0")
+
+    def record(self, ledger: Ledger, entity_id: str, saga_id: str) -> bytes | None:
+        """The participant's operation record of ``saga_id`` on the entity."""
+        redis = self.redis["stock" if ledger is self.items else "payment"]
+        return redis.get(f"{ledger.key(entity_id)}:op:{saga_id}")
+
+    async def deliver(self, *groups: str) -> int:
+        """Run every message the ``groups`` (default: all) have not consumed through their
+        loops, in batches per partition, committing each; until none is left. Returns how
+        many were handled. A batch that fails raises (it stays unconsumed)."""
+        handled = 0
+        while True:
+            backlog = [
+                (group, topic, partition)
+                for group in groups or tuple(GROUPS)
+                for topic, partition in self.bus.backlog(group, GROUPS[group])
+            ]
+            if not backlog:
+                return handled
+            for group, topic, partition in backlog:
+                start = self.bus.position(group, topic, partition)
+                end = len(self.bus.logs[(topic, partition)])
+                records = self.bus.records(topic, partition, start, end)
+                await self.consumers[group]._process({TopicPartition(topic, partition): records})
+                self.bus.commit(group, topic, partition, end, self.bus.epoch)
+                handled += end - start

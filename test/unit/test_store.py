@@ -6,17 +6,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from redis.exceptions import ClusterDownError, ResponseError, TryAgainError
 
+from common.errors import Unavailable
 from common.ledger import LUA_DIR
 from common.settings import load_settings
 from common.store import Store, hash_tag
 from test.unit.fake_lua import SCRIPTS
-from test.unit.fake_redis import DOWN, IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
+from test.unit.fake_redis import IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
 from test.unit.fake_store import FakeStore, WriteMayBeLost
 
 
@@ -82,12 +83,18 @@ class _NodeClient:
     command for a key this node no longer serves answers MOVED, as a real master does."""
 
     def __init__(
-        self, redis: FakeRedis, name: str, scripts: dict[str, str], sent: list[int]
+        self,
+        redis: FakeRedis,
+        name: str,
+        scripts: dict[str, str],
+        sent: list[int],
+        on_wait: Callable[[int], None],
     ) -> None:
         self._redis = redis
         self._name = name
         self._scripts = scripts
         self.sent = sent
+        self._on_wait = on_wait
 
     def pipeline(self, transaction: bool = True) -> _Pipeline:
         return _Pipeline(self)
@@ -98,6 +105,7 @@ class _NodeClient:
             if not barrier:
                 return ResponseError("WAIT without a write")
             master = master_of(barrier[-1])
+            self._on_wait(master)
             self._redis.replicate([master])
             return int(self._redis.replica[master] == IN_SYNC)
         key = str(command[3] if name == "EVALSHA" else command[1])
@@ -117,10 +125,6 @@ class _NodeClient:
 
     async def script_load(self, body: str) -> None:
         return None
-
-    async def info(self, section: str) -> dict[str, int]:
-        master = int(self._name.split(".")[2])  # FakeRedis.node_of: 10.0.<master>.<generation>
-        return {"connected_slaves": int(self._redis.replica[master] != DOWN)}
 
 
 class _Pipeline:
@@ -153,10 +157,14 @@ class StoreOverFake(Store):
         self.redis = redis
         self.sent: list[int] = []
         """The size of each pipeline sent to a node."""
+        self.on_wait: Callable[[int], None] = lambda master: None
+        """Called with the master before each WAIT is answered."""
 
     def _node_client(self, host: str, port: int) -> Any:
         scripts = self._cluster._by_sha  # type: ignore[attr-defined]
-        return _NodeClient(self.redis, f"{host}:{port}", scripts, self.sent)
+        return _NodeClient(
+            self.redis, f"{host}:{port}", scripts, self.sent, lambda m: self.on_wait(m)
+        )
 
 
 def user(redis: FakeRedis, credit: int) -> str:
@@ -307,3 +315,46 @@ async def test_a_cluster_down_reply_is_retried() -> None:
 
     with pytest.raises(ResponseError):
         await store.retrying(refused)
+
+
+async def test_hole6_no_write_is_vouched_for_without_a_replica() -> None:
+    """Issue 16, hole 6: a master with no replica connected was taken at its word (its AOF).
+    With ``cluster-replica-validity-factor 0`` it can still be failed over: its replica, killed
+    and restarted, is promoted while it resyncs, without what it missed."""
+    redis = FakeRedis()
+    store, key = StoreOverFake(redis, op_timeout_ms=200), user(redis, 5)
+    master = master_of(key)
+    redis.replica_down(master)
+    with store.tracking() as written:
+        assert await take(store, key, "s1") == b"T:1"
+    try:
+        await store.replicate(written)
+        vouched = True
+    except Unavailable:
+        vouched = False
+    redis.replica_back(master)
+    redis.failover(master)
+    assert not vouched or redis.get(f"{key}:op:s1") == b"T:1", "a vouched-for write was lost"
+
+
+async def test_a_replica_briefly_away_delays_a_write_and_then_vouches_for_it() -> None:
+    redis = FakeRedis()
+    store, key = StoreOverFake(redis, op_timeout_ms=5000), user(redis, 5)
+    master = master_of(key)
+    redis.replica_down(master)
+    with store.tracking() as written:
+        await take(store, key, "s1")
+    waits: list[int] = []
+
+    def back_after_two_waits(m: int) -> None:
+        waits.append(m)
+        if len(waits) == 2:
+            redis.replica_back(m)
+        elif len(waits) == 3:
+            redis.resynced(m)
+
+    store.on_wait = back_after_two_waits
+    await store.replicate(written)
+    assert len(waits) >= 3, "vouched for before the replica was back"
+    redis.failover(master)
+    assert redis.get(f"{key}:op:s1") == b"T:1"
