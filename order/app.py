@@ -45,7 +45,14 @@ orchestrator = Orchestrator(
     deadline_ms=settings.saga_deadline_ms,
 )
 waiters = Waiters()
-checkout = Checkout(orchestrator, store, bus, waiters, timeout_ms=settings.checkout_timeout_ms)
+checkout = Checkout(
+    orchestrator,
+    store,
+    bus,
+    waiters,
+    timeout_ms=settings.checkout_timeout_ms,
+    answer_ms=settings.checkout_answer_ms,
+)
 
 
 def _wake_local_waiters(sent: Sequence[Outgoing]) -> None:

@@ -125,16 +125,17 @@ def checkout_edge(
     *,
     bus: FakeBus | None = None,
     timeout_ms: int = 40,
-    **options: Any,
+    answer_ms: int | None = None,
 ) -> Checkout:
-    """The HTTP side of checkout over the fakes, polling often, timing out after ``timeout_ms``."""
+    """The HTTP side of checkout over the fakes, polling often, timing out after ``timeout_ms``
+    and answering by ``answer_ms`` (default: half a second later)."""
     return Checkout(
         orchestrator,
         store,  # type: ignore[arg-type]
         bus or FakeBus(),  # type: ignore[arg-type]
         Waiters(poll_interval_s=0.005),
         timeout_ms=timeout_ms,
-        **options,
+        answer_ms=timeout_ms + 500 if answer_ms is None else answer_ms,
     )
 
 

@@ -43,6 +43,7 @@ class Knobs:
     step_timeout_ms: int = 2000
     deadline_ms: int = 10_000
     checkout_timeout_ms: int = 20_000
+    checkout_answer_ms: int = 55_000
     sweep_interval_ms: int = 500
     index_shards: int = 4
     partitions: int = 4

@@ -16,12 +16,14 @@ from common.messages import (
     PAYMENT_PROCESSING,
     PaymentCancelled,
     PaymentCompleted,
+    PaymentRequested,
     StockCompensated,
     StockUpdated,
     encode,
 )
 from common.saga.sweeper import Sweeper
 from common.saga.waiters import Verdict, Waiters
+from order.checkout import Checkout
 from order.saga import order_key
 from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import FakeRedis, master_of
@@ -110,6 +112,79 @@ class CountingWaiters(Waiters):
         finally:
             self.ended += 1
             self.on_end(self.ended)
+
+
+async def test_hole2_a_saga_that_succeeded_is_never_answered_not_paid() -> None:
+    """The checkout timed out and every durable read of its decision fails (the order's
+    replica resyncs); meanwhile the saga succeeds, and the replica catches up just before the
+    decision's last read."""
+    redis = FakeRedis()
+    store, log, orchestrator = checkout_saga(redis, Hold())
+    order_id = one_unpaid_order(redis)
+    master = master_of(order_key(order_id))
+    bus = FakeBus()
+
+    def caught_up_after_the_decision_waited(ended: int) -> None:
+        if ended == 2:  # the wait after the timeout's turn-back attempt found no verdict
+            redis.resynced(master)
+
+    waiters = CountingWaiters(caught_up_after_the_decision_waited)
+    checkout = Checkout(
+        orchestrator,
+        store,  # type: ignore[arg-type]
+        bus,  # type: ignore[arg-type]
+        waiters,
+        timeout_ms=50,
+        answer_ms=30_000,
+    )
+    answer = asyncio.create_task(checkout(order_id))
+    await until(lambda: bool(bus.published), answer)
+    ids = {"saga_id": bus.published[0][1].saga_id, "order_id": order_id}
+    await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
+    redis.replica_back(master)  # from now on no durable read of the order passes
+    await until(lambda: waiters.ended >= 1, answer)  # timed out: deciding
+    await orchestrator.on_reply(PaymentCompleted(**ids))  # on the master; the replica lags
+    said_paid = await answered_paid(answer)
+    paid = redis.hget(order_key(order_id), b"paid") == b"1"
+    given(paid, "the saga succeeded")
+    assert said_paid == paid, f"checkout answered paid={said_paid}, the order ends paid={paid}"
+
+
+async def test_hole3_a_not_paid_answer_waits_for_the_compensation() -> None:
+    """The checkout times out with stock reserved and the payment unanswered: it turns the
+    saga back. Its 400 must wait until the reservation is given back."""
+    svc = Services()
+    item, user = svc.item(stock=5), svc.user(credit=10)
+    order_id = svc.order(user, [(item, 2)], total=2)
+    waiters = CountingWaiters()
+    checkout = Checkout(
+        svc.orchestrator,
+        svc.stores["order"],  # type: ignore[arg-type]
+        svc.bus,  # type: ignore[arg-type]
+        waiters,
+        timeout_ms=50,
+        answer_ms=30_000,
+    )
+    answer = asyncio.create_task(checkout(order_id))
+    await until(lambda: bool(svc.bus.published), answer)
+    saga_id = svc.bus.published[0][1].saga_id
+    await svc.deliver("stock")
+    await svc.deliver("order")  # reserved; the payment is asked, and never answers in time
+    given(svc.record(svc.items, item, saga_id) == b"T:2", "the stock is reserved")
+    given(any(isinstance(m, PaymentRequested) for _, m in svc.bus.published), "payment asked")
+    held_at_answer: list[bytes | None] = []
+    answer.add_done_callback(lambda _: held_at_answer.append(svc.record(svc.items, item, saga_id)))
+    # The checkout times out, turns the saga back and waits once for its end; had it answered
+    # by now, it would have answered with the stock still held.
+    await until(lambda: answer.done() or waiters.ended >= 2, answer)
+    while not answer.done():  # the participants come back: the compensations go through
+        await svc.deliver()
+        await asyncio.sleep(0.01)
+    assert not await answered_paid(answer)
+    assert held_at_answer and not (held_at_answer[0] or b"").startswith(b"T:"), (
+        f"answered not paid while the saga held {held_at_answer}"
+    )
+    assert svc.balance(svc.items, item) == 5
 
 
 async def test_hole6_no_reservation_is_acted_on_without_a_replica() -> None:
