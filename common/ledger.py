@@ -16,7 +16,10 @@ from common.errors import NotFound, Refused
 from common.store import Store
 
 LUA_DIR = Path(__file__).parent / "lua"
-# Balances stay below 2**53 so Lua, whose numbers are doubles, compares them exactly.
+# Balances stay below 2**53 so Lua, whose numbers are doubles, compares them exactly. Each
+# entity keeps a ``ceiling``: what was added to it less what was subtracted, which bounds its
+# balance plus every amount a saga took and may still give back; increases keep the ceiling
+# within the limit (adjust.lua), so no refund can push a balance past it.
 BALANCE_LIMIT = 2**53 - 1
 OP_RECORD_TTL_S = 7 * 24 * 3600
 REQUEST_RECORD_TTL_S = 3600
@@ -49,7 +52,7 @@ class Ledger:
     async def create(self, entity_id: str, fields: Mapping[str, int]) -> str:
         """A new entity (kept if it exists: a retried create); its id once a replica holds it."""
         key = self.key(entity_id)
-        args = [x for kv in fields.items() for x in kv]
+        args = [x for kv in self._with_ceiling(fields).items() for x in kv]
         await self._store.durable(lambda: self._store.script("create", [key], args))
         return entity_id
 
@@ -98,5 +101,9 @@ class Ledger:
 
     async def batch_init(self, count: int, fields: Mapping[str, int]) -> None:
         """Entities ``"0"`` … ``str(count-1)`` with ``fields``, overwriting; pipelined per node."""
-        mapping = dict(fields)
+        mapping = self._with_ceiling(fields)
         await self._store.bulk_replace((self.key(str(i)), mapping) for i in range(count))
+
+    def _with_ceiling(self, fields: Mapping[str, int]) -> dict[str, int]:
+        """A new entity's fields: its ceiling starts at its balance (nothing taken yet)."""
+        return {**fields, "ceiling": fields[self.field]}

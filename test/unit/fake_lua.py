@@ -58,19 +58,22 @@ def adjust(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if done is not None:
         sep = done.index(b":")
         return [done[:sep], int(_num(done[sep + 1 :]))]
-    current = r.hget(keys[0], argv[0])
+    current, ceiling = r.hmget(keys[0], [argv[0], b"ceiling"])
     value: float
     if current is None:
         status, value = b"UNKNOWN", 0
     else:
-        value = _num(current) + _num(argv[1])
+        delta = _num(argv[1])
+        ceiling = ceiling if ceiling is not None else current
+        value = _num(current) + delta
         if value < 0:
             status, value = b"NEGATIVE", _num(current)
-        elif value > _num(argv[2]):
+        elif delta > 0 and _num(ceiling) + delta > _num(argv[2]):
             status, value = b"OVERFLOW", _num(current)
         else:
             status = b"OK"
             value = r.hincrby(keys[0], argv[0], int(argv[1]))
+            r.hset(keys[0], {b"ceiling": b"%d" % int(_num(ceiling) + delta)})
     r.set(keys[1], status + b":" + b"%d" % int(value), ex_s=int(argv[3]))
     return [status, int(value)]
 
@@ -209,7 +212,7 @@ SCRIPTS: dict[str, Script] = {
 """Script name (the .lua file's stem) -> its reproduction."""
 
 SOURCES: dict[str, str] = {
-    "adjust": "57341db326c9c9e9452f8bb7d3d16fafb78736d3",
+    "adjust": "1b5a2793096ef6905ff811946f6825e145cb397c",
     "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
     "restore": "693681b351765e1f2ac2a80a434c5eb9192c9c22",
     "take": "571149b87d64cba11b970373ad24004b1caeac82",

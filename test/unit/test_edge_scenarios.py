@@ -6,12 +6,14 @@ nothing, nothing lost or created."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from aiokafka.structs import TopicPartition
 
 from common.bus import ConsumerLoop
 from common.errors import Refused, Unavailable
+from common.ledger import BALANCE_LIMIT, Taken
 from common.messages import (
     PAYMENT_PROCESSING,
     PaymentCancelled,
@@ -35,6 +37,7 @@ from test.unit.scenario_kit import (
     Services,
     checkout_edge,
     checkout_saga,
+    fresh_ids,
     given,
     one_unpaid_order,
     until,
@@ -214,3 +217,20 @@ async def test_hole6_no_reservation_is_acted_on_without_a_replica() -> None:
     given(paid, "the order is paid in the end")
     record = svc.record(svc.items, item, started.saga_id)
     assert (record, svc.balance(svc.items, item)) == (b"T:1", 4), "paid, but no stock reserved"
+
+
+async def test_hole5_a_refund_never_pushes_a_balance_past_the_limit() -> None:
+    """A charge, then funds added up to the limit, then the charge refunded: the balance went
+    past the limit, and from then on even ``pay 1`` was refused."""
+    svc = Services()
+    users = svc.users
+    user = await users.create(next(fresh_ids("u")), {"credit": 0})
+    await users.adjust(user, 10, next(fresh_ids("rq")))
+    saga_id = f"{next(fresh_ids('o'))}:1:aa"
+    given(await users.take(user, saga_id, 10) is Taken.TAKEN, "charged")
+    with contextlib.suppress(Refused):
+        await users.adjust(user, BALANCE_LIMIT, next(fresh_ids("rq")))
+    await users.restore(user, saga_id)
+    credit = svc.balance(users, user)
+    assert credit <= BALANCE_LIMIT, f"credit {credit} is past the limit"
+    assert await users.adjust(user, -1, next(fresh_ids("rq"))) == credit - 1

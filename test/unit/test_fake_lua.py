@@ -65,6 +65,19 @@ def test_adjust_and_create_answers() -> None:
         12,
     ]
     assert run(r, "adjust", ["{user:x}", "{user:x}:rq:1"], "credit", 1, 100, 60) == [b"UNKNOWN", 0]
+    # The ceiling: an increase may not lift the balance plus what sagas may give back past the
+    # limit; a decrease is always allowed.
+    r.hset("{user:c}", {b"credit": b"10", b"ceiling": b"10"})
+    assert run(r, "take", ["{user:c}", "{user:c}:op:s"], "credit", 10, 60) == b"T:10"
+    assert run(r, "adjust", ["{user:c}", "{user:c}:rq:1"], "credit", 91, 100, 60) == [
+        b"OVERFLOW",
+        0,
+    ]
+    assert run(r, "adjust", ["{user:c}", "{user:c}:rq:2"], "credit", 90, 100, 60) == [b"OK", 90]
+    assert run(r, "restore", ["{user:c}", "{user:c}:op:s"], "credit", 60) == b"T:10"
+    assert r.hget("{user:c}", b"credit") == b"100"
+    assert run(r, "adjust", ["{user:c}", "{user:c}:rq:3"], "credit", -1, 100, 60) == [b"OK", 99]
+    assert r.hget("{user:c}", b"ceiling") == b"99"
 
 
 def test_saga_scripts_answers() -> None:
