@@ -75,7 +75,7 @@ DEDUP_HITS = Counter(
 # --- order: the saga orchestrator --------------------------------------------------------------
 SAGA_REQUESTS = Counter(
     "saga_requests",
-    "Checkout requests, by what they found: started, joined (a live saga), done, unknown",
+    "Checkout requests, by what they found: started, joined (a live saga), done, unknown, too_big",
     ["saga", "found"],
 )
 SAGA_REPLIES = Counter(

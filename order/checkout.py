@@ -59,6 +59,8 @@ class Checkout:
             raise NotFound(f"order {order_id!r} not found")
         if started.outcome is Outcome.DONE:
             return
+        if started.outcome is Outcome.TOO_BIG:
+            raise Refused(f"order {order_id!r} is too big to check out")
         saga_id = started.saga_id
         poll = partial(self._poll, order_id, saga_id)
         forward_s = min(self._timeout_s, answer_by - loop.time())

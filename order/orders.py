@@ -13,11 +13,22 @@ from common.ledger import BALANCE_LIMIT, REQUEST_RECORD_TTL_S
 from common.store import Store
 from order.saga import order_key
 
+MAX_ORDER_LINES = 1000
+MAX_ORDER_LINE_BYTES = 100_000
+"""An order holds at most MAX_ORDER_LINES lines and MAX_ORDER_LINE_BYTES bytes of them (its
+``items`` field, JSON): its checkout's largest message (the stock command and its compensation,
+which carry every line) then stays far below MAX_MESSAGE_BYTES, hence below Kafka's 1 MiB.
+(Item ids are at most 64 characters, so the line count is what binds.)"""
+
 _FIND_FIELDS = ["user_id", "items", "total_cost", "paid"]
 _ADD_ITEM_REFUSALS = {
     "PAID": "order {} is already paid",
     "BUSY": "order {} is being checked out",
     "OVERFLOW": "order {} would cost too much",
+    "TOO_BIG": (
+        f"order {{}} is full: at most {MAX_ORDER_LINES} lines and "
+        f"{MAX_ORDER_LINE_BYTES} bytes of them"
+    ),
 }
 
 
@@ -52,10 +63,18 @@ class Orders:
         self, order_id: str, item_id: str, quantity: int, price: int, request_id: str
     ) -> int:
         """Append a line, at most once per ``request_id``; the new total. Refused once the
-        order is paid or checking out."""
+        order is paid or checking out, or when the line would take it past its bound."""
         key = order_key(order_id)
         request = f"{key}:rq:{request_id}"
-        args = [item_id, quantity, price, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
+        args = [
+            item_id,
+            quantity,
+            price,
+            BALANCE_LIMIT,
+            REQUEST_RECORD_TTL_S,
+            MAX_ORDER_LINES,
+            MAX_ORDER_LINE_BYTES,
+        ]
         status, total = await self._store.durable(
             lambda: self._store.script("add_item", [key, request], args)
         )

@@ -16,6 +16,7 @@ from common.messages import (
     StockUpdated,
     StockUpdateFailed,
     StockUpdateRequested,
+    bounded_reason,
 )
 
 
@@ -52,7 +53,7 @@ async def reserve(message: StockUpdateRequested, items: Ledger) -> Sequence[Outg
         for item_id, result in zip(lines, results, strict=True)
         if result is not Taken.TAKEN
     )
-    return [(STOCK_PROCESSING, StockUpdateFailed(**ids, reason="; ".join(reasons)))]
+    return [(STOCK_PROCESSING, StockUpdateFailed(**ids, reason=bounded_reason(reasons)))]
 
 
 async def release(message: StockCompensationRequested, items: Ledger) -> Sequence[Outgoing]:

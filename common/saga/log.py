@@ -70,7 +70,8 @@ class SagaLog:
 
     # --- the saga state (one atomic script per change) -----------------------------------------
     async def begin(self, entity_id: str, *, start: bool, now: int, deadline: int) -> list[str]:
-        """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['STARTED', id, data]``.
+        """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['TOO_BIG', bytes]
+        | ['STARTED', id, data]``.
         The caller registers a saga it may start in the index first (``index_add``).
 
         A check changes nothing, but what it finds is acted on (a DONE becomes a 200): it is
@@ -126,6 +127,7 @@ class SagaLog:
             deadline,
             self._def.done_field,
             *indexed,
+            self._def.max_snapshot_bytes,
             *self._def.snapshot,
         ]
 

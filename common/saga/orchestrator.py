@@ -35,6 +35,7 @@ class Outcome(Enum):
     JOINED = "joined"  # a saga of this entity is live: wait for it
     DONE = "done"  # the entity is already done (an order already paid)
     UNKNOWN = "unknown"
+    TOO_BIG = "too_big"  # not started: a message of the saga would not fit in a Kafka record
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,15 @@ class Orchestrator:
                 await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
             if found[0] == "READY":
                 found = await self._begin_one_by_one(entity_id, now, due)
+        if found[0] == "TOO_BIG":
+            log.warning(
+                "%s saga of %s not started: its snapshot is %s bytes, more than %d",
+                self.definition.name,
+                entity_id,
+                found[1],
+                self.definition.max_snapshot_bytes,
+            )
+            return Started(Outcome.TOO_BIG)
         if found[0] != "STARTED":
             outcome = Outcome(found[0].lower())
             return Started(outcome, found[1] if len(found) > 1 else "")

@@ -1,5 +1,5 @@
-"""The Lua scripts of ``common/lua`` and ``common/saga/lua``, reproduced in Python over a
-``FakeRedis`` keyspace.
+"""The Lua scripts of ``common/lua``, ``common/saga/lua`` and ``order/lua``, reproduced in
+Python over a ``FakeRedis`` keyspace.
 
 Each function takes ``(redis, keys, argv)`` with ``argv`` already encoded as redis-py sends it
 (bytes) and returns what redis-py hands back with ``decode_responses=False``: bytes for Lua
@@ -78,6 +78,37 @@ def adjust(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return [status, int(value)]
 
 
+def add_item(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    done = r.get(keys[1])
+    if done is not None:
+        sep = done.index(b":")
+        return [done[:sep], int(_num(done[sep + 1 :]))]
+    user_id, paid, status, items, total_raw = r.hmget(
+        keys[0], [b"user_id", b"paid", b"saga_status", b"items", b"total_cost"]
+    )
+    result, total = b"OK", _num(total_raw or b"0")
+    if user_id is None:
+        result, total = b"UNKNOWN", 0
+    elif paid == b"1":
+        result = b"PAID"
+    elif status in (b"running", b"compensating"):
+        result = b"BUSY"
+    else:
+        added = _num(argv[1]) * _num(argv[2])
+        lines = json.loads(items or b"[]")
+        lines.append([argv[0].decode(), int(argv[1])])
+        encoded = cjson_encode(lines)
+        if total + added > _num(argv[3]):
+            result = b"OVERFLOW"
+        elif len(lines) > _num(argv[5]) or len(encoded) > _num(argv[6]):
+            result = b"TOO_BIG"
+        else:
+            total += added
+            r.hset(keys[0], {b"items": encoded, b"total_cost": b"%d" % int(total)})
+    r.set(keys[1], result + b":" + b"%d" % int(total), ex_s=int(argv[4]))
+    return [result, int(total)]
+
+
 def create(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if r.exists(keys[0]):
         return 0
@@ -96,6 +127,11 @@ def _index_here(keys: list[str], index: bytes) -> str:
     return shard
 
 
+def cjson_encode(value: Any) -> bytes:
+    """``cjson.encode``'s text (its length matters): UTF-8 kept as is, "/" escaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/").encode()
+
+
 def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if not r.exists(keys[0]):
         return [b"UNKNOWN"]
@@ -111,8 +147,10 @@ def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
         return [b"JOINED", saga_id]
     if argv[0] == b"check":
         return [b"READY"]
-    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[8:]}
-    data = json.dumps(snapshot, separators=(",", ":")).encode()
+    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[9:]}
+    data = cjson_encode(snapshot)
+    if len(data) > _num(argv[8]):
+        return [b"TOO_BIG", b"%d" % len(data)]
     indexed = b""
     if argv[6] != b"":
         r.zadd(_index_here(keys, argv[6]), {argv[1]: float(argv[7])})
@@ -198,6 +236,7 @@ def bump_generation(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 
 SCRIPTS: dict[str, Script] = {
+    "add_item": add_item,
     "take": take,
     "restore": restore,
     "adjust": adjust,
@@ -212,13 +251,14 @@ SCRIPTS: dict[str, Script] = {
 """Script name (the .lua file's stem) -> its reproduction."""
 
 SOURCES: dict[str, str] = {
+    "add_item": "051e4bd7eb6a28ef4c6f03d5e551c9edd10437a3",
     "adjust": "1b5a2793096ef6905ff811946f6825e145cb397c",
     "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
     "restore": "693681b351765e1f2ac2a80a434c5eb9192c9c22",
     "take": "571149b87d64cba11b970373ad24004b1caeac82",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
     "lease": "a4924623c6f2e16d84d6cb11b791f8659fff8a18",
-    "saga_begin": "b1f37d0681f4b7d1741c88a374189ee2af25f103",
+    "saga_begin": "08e646d1828f04a26ca0fd60094f3f6b3734dc9b",
     "saga_move": "cc1847f4c961fe68043a9088d2e94e5e447fc1ec",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",
     "bump_generation": "639cae325637a6f812747db77784d29f9e97b77e",

@@ -196,8 +196,8 @@ class Services:
             for name, topics in GROUPS.items()
         }
 
-    def item(self, stock: int, price: int = 1) -> str:
-        item_id = next(fresh_ids("i"))
+    def item(self, stock: int, price: int = 1, item_id: str = "") -> str:
+        item_id = item_id or next(fresh_ids("i"))
         fields = {b"stock": b"%d" % stock, b"price": b"%d" % price}
         self.redis["stock"].hset(self.items.key(item_id), fields)
         self.redis["stock"].replicate(range(MASTERS))

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import TopicPartition
 
 from common.bus import ConsumerLoop
@@ -23,17 +28,20 @@ from common.messages import (
     StockUpdated,
     encode,
 )
+from common.saga.definition import SagaRun
 from common.saga.sweeper import Sweeper
 from common.saga.waiters import Verdict, Waiters
 from order.checkout import Checkout
-from order.saga import order_key
-from test.unit.fake_bus import FakeBus
+from order.orders import MAX_ORDER_LINE_BYTES, MAX_ORDER_LINES, Orders
+from order.saga import CHECKOUT, order_key
+from test.unit.fake_bus import MAX_REQUEST_SIZE, FakeBus, record_size
 from test.unit.fake_redis import FakeRedis, master_of
 from test.unit.scenario_kit import (
     DEADLINE_MS,
     STEP_MS,
     Clock,
     Hold,
+    ScenarioBroken,
     Services,
     checkout_edge,
     checkout_saga,
@@ -42,6 +50,8 @@ from test.unit.scenario_kit import (
     one_unpaid_order,
     until,
 )
+
+ORDER_LUA = Path(__file__).resolve().parents[2] / "order" / "lua"
 
 
 async def answered_paid(answer: asyncio.Task[None]) -> bool:
@@ -234,3 +244,122 @@ async def test_hole5_a_refund_never_pushes_a_balance_past_the_limit() -> None:
     credit = svc.balance(users, user)
     assert credit <= BALANCE_LIMIT, f"credit {credit} is past the limit"
     assert await users.adjust(user, -1, next(fresh_ids("rq"))) == credit - 1
+
+
+async def test_hole7_an_order_too_big_for_one_message_is_refused_before_its_saga_starts(
+    clock: Clock,
+) -> None:
+    """About 29,000 lines of 32-character ids make the first command larger than the
+    producer's 1 MiB: it could not be sent, nor could the compensation of the deadline abort;
+    the saga stayed compensating forever, and every sweeper round that met it failed."""
+    svc = Services(clock)
+    lines = [(uuid.uuid4().hex, 1) for _ in range(30_000)]
+    order_id = svc.order(svc.user(credit=10**6), lines, total=len(lines))
+    checkout = Checkout(
+        svc.orchestrator,
+        svc.stores["order"],  # type: ignore[arg-type]
+        svc.bus,  # type: ignore[arg-type]
+        Waiters(poll_interval_s=0.005),
+        timeout_ms=50,
+        answer_ms=300,
+    )
+    assert not await answered_paid(asyncio.create_task(checkout(order_id)))
+    sweeper = Sweeper(svc.orchestrator, svc.stores["order"], svc.bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    failed_rounds = []
+    for _ in range(10):  # well past the step timeout and the deadline
+        clock.ms += STEP_MS
+        try:
+            await sweeper.sweep()
+        except MessageSizeTooLargeError as exc:
+            failed_rounds.append(exc)
+    state = await svc.log.read(order_id)
+    assert state is None or not state.live, f"its saga is {state.status} for good"
+    assert not failed_rounds, f"{len(failed_rounds)} sweeper rounds failed"
+
+
+async def test_hole7_an_order_whose_compensation_does_not_fit_holds_nothing(
+    clock: Clock,
+) -> None:
+    """Inside the 6-byte window (StockCompensationRequested's tag is 6 bytes longer than
+    StockUpdateRequested's) the stock is reserved, the charge fails, and the reservation can
+    never be given back."""
+    svc = Services(clock)
+    plenty = svc.item(stock=10**6)
+    user = svc.user(credit=0)
+    order_id = next(fresh_ids("o"))
+    lines = _lines_in_the_window(order_id, user, plenty, clock(), svc)
+    svc.redis["order"].hset(
+        order_key(order_id),
+        {
+            b"user_id": user.encode(),
+            b"items": json.dumps(lines).encode(),
+            b"total_cost": b"%d" % len(lines),
+            b"paid": b"0",
+        },
+    )
+    started = await svc.stores["order"].durable(lambda: svc.orchestrator.start(order_id))
+    if started.commands:
+        await svc.bus.publish(started.commands)
+    sweeper = Sweeper(svc.orchestrator, svc.stores["order"], svc.bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    for _ in range(10):  # the participants answer; the sweeper runs past the deadline
+        for group in ("stock", "order", "payment"):
+            with contextlib.suppress(MessageSizeTooLargeError):
+                await svc.deliver(group)
+        clock.ms += STEP_MS
+        with contextlib.suppress(MessageSizeTooLargeError):
+            await sweeper.sweep()
+    state = await svc.log.read(order_id)
+    assert state is None or not state.live, f"its saga is {state.status} for good"
+    assert svc.balance(svc.items, plenty) == 10**6, "stock held by an order that is not paid"
+
+
+def _lines_in_the_window(
+    order_id: str, user: str, plenty: str, started: int, svc: Services
+) -> list[tuple[str, int]]:
+    """Lines (many of ``plenty``, one of an item whose id length fine-tunes the size) for which
+    the saga's stock command fits in one Kafka record and its compensation does not."""
+    step = CHECKOUT.steps[0]
+
+    def sizes(count: int, pad: int) -> tuple[int, int, list[tuple[str, int]]]:
+        lines = [(plenty, 1)] * count + [("p" * pad, 1)]
+        run = SagaRun(
+            saga_id=f"{order_id}:1:00000000",
+            entity_id=order_id,
+            snapshot={"user_id": user, "items": json.dumps(lines), "total_cost": "1"},
+        )
+        key = order_id.encode()
+        command = record_size(key, encode(step.command(run)))
+        compensation = record_size(key, encode(step.compensation(run)))
+        return command, compensation, lines
+
+    base, per = sizes(70_000, 1)[0], sizes(70_001, 1)[0] - sizes(70_000, 1)[0]
+    count = 70_000 + (MAX_REQUEST_SIZE - base) // per
+    for pad in range(1, 32):
+        command, compensation, lines = sizes(count, pad)
+        if command <= MAX_REQUEST_SIZE < compensation:
+            svc.item(stock=10, item_id="p" * pad)
+            return lines
+    raise ScenarioBroken("no order size between the command's and the compensation's")
+
+
+async def test_hole7_add_item_keeps_an_order_within_its_bound() -> None:
+    svc = Services()
+    svc.stores["order"].load_scripts(ORDER_LUA)
+    orders = Orders(svc.stores["order"])  # type: ignore[arg-type]
+    item = svc.item(stock=0)
+    full = svc.order(svc.user(credit=0), [(item, 1)] * (MAX_ORDER_LINES - 1), total=0)
+    assert await orders.add_item(full, item, 1, 0, next(fresh_ids("rq"))) == 0
+    with pytest.raises(Refused, match="full"):
+        await orders.add_item(full, item, 1, 0, next(fresh_ids("rq")))
+    assert len((await orders.find(full))["items"]) == MAX_ORDER_LINES
+    # Long ids (longer than any the API makes) meet the byte bound first.
+    long_id = "x" * 200
+    wide = svc.order(svc.user(credit=0), [], total=0)
+    added = 0
+    with pytest.raises(Refused, match="full"):
+        for _ in range(MAX_ORDER_LINES):
+            await orders.add_item(wide, long_id, 1, 0, next(fresh_ids("rq")))
+            added += 1
+    assert 0 < added < MAX_ORDER_LINES
+    stored = svc.redis["order"].hget(order_key(wide), b"items") or b""
+    assert len(stored) <= MAX_ORDER_LINE_BYTES < len(stored) + len(long_id) + 8

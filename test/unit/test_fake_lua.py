@@ -17,9 +17,11 @@ from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
 from test.unit.fake_store import FakeStore, WriteMayBeLost
 
 SAGA_LUA = Path(LUA_DIR).parent / "saga" / "lua"
+ORDER_LUA = Path(LUA_DIR).parents[1] / "order" / "lua"
+ALL_LUA = [*LUA_DIR.glob("*.lua"), *SAGA_LUA.glob("*.lua"), *ORDER_LUA.glob("*.lua")]
 
 
-@pytest.mark.parametrize("path", sorted([*LUA_DIR.glob("*.lua"), *SAGA_LUA.glob("*.lua")]))
+@pytest.mark.parametrize("path", sorted(ALL_LUA))
 def test_every_script_has_a_reproduction_of_its_current_text(path: Path) -> None:
     assert path.stem in SCRIPTS, f"fake_lua has no reproduction of {path}"
     sha = hashlib.sha1(path.read_bytes()).hexdigest()
@@ -82,7 +84,8 @@ def test_adjust_and_create_answers() -> None:
 
 def test_saga_scripts_answers() -> None:
     r, key = FakeRedis(), "{order:o}"
-    begin = ["check", "o", "n1", 1000, 5000, "paid", "", "0", "user_id", "items", "total_cost"]
+    fields = ["user_id", "items", "total_cost"]
+    begin = ["check", "o", "n1", 1000, 5000, "paid", "", "0", 1000, *fields]
     assert run(r, "saga_begin", [key], *begin) == [b"UNKNOWN"]
     r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
     assert run(r, "saga_begin", [key], *begin) == [b"READY"]
@@ -90,6 +93,12 @@ def test_saga_scripts_answers() -> None:
     assert started == [b"STARTED", b"o:1:n1", started[2]]  # type: ignore[index]
     assert json.loads(started[2]) == {"user_id": "u", "items": "[]", "total_cost": "0"}  # type: ignore[index]
     assert run(r, "saga_begin", [key], *begin) == [b"JOINED", b"o:1:n1"]
+    big = {b"user_id": b"v", b"items": b'[["\xc3\xa9/x",1]]', b"total_cost": b"0", b"paid": b"0"}
+    r.hset("{order:p}", big)
+    size = len('{"user_id":"v","items":"[[\\"\u00e9\\/x\\",1]]","total_cost":"0"}'.encode())
+    too_big = ["start", "p", "n1", 1000, 5000, "paid", "", "0", size - 1, *fields]
+    assert run(r, "saga_begin", ["{order:p}"], *too_big) == [b"TOO_BIG", b"%d" % size]
+    assert r.hget("{order:p}", b"saga_status") is None  # nothing started
     move = ["o:1:n1", "running", 0, "running", 1, 1500, "", "paid", "o", ""]
     assert run(r, "saga_move", [key], *move) == [1, started[2], b""]  # type: ignore[index]
     assert run(r, "saga_move", [key], *move) == [0]
@@ -107,7 +116,7 @@ def test_a_saga_indexed_by_its_start_leaves_the_index_at_its_end() -> None:
     near = next(f"idx{{{i}}}" for i in range(100) if master_of(f"idx{{{i}}}") == master_of(key))
     far = next(f"idx{{{i}}}" for i in range(100) if master_of(f"idx{{{i}}}") != master_of(key))
     r.hset(key, {b"user_id": b"u", b"paid": b"0"})
-    begin = ["start", "o", "n1", 1000, 5000, "paid", near, repr(3000.5), "user_id"]
+    begin = ["start", "o", "n1", 1000, 5000, "paid", near, repr(3000.5), 1000, "user_id"]
     with pytest.raises(ResponseError):  # a shard on another master: refused, nothing written
         run(r, "saga_begin", [key], *[*begin[:6], far, *begin[7:]])
     assert r.hget(key, b"saga_attempt") is None
