@@ -8,7 +8,7 @@ in one partition, in order.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypedDict
 
 import msgspec
 
@@ -27,16 +27,33 @@ MAX_REASON_CHARS: Final = 1000
 """A reply's or an outcome's reason is for people: at most this long."""
 
 
+class SagaIds(TypedDict):
+    """The fields every message of one saga carries (``Message``'s own)."""
+
+    saga_id: str
+    order_id: str
+    trace_id: str
+    started: int
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
-    """Base of all messages: which saga, and which order it belongs to (the partition key)."""
+    """Base of all messages: which saga, and which order it belongs to (the partition key).
+    ``started`` is when the saga began (ms since the epoch): a participant fences off a saga
+    older than the last reset of an entity (0 from a sender that does not know: fenced)."""
 
     saga_id: str
     order_id: str
     trace_id: str = ""
+    started: int = 0
 
-    def reply_ids(self) -> dict[str, str]:
-        """The ids a reply to this message carries (same saga, key and trace)."""
-        return {"saga_id": self.saga_id, "order_id": self.order_id, "trace_id": self.trace_id}
+    def reply_ids(self) -> SagaIds:
+        """The ids a reply to this message carries (same saga, key, trace and start)."""
+        return {
+            "saga_id": self.saga_id,
+            "order_id": self.order_id,
+            "trace_id": self.trace_id,
+            "started": self.started,
+        }
 
 
 Lines = tuple[tuple[str, int], ...]

@@ -110,7 +110,7 @@ SWEEPER_ABORTS = Counter(
 # --- stock and payment: the ledger ------------------------------------------------------------
 LEDGER_TAKES = Counter(
     "ledger_takes",
-    "Saga takes (stock reservations, charges) by result: taken, short, unknown, refused",
+    "Saga takes (stock reservations, charges) by result: taken, short, unknown, refused, fenced",
     ["ledger", "result"],
 )
 LEDGER_COMPENSATIONS = Counter(

@@ -252,34 +252,44 @@ class Store:
             return None  # no replica has them yet: the ordinary path waits for one
         return list(replies[: len(commands)])
 
-    async def bulk_replace(
-        self, entries: Iterable[tuple[str, dict[str, Any]]], chunk: int = 5000
-    ) -> int:
-        """Replace each key with a fresh hash, pipelined per node in chunks; then wait until
-        a replica of every master holds it. Returns how many entries were written."""
-        count = 0
-        batch: list[tuple[str, dict[str, Any]]] = []
+    async def bulk_script(
+        self,
+        name: str,
+        calls: Iterable[tuple[Sequence[str], Sequence[Arg]]],
+        chunk: int = 5000,
+    ) -> list[Any]:
+        """Run the registered script ``name`` once per ``(keys, args)``, pipelined per node in
+        chunks, each chunk retried whole (the script must be safe to run twice); then wait
+        until a replica of every master holds it all. Returns the replies, in order."""
+        body, sha = self._scripts[name]
+        replies: list[Any] = []
+        batch: list[tuple[Sequence[str], Sequence[Arg]]] = []
+
+        async def run() -> list[Any]:
+            async with self.cluster.pipeline() as pipe:
+                for keys, args in batch:
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                return list(await pipe.execute())
 
         async def flush() -> None:
-            async def write() -> None:
-                async with self.cluster.pipeline() as pipe:
-                    for key, mapping in batch:
-                        pipe.delete(key)
-                        pipe.hset(key, mapping=mapping)
-                    await pipe.execute()
-
-            await self.retrying(write)
+            try:
+                replies.extend(await self.retrying(run))
+            except NoScriptError:  # a master that never ran it (new, or restarted empty)
+                for node in self.cluster.get_primaries():
+                    await self.retrying(
+                        lambda n=node: self._node_client(n.host, n.port).script_load(body)
+                    )
+                replies.extend(await self.retrying(run))
             batch.clear()
 
-        for entry in entries:
-            batch.append(entry)
-            count += 1
+        for call in calls:
+            batch.append(call)
             if len(batch) >= chunk:
                 await flush()
         if batch:
             await flush()
         await self.replicate_all()
-        return count
+        return replies
 
     async def replicate(self, written: Mapping[str, str]) -> None:
         """Return once a replica holds every write recorded in ``written`` (key -> the master

@@ -156,8 +156,10 @@ def verdict_of(state: SagaState | None, saga_id: str) -> Verdict | None:
     """What the saga log answers for ``saga_id``: None while the saga is live."""
     if state is None:
         return (False, "order vanished")
-    if state.saga_id != saga_id:  # ours ended and another began: the order tells the truth
-        return (state.status == SUCCEEDED, "checkout failed")
+    if state.saga_id != saga_id:
+        # Ours ended and another began: ours paid the order (and a reset came since), or the
+        # order tells the truth.
+        return (state.done_by == saga_id or state.done, "checkout failed")
     if state.status == SUCCEEDED:
         return (True, "")
     if state.status == FAILED:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.messages import MAX_MESSAGE_BYTES, Message
+from common.messages import MAX_MESSAGE_BYTES, Message, SagaIds
 from common.tracing import trace_id_for
 
 
@@ -19,15 +19,21 @@ class SagaRun:
     entity_id: str
     snapshot: dict[str, str]
     trace_id: str = ""
+    started: int = 0  # when the saga began (ms since the epoch)
 
     def __post_init__(self) -> None:
         if not self.trace_id:  # a re-send, an abort: the saga's own trace (common/tracing.py)
             object.__setattr__(self, "trace_id", trace_id_for(self.saga_id))
 
     @property
-    def ids(self) -> dict[str, str]:
+    def ids(self) -> SagaIds:
         """The fields every message of this saga carries."""
-        return {"saga_id": self.saga_id, "order_id": self.entity_id, "trace_id": self.trace_id}
+        return {
+            "saga_id": self.saga_id,
+            "order_id": self.entity_id,
+            "trace_id": self.trace_id,
+            "started": self.started,
+        }
 
     def json(self, name: str) -> Any:
         """A snapshotted field that holds JSON text."""

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from common import telemetry
 from common.bus import Handler, Outgoing
@@ -86,7 +87,11 @@ class Orchestrator:
             outcome = Outcome(found[0].lower())
             return Started(outcome, found[1] if len(found) > 1 else "")
         run = SagaRun(
-            saga_id=found[1], entity_id=entity_id, snapshot=json.loads(found[2]), trace_id=trace_id
+            saga_id=found[1],
+            entity_id=entity_id,
+            snapshot=json.loads(found[2]),
+            trace_id=trace_id,
+            started=now,  # saga_begin's saga_started
         )
         first = self.definition.steps[0]
         return Started(Outcome.STARTED, run.saga_id, ((first.topic, first.command(run)),))
@@ -135,6 +140,7 @@ class Orchestrator:
             entity_id=message.order_id,
             snapshot=snapshot,
             trace_id=message.trace_id,
+            started=message.started,  # every message of the saga carries its start
         )
         return self.next_messages(run, to, reason)
 
@@ -163,5 +169,26 @@ class Orchestrator:
             return []
         telemetry.saga_aborted(self.definition, state.step, state.saga_id, reason)
         log.warning("saga %s aborted at step %s: %s", state.saga_id, state.step, reason)
-        run = SagaRun(saga_id=state.saga_id, entity_id=entity_id, snapshot=moved[0])
+        run = SagaRun(
+            saga_id=state.saga_id, entity_id=entity_id, snapshot=moved[0], started=state.started
+        )
         return self.next_messages(run, at)
+
+    async def reset(
+        self, entities: Iterable[tuple[str, Mapping[str, Any]]], reason: str
+    ) -> list[Outgoing]:
+        """Replace the entities' own fields (their batch_init); a saga still running on one is
+        turned back in the same step, so no saga begun before the reset finishes on it. Returns
+        the compensations to send (of every live saga found), once the writes are replicated."""
+        turned = await self.log.reset(entities, now=now_ms(), reason=reason)
+        messages: list[Outgoing] = []
+        for saga in turned:
+            log.warning("saga %s turned back at step %s: %s", saga.saga_id, saga.step, reason)
+            run = SagaRun(
+                saga_id=saga.saga_id,
+                entity_id=saga.entity_id,
+                snapshot=saga.snapshot,
+                started=saga.started,
+            )
+            messages += self.next_messages(run, (COMPENSATING, saga.step))
+        return messages

@@ -27,7 +27,16 @@ def _num(raw: bytes) -> float:
     return float(raw)
 
 
+def _fenced(r: FakeRedis, key: str, started: bytes) -> bool:
+    """take.lua's and restore.lua's fence: the entity was reset at or after the saga began."""
+    epoch = _num(r.hget(key, b"epoch") or b"0")
+    return epoch > 0 and _num(started) <= epoch
+
+
 def take(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    if _fenced(r, keys[0], argv[3]):
+        r.set(keys[1], b"F", ex_s=int(argv[2]))
+        return b"F"
     done = r.get(keys[1])
     if done is not None:
         return done
@@ -46,11 +55,21 @@ def take(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 def restore(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     done = r.get(keys[1])
+    if _fenced(r, keys[0], argv[2]):
+        r.set(keys[1], b"F", ex_s=int(argv[1]))
+        return done
     if done is not None and done[:2] == b"T:" and _num(done[2:]) > 0:
         r.hincrby(keys[0], argv[0], int(done[2:]))
     if done is None or done[:2] == b"T:":
         r.set(keys[1], b"X", ex_s=int(argv[1]))
     return done
+
+
+def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    epoch = r.now_ms()  # TIME on the entity's master: the simulation's one clock
+    r.delete(keys[0])
+    r.hset(keys[0], {b"epoch": b"%d" % epoch} | dict(zip(argv[::2], argv[1::2], strict=True)))
+    return epoch
 
 
 def adjust(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
@@ -196,10 +215,27 @@ def saga_move(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if argv[6] != b"":
         r.hset(keys[0], {b"saga_reason": argv[6]})
     if argv[3] == b"succeeded":
-        r.hset(keys[0], {argv[7]: b"1"})
+        r.hset(keys[0], {argv[7]: b"1", b"saga_done_by": argv[0]})
     if drop:
         r.zrem(drop, argv[8])
     return [1, data, r.hget(keys[0], b"saga_reason") or b""]
+
+
+def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    saga_id, status, step, data, started = r.hmget(
+        keys[0], [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_started"]
+    )
+    if status == b"running":
+        r.hset(
+            keys[0],
+            {b"saga_status": b"compensating", b"saga_updated": argv[0]}
+            | {b"saga_resends": b"0", b"saga_reason": argv[1]},
+        )
+    fields = dict(zip(argv[3::2], argv[4::2], strict=True))
+    r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0]} | fields)
+    if status in (b"running", b"compensating"):
+        return [saga_id, step, data, started or b"0"]
+    return []
 
 
 def saga_touch(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
@@ -239,10 +275,12 @@ SCRIPTS: dict[str, Script] = {
     "add_item": add_item,
     "take": take,
     "restore": restore,
+    "reset": reset,
     "adjust": adjust,
     "create": create,
     "saga_begin": saga_begin,
     "saga_move": saga_move,
+    "saga_reset": saga_reset,
     "saga_touch": saga_touch,
     "index_drop": index_drop,
     "lease": lease,
@@ -251,15 +289,17 @@ SCRIPTS: dict[str, Script] = {
 """Script name (the .lua file's stem) -> its reproduction."""
 
 SOURCES: dict[str, str] = {
+    "reset": "be33ad235411b6d015706cce278e2d24caafe02d",
+    "saga_reset": "8efc59920e164c82fe2a546c7e5b06678bbbba4a",
     "add_item": "051e4bd7eb6a28ef4c6f03d5e551c9edd10437a3",
     "adjust": "1b5a2793096ef6905ff811946f6825e145cb397c",
     "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
-    "restore": "693681b351765e1f2ac2a80a434c5eb9192c9c22",
-    "take": "571149b87d64cba11b970373ad24004b1caeac82",
+    "restore": "6fc2de001a4e5227fabb13ccab2ca89d27c84777",
+    "take": "de5f7b46e9f332eb5b67ee3b80d4cdb005f7e7a1",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
     "lease": "a4924623c6f2e16d84d6cb11b791f8659fff8a18",
     "saga_begin": "08e646d1828f04a26ca0fd60094f3f6b3734dc9b",
-    "saga_move": "cc1847f4c961fe68043a9088d2e94e5e447fc1ec",
+    "saga_move": "921b0c1d463683d944c8f4561b003ea913ae7798",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",
     "bump_generation": "639cae325637a6f812747db77784d29f9e97b77e",
 }

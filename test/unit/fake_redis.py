@@ -127,6 +127,14 @@ class FakeRedis:
             raise TypeError(f"WRONGTYPE {key}: {type(value).__name__}, not {kind.__name__}")
         return value
 
+    def delete(self, key: str) -> int:
+        if self._live(key) is None:
+            return 0
+        self._write(key)
+        self.data.pop(key, None)
+        self.expiry.pop(key, None)
+        return 1
+
     def exists(self, key: str) -> bool:
         return self._live(key) is not None
 

@@ -225,6 +225,26 @@ class FakeStore:
         self.redis.replicate([master])
         return replies
 
+    async def bulk_script(
+        self,
+        name: str,
+        calls: Iterable[tuple[Sequence[str], Sequence[Any]]],
+        chunk: int = 5000,
+    ) -> list[Any]:
+        """As ``Store.bulk_script``: the script once per call, then a barrier on every master.
+        (All in one step here: the real one goes in pipelined chunks.)"""
+        if name not in self.loaded:
+            raise KeyError(f"script {name!r} not loaded")
+        await self._gate(f"bulk {name}")
+        self.calls[f"bulk {name}"] += 1
+        replies = []
+        for keys, args in calls:
+            result = SCRIPTS[name](self.redis, list(keys), [encode_arg(a) for a in args])
+            self._observe(f"{name} {keys[0]}", result)
+            replies.append(result)
+        await self.replicate_all()
+        return replies
+
     async def replicate(self, written: Iterable[str] | Mapping[str, str]) -> None:
         keys = list(written)
         if not keys:

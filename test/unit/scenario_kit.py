@@ -9,6 +9,7 @@ import contextvars
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from aiokafka.structs import TopicPartition
@@ -20,6 +21,7 @@ from common.saga.log import SagaLog
 from common.saga.orchestrator import Orchestrator
 from common.saga.waiters import Waiters
 from order.checkout import Checkout
+from order.orders import Orders
 from order.saga import CHECKOUT, order_key
 from payment.handlers import handlers as payment_handlers
 from stock.handlers import handlers as stock_handlers
@@ -28,6 +30,7 @@ from test.unit.fake_redis import MASTERS, FakeRedis
 from test.unit.fake_store import FakeStore, Gate, no_gate
 
 STEP_MS, DEADLINE_MS = 2000, 10_000
+ORDER_LUA = Path(__file__).resolve().parents[2] / "order" / "lua"
 
 
 class Clock:
@@ -195,6 +198,18 @@ class Services:
             )
             for name, topics in GROUPS.items()
         }
+
+    def orders(self) -> Orders:
+        """The order service's ``Orders`` over its store."""
+        self.stores["order"].load_scripts(ORDER_LUA)
+        return Orders(self.stores["order"], self.orchestrator, self.bus)  # type: ignore[arg-type]
+
+    async def batch_init(self, n: int, *, stock: int, credit: int, price: int = 1) -> None:
+        """The three batch_init routes, in the benchmark's order: items, users, then orders
+        (each of ``n`` entities; every order holds two one-unit lines)."""
+        await self.items.batch_init(n, {"stock": stock, "price": price})
+        await self.users.batch_init(n, {"credit": credit})
+        await self.orders().batch_init(n, n, n, price)
 
     def item(self, stock: int, price: int = 1, item_id: str = "") -> str:
         item_id = item_id or next(fresh_ids("i"))

@@ -10,7 +10,6 @@ import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
@@ -29,10 +28,11 @@ from common.messages import (
     encode,
 )
 from common.saga.definition import SagaRun
+from common.saga.orchestrator import Outcome
 from common.saga.sweeper import Sweeper
 from common.saga.waiters import Verdict, Waiters
 from order.checkout import Checkout
-from order.orders import MAX_ORDER_LINE_BYTES, MAX_ORDER_LINES, Orders
+from order.orders import MAX_ORDER_LINE_BYTES, MAX_ORDER_LINES
 from order.saga import CHECKOUT, order_key
 from test.unit.fake_bus import MAX_REQUEST_SIZE, FakeBus, record_size
 from test.unit.fake_redis import FakeRedis, master_of
@@ -50,8 +50,6 @@ from test.unit.scenario_kit import (
     one_unpaid_order,
     until,
 )
-
-ORDER_LUA = Path(__file__).resolve().parents[2] / "order" / "lua"
 
 
 async def answered_paid(answer: asyncio.Task[None]) -> bool:
@@ -237,10 +235,10 @@ async def test_hole5_a_refund_never_pushes_a_balance_past_the_limit() -> None:
     user = await users.create(next(fresh_ids("u")), {"credit": 0})
     await users.adjust(user, 10, next(fresh_ids("rq")))
     saga_id = f"{next(fresh_ids('o'))}:1:aa"
-    given(await users.take(user, saga_id, 10) is Taken.TAKEN, "charged")
+    given(await users.take(user, saga_id, 10, started=1) is Taken.TAKEN, "charged")
     with contextlib.suppress(Refused):
         await users.adjust(user, BALANCE_LIMIT, next(fresh_ids("rq")))
-    await users.restore(user, saga_id)
+    await users.restore(user, saga_id, started=1)
     credit = svc.balance(users, user)
     assert credit <= BALANCE_LIMIT, f"credit {credit} is past the limit"
     assert await users.adjust(user, -1, next(fresh_ids("rq"))) == credit - 1
@@ -344,8 +342,7 @@ def _lines_in_the_window(
 
 async def test_hole7_add_item_keeps_an_order_within_its_bound() -> None:
     svc = Services()
-    svc.stores["order"].load_scripts(ORDER_LUA)
-    orders = Orders(svc.stores["order"])  # type: ignore[arg-type]
+    orders = svc.orders()
     item = svc.item(stock=0)
     full = svc.order(svc.user(credit=0), [(item, 1)] * (MAX_ORDER_LINES - 1), total=0)
     assert await orders.add_item(full, item, 1, 0, next(fresh_ids("rq"))) == 0
@@ -363,3 +360,151 @@ async def test_hole7_add_item_keeps_an_order_within_its_bound() -> None:
     assert 0 < added < MAX_ORDER_LINES
     stored = svc.redis["order"].hget(order_key(wide), b"items") or b""
     assert len(stored) <= MAX_ORDER_LINE_BYTES < len(stored) + len(long_id) + 8
+
+
+async def _quiet(svc: Services, clock: Clock) -> None:
+    """Every message delivered and the sweeper run well past the deadline: nothing moves."""
+    sweeper = Sweeper(svc.orchestrator, svc.stores["order"], svc.bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    for _ in range(12):
+        await svc.deliver()
+        clock.ms += STEP_MS
+        await sweeper.sweep()
+    await svc.deliver()
+
+
+async def _order_state(svc: Services, order_id: str) -> tuple[bool, str]:
+    state = await svc.log.read(order_id)
+    paid = svc.redis["order"].hget(order_key(order_id), b"paid") == b"1"
+    return paid, state.status if state is not None else ""
+
+
+async def test_hole4_an_order_reset_under_a_live_saga_turns_it_back(clock: Clock) -> None:
+    """The orders are reset while a checkout's saga has reserved the stock and charged the
+    user (its reply not yet handled): the order's saga fields were wiped, its replies went
+    stale, the sweeper dropped it, and nothing gave back what it took; the waiting checkout
+    answered 400 'order vanished' while the user was charged."""
+    svc = Services(clock)
+    await svc.batch_init(1, stock=10, credit=10)
+    clock.ms += 1000
+    answer = asyncio.create_task(
+        Checkout(
+            svc.orchestrator,
+            svc.stores["order"],  # type: ignore[arg-type]
+            svc.bus,  # type: ignore[arg-type]
+            Waiters(poll_interval_s=0.005),
+            timeout_ms=30_000,
+            answer_ms=31_000,
+        )("0")
+    )
+    await until(lambda: bool(svc.bus.published), answer)
+    saga_id = svc.bus.published[0][1].saga_id
+    await svc.deliver("stock")
+    await svc.deliver("order")
+    await svc.deliver("payment")  # charged; PaymentCompleted not handled yet
+    given(svc.record(svc.users, "0", saga_id) == b"T:2", "the user is charged")
+    held_at_answer: list[list[bytes | None]] = []
+    answer.add_done_callback(
+        lambda _: held_at_answer.append(
+            [svc.record(svc.items, "0", saga_id), svc.record(svc.users, "0", saga_id)]
+        )
+    )
+    clock.ms += 1000
+    await svc.orders().batch_init(1, 1, 1, 1)
+    await _quiet(svc, clock)
+    said_paid = await answered_paid(answer)
+    paid, status = await _order_state(svc, "0")
+    assert (paid, status in ("running", "compensating")) == (False, False), (paid, status)
+    assert (svc.balance(svc.items, "0"), svc.balance(svc.users, "0")) == (10, 10)
+    assert not said_paid
+    assert not any((r or b"").startswith(b"T:") for r in held_at_answer[0]), held_at_answer
+
+
+async def test_hole4_a_compensation_after_a_stock_reset_gives_nothing_back(clock: Clock) -> None:
+    """A saga reserved 3 units; stock is reset to 10; the charge fails and the compensation
+    gave the old 3 back onto the new 10."""
+    svc = Services(clock)
+    await svc.batch_init(1, stock=10, credit=0)
+    clock.ms += 1000
+    started = await svc.stores["order"].durable(lambda: svc.orchestrator.start("0"))
+    await svc.bus.publish(started.commands)
+    await svc.deliver("stock")
+    given(svc.balance(svc.items, "0") == 8, "the saga reserved its two lines")
+    clock.ms += 1000
+    await svc.items.batch_init(1, {"stock": 10, "price": 1})
+    await _quiet(svc, clock)  # the charge fails (no credit): the saga is turned back
+    given((await _order_state(svc, "0"))[1] == "failed", "the saga failed")
+    assert svc.balance(svc.items, "0") == 10
+
+
+async def test_hole4_a_take_after_a_stock_reset_is_refused(clock: Clock) -> None:
+    """A saga begins; stock is reset before its reservation is handled: the reservation was
+    taken from the new stock, and the order paid with it."""
+    svc = Services(clock)
+    await svc.batch_init(1, stock=10, credit=10)
+    clock.ms += 1000
+    started = await svc.stores["order"].durable(lambda: svc.orchestrator.start("0"))
+    await svc.bus.publish(started.commands)
+    clock.ms += 1000
+    await svc.items.batch_init(1, {"stock": 10, "price": 1})
+    await _quiet(svc, clock)
+    assert svc.balance(svc.items, "0") == 10, "the reset stock was taken by an older saga"
+
+
+async def test_hole4_a_rerun_of_the_benchmark_s_init_leaves_every_entity_as_it_sets_it(
+    clock: Clock,
+) -> None:
+    """Sagas at every stage when the three batch_inits run again (stock, payment, orders):
+    once quiet, every reset entity holds exactly what the reset gave it."""
+    svc = Services(clock)
+    n = 6
+    await svc.batch_init(n, stock=10, credit=10)
+    clock.ms += 1000
+    for order_id in map(str, range(n)):
+        started = await svc.stores["order"].durable(lambda o=order_id: svc.orchestrator.start(o))
+        await svc.bus.publish(started.commands)
+    await svc.deliver("stock")  # every saga reserved
+    await svc.deliver("order")
+    for _ in range(2):  # some are charged, some succeed; the rest wait
+        batch = [k for k in svc.bus.backlog("payment", ("PAYMENT",))][:1]
+        for topic, partition in batch:
+            start = svc.bus.position("payment", topic, partition)
+            records = svc.bus.records(topic, partition, start, start + 1)
+            await svc.consumers["payment"]._process({TopicPartition(topic, partition): records})
+            svc.bus.commit("payment", topic, partition, start + 1, svc.bus.epoch)
+        await svc.deliver("order")
+    clock.ms += 1000
+    await svc.batch_init(n, stock=7, credit=5)
+    await _quiet(svc, clock)
+    for entity in map(str, range(n)):
+        assert svc.balance(svc.items, entity) == 7, f"item {entity}"
+        assert svc.balance(svc.users, entity) == 5, f"user {entity}"
+        paid, status = await _order_state(svc, entity)
+        assert not paid and status not in ("running", "compensating"), (entity, paid, status)
+
+
+async def test_hole4_a_checkout_whose_saga_paid_before_a_reset_answers_paid(
+    clock: Clock,
+) -> None:
+    """Its saga succeeds; before the waiting checkout reads that, the orders are reset and the
+    order is checked out again. Its answer is its own saga's verdict: paid."""
+    hold = Hold()
+    svc = Services(clock, hold)
+    await svc.batch_init(1, stock=10, credit=10)
+    clock.ms += 1000
+    polled = asyncio.Event()
+    hold.rules[("C", "hmget")] = polled  # the waiting checkout reads nothing until released
+    checkout = checkout_edge(
+        svc.orchestrator, svc.stores["order"], bus=svc.bus, timeout_ms=30_000, answer_ms=31_000
+    )
+    answer = asyncio.create_task(hold.run_as("C", checkout("0")))
+    await until(lambda: bool(svc.bus.published), answer)
+    saga_id = svc.bus.published[0][1].saga_id
+    await svc.deliver()
+    given((await _order_state(svc, "0")) == (True, "succeeded"), "its saga paid the order")
+    clock.ms += 1000
+    await svc.orders().batch_init(1, 1, 1, 1)
+    again = await svc.stores["order"].durable(lambda: svc.orchestrator.start("0"))
+    given(again.outcome is Outcome.STARTED, "a new checkout of the reset order began")
+    polled.set()
+    assert await answered_paid(answer)
+    assert svc.record(svc.users, "0", saga_id) == b"T:2"

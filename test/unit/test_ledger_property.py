@@ -31,7 +31,7 @@ def apply(redis: FakeRedis, op: Op) -> object:
         keys, args = [KEY, f"{KEY}:rq:r{n}"], ["stock", amount, LIMIT, 60]
     else:
         keys = [KEY, f"{KEY}:op:s{n}"]
-        args = ["stock", amount, 60] if kind == "take" else ["stock", 60]
+        args = ["stock", amount, 60, 1] if kind == "take" else ["stock", 60, 1]
     return SCRIPTS[kind](redis, keys, [encode_arg(a) for a in args])
 
 

@@ -36,6 +36,7 @@ def sample(cls: type[Message]) -> Message:
         "items": ((f"i{fresh[:4]}", 2), (f"i{fresh[4:8]}", 1), (f"i{fresh[:4]}", 3)),
         "reason": "not enough credit: ünïcode ok",
         "paid": True,
+        "started": 1_700_000_000_000 + int(fresh[28:32], 16),
     }
     names = [f.name for f in msgspec.structs.fields(cls)]
     unknown = set(names) - set(values)

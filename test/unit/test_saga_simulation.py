@@ -74,7 +74,7 @@ def test_the_search_covers_the_fault_paths() -> None:
 
 
 def _never_restores(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def restore(self: ledger.Ledger, entity_id: str, saga_id: str) -> None:
+    async def restore(self: ledger.Ledger, entity_id: str, saga_id: str, started: int) -> None:
         return None
 
     monkeypatch.setattr(ledger.Ledger, "restore", restore)

@@ -175,7 +175,7 @@ def user(redis: FakeRedis, credit: int) -> str:
 
 
 def take(store: Store | FakeStore, key: str, saga: str) -> Awaitable[Any]:
-    return store.script("take", [key, f"{key}:op:{saga}"], ["credit", 1, 60])
+    return store.script("take", [key, f"{key}:op:{saga}"], ["credit", 1, 60, 1])
 
 
 async def test_calls_made_together_go_to_each_master_in_one_pipeline() -> None:
