@@ -99,13 +99,14 @@ class Orchestrator:
     async def _begin_one_by_one(self, entity_id: str, now: int, due: int) -> list[str]:
         """The index entry first, then the saga: never a live saga outside the index. The entry
         is first due only after SLOW_START_GRACE_MS, so a sweeper cannot drop it (finding no
-        live saga yet) while a slow start is still under way; once the saga exists, the entry
+        live saga yet) while a slow start is still under way; once a saga exists (this one, or
+        one another checkout started meanwhile, whose entry this just pushed away), the entry
         is made due at the ordinary time."""
         await self.log.index_add(entity_id, now + SLOW_START_GRACE_MS)
         found = await self.log.begin(
             entity_id, start=True, now=now, deadline=now + self.deadline_ms
         )
-        if found[0] == "STARTED":
+        if found[0] in ("STARTED", "JOINED"):
             await self.log.index_add(entity_id, due)
         return found
 

@@ -400,3 +400,28 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     # No participant answers here: a sweeper that knows the saga re-sends or aborts it.
     resent = [m for _, m in bus.published[sent_before:] if m.saga_id == state.saga_id]
     assert resent, f"the start answered {started.outcome.value}; the sweeper never saw the saga"
+
+
+async def test_a_second_slow_start_does_not_push_the_live_saga_s_entry_away(clock: Clock) -> None:
+    """Found by the simulation (seed 4505 of the issue 16 search, where a compensation then
+    waited 54 s): two checkouts of one order take the slow start; the second registers the
+    order with the slow start's grace after the first started the saga, then joins it. The
+    entry stayed due only after SLOW_START_GRACE_MS: the sweeper left the saga alone."""
+    redis, hold = FakeRedis(clock), Hold()
+    store, log, orchestrator = checkout_saga(redis, hold)
+    store.one_round_trip = False
+    order_id = one_unpaid_order(redis)
+    release = asyncio.Event()
+    hold.rules[("C2", "zadd")] = release  # after its look found no saga
+    second = asyncio.create_task(hold.run_as("C2", orchestrator.start(order_id)))
+    await until(lambda: hold.parked.get("C2", 0) >= 1, second)
+    first = await hold.run_as("C1", orchestrator.start(order_id))
+    given(first.outcome is Outcome.STARTED, "the first checkout starts the saga")
+    release.set()
+    given((await second).outcome is Outcome.JOINED, "the second joins it")
+    bus = FakeBus()  # the first command is lost: only the sweeper can move the saga
+    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    for _ in range(3):
+        clock.ms += STEP_MS
+        await sweeper.sweep()
+    assert [m for _, m in bus.published if m.saga_id == first.saga_id], "never re-sent"
