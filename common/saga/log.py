@@ -271,14 +271,21 @@ class SagaLog:
             ]
         return near[zlib.crc32(entity_id.encode()) % len(near)] if near else None
 
-    async def index_add(self, entity_id: str, due: int, shard: int | None = None) -> None:
+    async def index_add(
+        self, entity_id: str, due: int, shard: int | None = None, *, durable: bool = False
+    ) -> None:
         """Register the entity before its saga starts, so no live saga is ever unindexed.
         The random fraction makes each registration's score unique (see ``index_drop``).
-        The write is tracked, so whoever replicates the saga's start replicates it too."""
+        The write is tracked, so whoever replicates the saga's start replicates it too; with
+        ``durable`` it is on a replica when this returns."""
         key = self.shard_key(self.shard_of(entity_id) if shard is None else shard)
         score = due + random.random()
-        await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))
-        self._store.wrote(key)
+
+        async def add() -> None:
+            await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))
+            self._store.wrote(key)
+
+        await (self._store.durable(add) if durable else add())
 
     async def index_due(self, shard: int, now: int, limit: int) -> list[tuple[str, float]]:
         key = self.shard_key(shard)

@@ -102,7 +102,9 @@ class Orchestrator:
         live saga yet) while a slow start is still under way; once a saga exists (this one, or
         one another checkout started meanwhile, whose entry this just pushed away), the entry
         is made due at the ordinary time."""
-        await self.log.index_add(entity_id, now + SLOW_START_GRACE_MS)
+        # On a replica before the saga exists: the entry may live on another master than the
+        # saga, and a saga whose entry a failover there could erase would be driven by nobody.
+        await self.log.index_add(entity_id, now + SLOW_START_GRACE_MS, durable=True)
         found = await self.log.begin(
             entity_id, start=True, now=now, deadline=now + self.deadline_ms
         )

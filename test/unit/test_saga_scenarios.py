@@ -425,3 +425,39 @@ async def test_a_second_slow_start_does_not_push_the_live_saga_s_entry_away(cloc
         clock.ms += STEP_MS
         await sweeper.sweep()
     assert [m for _, m in bus.published if m.saga_id == first.saga_id], "never re-sent"
+
+
+async def test_a_slow_start_begins_no_saga_its_index_entry_could_lose(clock: Clock) -> None:
+    """Found by the simulation (seed 5091 of the issue 16 search): on the slow start the
+    saga (on the order's master) reached a replica while its index entry (another master,
+    whose replica was away) did not; the checkout's process died, that master failed over
+    while its replica resynced, and no sweeper ever saw the saga."""
+    redis = FakeRedis(clock)
+    store, log, orchestrator = checkout_saga(redis, Hold())
+    store.one_round_trip = False
+    order_id = next(
+        o
+        for o in fresh_ids("o")
+        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
+    )
+    redis.hset(
+        order_key(order_id),
+        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
+    )
+    redis.replicate(range(MASTERS))
+    index_master = master_of(log.shard_key(log.shard_of(order_id)))
+    redis.replica_down(index_master)
+    with contextlib.suppress(Unavailable):  # the checkout retries, then its process dies
+        await store.durable(lambda: orchestrator.start(order_id))
+    redis.replica_back(index_master)
+    redis.failover(index_master)
+    state = await log.read(order_id)
+    if state is None or not state.live:
+        return  # no saga began: nothing to lose
+    bus = FakeBus()
+    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    clock.ms += SLOW_START_GRACE_MS
+    for _ in range(20):
+        clock.ms += STEP_MS
+        await sweeper.sweep()
+    assert [m for _, m in bus.published if m.saga_id == state.saga_id], "a saga nobody drives"
