@@ -234,7 +234,7 @@ def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     fields = dict(zip(argv[3::2], argv[4::2], strict=True))
     r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0]} | fields)
     if status in (b"running", b"compensating"):
-        return [saga_id, step, data, started or b"0"]
+        return [saga_id, step or b"0", data or b"{}", started or b"0"]
     return []
 
 
@@ -290,7 +290,7 @@ SCRIPTS: dict[str, Script] = {
 
 SOURCES: dict[str, str] = {
     "reset": "be33ad235411b6d015706cce278e2d24caafe02d",
-    "saga_reset": "8efc59920e164c82fe2a546c7e5b06678bbbba4a",
+    "saga_reset": "a8bca088f0e1c59e81efa03a01d7d9f1f7b5edd1",
     "add_item": "051e4bd7eb6a28ef4c6f03d5e551c9edd10437a3",
     "adjust": "1b5a2793096ef6905ff811946f6825e145cb397c",
     "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",

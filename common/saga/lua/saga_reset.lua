@@ -15,6 +15,6 @@ if h[2] == 'running' then
 end
 redis.call('HSET', KEYS[1], ARGV[3], '0', 'reset_at', ARGV[1], unpack(ARGV, 4))
 if h[2] == 'running' or h[2] == 'compensating' then
-  return {h[1], h[3], h[4], h[5] or '0'}
+  return {h[1], h[3] or '0', h[4] or '{}', h[5] or '0'}  -- (a nil would cut the table short)
 end
 return {}
