@@ -7,7 +7,7 @@ on the entity's hash tag, so it is atomic and safe to retry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
 
@@ -16,7 +16,10 @@ from common.errors import NotFound, Refused
 from common.store import Store
 
 LUA_DIR = Path(__file__).parent / "lua"
-# Balances stay below 2**53 so Lua, whose numbers are doubles, compares them exactly.
+# Balances stay below 2**53 so Lua, whose numbers are doubles, compares them exactly. Each
+# entity keeps a ``ceiling``: what was added to it less what was subtracted, which bounds its
+# balance plus every amount a saga took and may still give back; increases keep the ceiling
+# within the limit (adjust.lua), so no refund can push a balance past it.
 BALANCE_LIMIT = 2**53 - 1
 OP_RECORD_TTL_S = 7 * 24 * 3600
 REQUEST_RECORD_TTL_S = 3600
@@ -29,6 +32,7 @@ class Taken(Enum):
     SHORT = "S"
     UNKNOWN = "U"
     REFUSED = "X"  # compensated before (or instead of) the take
+    FENCED = "F"  # the entity was reset after the saga began (reset.lua)
 
 
 class Ledger:
@@ -49,7 +53,7 @@ class Ledger:
     async def create(self, entity_id: str, fields: Mapping[str, int]) -> str:
         """A new entity (kept if it exists: a retried create); its id once a replica holds it."""
         key = self.key(entity_id)
-        args = [x for kv in fields.items() for x in kv]
+        args = [x for kv in self._with_ceiling(fields).items() for x in kv]
         await self._store.durable(lambda: self._store.script("create", [key], args))
         return entity_id
 
@@ -78,25 +82,38 @@ class Ledger:
             raise Refused(f"{self._kind} {entity_id!r} would exceed {BALANCE_LIMIT} {self.field}")
         return int(value)
 
-    async def take(self, entity_id: str, saga_id: str, amount: int) -> Taken:
-        """Take ``amount`` for ``saga_id`` unless already done or refused; idempotent."""
+    async def take(self, entity_id: str, saga_id: str, amount: int, started: int) -> Taken:
+        """Take ``amount`` for ``saga_id`` (begun at ``started``, ms) unless already done,
+        refused, or fenced off by a reset of the entity since; idempotent."""
         key = self.key(entity_id)
-        result = await self._store.script(
-            "take", [key, f"{key}:op:{saga_id}"], [self.field, amount, OP_RECORD_TTL_S]
-        )
+        args = [self.field, amount, OP_RECORD_TTL_S, started]
+        result = await self._store.script("take", [key, f"{key}:op:{saga_id}"], args)
         taken = Taken(result.decode()[0])
         telemetry.took(self._kind, taken.value)
         return taken
 
-    async def restore(self, entity_id: str, saga_id: str) -> None:
-        """Give back what ``saga_id`` took, or make sure it never takes; idempotent."""
+    async def restore(self, entity_id: str, saga_id: str, started: int) -> None:
+        """Give back what ``saga_id`` took (nothing if a reset fenced it off), or make sure it
+        never takes; idempotent."""
         key = self.key(entity_id)
-        before = await self._store.script(
-            "restore", [key, f"{key}:op:{saga_id}"], [self.field, OP_RECORD_TTL_S]
-        )
+        args = [self.field, OP_RECORD_TTL_S, started]
+        before = await self._store.script("restore", [key, f"{key}:op:{saga_id}"], args)
         telemetry.restored(self._kind, before)
 
     async def batch_init(self, count: int, fields: Mapping[str, int]) -> None:
-        """Entities ``"0"`` … ``str(count-1)`` with ``fields``, overwriting; pipelined per node."""
-        mapping = dict(fields)
-        await self._store.bulk_replace((self.key(str(i)), mapping) for i in range(count))
+        """Entities ``"0"`` … ``str(count-1)`` with ``fields``, overwriting (see ``reset``)."""
+        await self.reset((str(i), fields) for i in range(count))
+
+    async def reset(self, entities: Iterable[tuple[str, Mapping[str, int]]]) -> None:
+        """Replace each entity with fresh fields, stamped with the moment of its reset: every
+        saga that began before is fenced off it (takes refused, nothing given back), so once
+        those sagas are over the entity holds exactly these fields. Pipelined per node."""
+        calls = (
+            ([self.key(entity_id)], [x for kv in self._with_ceiling(f).items() for x in kv])
+            for entity_id, f in entities
+        )
+        await self._store.bulk_script("reset", calls)
+
+    def _with_ceiling(self, fields: Mapping[str, int]) -> dict[str, int]:
+        """A new entity's fields: its ceiling starts at its balance (nothing taken yet)."""
+        return {**fields, "ceiling": fields[self.field]}

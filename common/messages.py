@@ -8,7 +8,7 @@ in one partition, in order.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypedDict
 
 import msgspec
 
@@ -19,17 +19,41 @@ PAYMENT_PROCESSING: Final = "PAYMENT_PROCESSING"
 ORDER_STATUS_UPDATE: Final = "ORDER_STATUS_UPDATE"
 ALL_TOPICS: Final = (STOCK, STOCK_PROCESSING, PAYMENT, PAYMENT_PROCESSING, ORDER_STATUS_UPDATE)
 
+MAX_MESSAGE_BYTES: Final = 256 * 1024
+"""The most any message may take encoded. Kafka refuses a record over 1 MiB by default (the
+producer's max.request.size, the broker's message.max.bytes); a saga checks before it starts
+that every message it may send stays under this (``SagaDefinition.max_snapshot_bytes``)."""
+MAX_REASON_CHARS: Final = 1000
+"""A reply's or an outcome's reason is for people: at most this long."""
+
+
+class SagaIds(TypedDict):
+    """The fields every message of one saga carries (``Message``'s own)."""
+
+    saga_id: str
+    order_id: str
+    trace_id: str
+    started: int
+
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
-    """Base of all messages: which saga, and which order it belongs to (the partition key)."""
+    """Base of all messages: which saga, and which order it belongs to (the partition key).
+    ``started`` is when the saga began (ms since the epoch): a participant fences off a saga
+    older than the last reset of an entity (0 from a sender that does not know: fenced)."""
 
     saga_id: str
     order_id: str
     trace_id: str = ""
+    started: int = 0
 
-    def reply_ids(self) -> dict[str, str]:
-        """The ids a reply to this message carries (same saga, key and trace)."""
-        return {"saga_id": self.saga_id, "order_id": self.order_id, "trace_id": self.trace_id}
+    def reply_ids(self) -> SagaIds:
+        """The ids a reply to this message carries (same saga, key, trace and start)."""
+        return {
+            "saga_id": self.saga_id,
+            "order_id": self.order_id,
+            "trace_id": self.trace_id,
+            "started": self.started,
+        }
 
 
 Lines = tuple[tuple[str, int], ...]
@@ -119,6 +143,19 @@ _decoders: dict[str, msgspec.msgpack.Decoder[Message]] = {
     topic: msgspec.msgpack.Decoder(kind)
     for topic, kind in TOPIC_TYPES.items()  # type: ignore[arg-type]
 }
+
+
+def bounded_reason(parts: list[str]) -> str:
+    """``parts`` joined by "; ", cut to MAX_REASON_CHARS (saying how many were left out)."""
+    reason = "; ".join(parts)
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    kept: list[str] = []
+    for part in parts:
+        if len("; ".join([*kept, part])) > MAX_REASON_CHARS - 40:
+            break
+        kept.append(part)
+    return "; ".join([*kept, f"and {len(parts) - len(kept)} more"])[:MAX_REASON_CHARS]
 
 
 def encode(message: Message) -> bytes:

@@ -81,7 +81,7 @@ DEDUP_HITS = Counter(
 # --- order: the saga orchestrator --------------------------------------------------------------
 SAGA_REQUESTS = Counter(
     "saga_requests",
-    "Checkout requests, by what they found: started, joined (a live saga), done, unknown",
+    "Checkout requests, by what they found: started, joined (a live saga), done, unknown, too_big",
     ["saga", "found"],
 )
 SAGA_REPLIES = Counter(
@@ -116,7 +116,7 @@ SWEEPER_ABORTS = Counter(
 # --- stock and payment: the ledger ------------------------------------------------------------
 LEDGER_TAKES = Counter(
     "ledger_takes",
-    "Saga takes (stock reservations, charges) by result: taken, short, unknown, refused",
+    "Saga takes (stock reservations, charges) by result: taken, short, unknown, refused, fenced",
     ["ledger", "result"],
 )
 LEDGER_COMPENSATIONS = Counter(

@@ -50,6 +50,7 @@ class Settings:
     topic_replication: int
     kafka_linger_ms: int
     checkout_timeout_ms: int
+    checkout_answer_ms: int
     saga_step_timeout_ms: int
     saga_deadline_ms: int
     stock_url: str
@@ -82,6 +83,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         topic_replication=_int(env, "TOPIC_REPLICATION", 1),
         kafka_linger_ms=_int(env, "KAFKA_LINGER_MS", 0),
         checkout_timeout_ms=_int(env, "CHECKOUT_TIMEOUT_MS", 20000),
+        checkout_answer_ms=_int(env, "CHECKOUT_ANSWER_MS", 55000),
         saga_step_timeout_ms=_int(env, "SAGA_STEP_TIMEOUT_MS", 2000),
         saga_deadline_ms=_int(env, "SAGA_DEADLINE_MS", 10000),
         stock_url=env.get("STOCK_URL", "http://127.0.0.1:8000/stock").rstrip("/"),

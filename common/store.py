@@ -257,40 +257,47 @@ class Store:
                     await client.script_load(body)
             return None
         if want > 0 and int(replies[-1]) < want:
-            client = self._node_client(node.host, node.port)
-            connected = _connected_replicas(await client.info("replication"))
-            if connected >= want:
-                return None  # a lagging replica: the ordinary path waits for it
+            return None  # no replica has them yet: the ordinary path waits for one
         return list(replies[: len(commands)])
 
-    async def bulk_replace(
-        self, entries: Iterable[tuple[str, dict[str, Any]]], chunk: int = 5000
-    ) -> int:
-        """Replace each key with a fresh hash, pipelined per node in chunks; then wait until
-        a replica of every master holds it. Returns how many entries were written."""
-        count = 0
-        batch: list[tuple[str, dict[str, Any]]] = []
+    async def bulk_script(
+        self,
+        name: str,
+        calls: Iterable[tuple[Sequence[str], Sequence[Arg]]],
+        chunk: int = 5000,
+    ) -> list[Any]:
+        """Run the registered script ``name`` once per ``(keys, args)``, pipelined per node in
+        chunks, each chunk retried whole (the script must be safe to run twice); then wait
+        until a replica of every master holds it all. Returns the replies, in order."""
+        body, sha = self._scripts[name]
+        replies: list[Any] = []
+        batch: list[tuple[Sequence[str], Sequence[Arg]]] = []
+
+        async def run() -> list[Any]:
+            async with self.cluster.pipeline() as pipe:
+                for keys, args in batch:
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                return list(await pipe.execute())
 
         async def flush() -> None:
-            async def write() -> None:
-                async with self.cluster.pipeline() as pipe:
-                    for key, mapping in batch:
-                        pipe.delete(key)
-                        pipe.hset(key, mapping=mapping)
-                    await pipe.execute()
-
-            await self.retrying(write)
+            try:
+                replies.extend(await self.retrying(run))
+            except NoScriptError:  # a master that never ran it (new, or restarted empty)
+                for node in self.cluster.get_primaries():
+                    await self.retrying(
+                        lambda n=node: self._node_client(n.host, n.port).script_load(body)
+                    )
+                replies.extend(await self.retrying(run))
             batch.clear()
 
-        for entry in entries:
-            batch.append(entry)
-            count += 1
+        for call in calls:
+            batch.append(call)
             if len(batch) >= chunk:
                 await flush()
         if batch:
             await flush()
         await self.replicate_all()
-        return count
+        return replies
 
     async def replicate(self, written: Mapping[str, str]) -> None:
         """Return once a replica holds every write recorded in ``written`` (key -> the master
@@ -298,8 +305,12 @@ class Store:
         the key (a failover happened: the write may be gone) or stays unreachable.
 
         WAIT counts the replication offset of its own connection, so each master gets a small
-        write and a WAIT on one connection. A master without a connected replica cannot be
-        failed over, so a WAIT that finds none is accepted: AOF keeps the data across a restart.
+        write and a WAIT on one connection. A write no replica acknowledged is never vouched
+        for, not even on a master with no replica connected: with
+        ``cluster-replica-validity-factor 0`` a replica that comes back and is still resyncing
+        can be promoted without it. The WAIT is retried for up to ``REDIS_OP_TIMEOUT_MS`` (a
+        replica briefly away only delays the write), then WriteMayBeLost (Unavailable): the
+        caller does the work again later (``durable``, the consumer's batch retry).
         """
         if self._settings.redis_wait_replicas <= 0 or not written:
             return
@@ -323,7 +334,6 @@ class Store:
 
     async def _barrier(self, node: str, key: str) -> None:
         host, _, port = node.rpartition(":")
-        client = self._node_client(host, int(port))
         target = _Node(node, host, int(port))
         want = self._settings.redis_wait_replicas
 
@@ -338,21 +348,20 @@ class Store:
                 raise set_reply
             if isinstance(acked, Exception):
                 raise acked
-            if int(acked) < want and _connected_replicas(await client.info("replication")) >= want:
-                # A replica is there but lagging: not yet safe to act on the write; WAIT again.
-                raise _Lagging(f"replica of {node} lagging (WAIT {acked}/{want})")
+            if int(acked) < want:
+                # No replica holds it yet (lagging, resyncing, or none connected): not yet
+                # safe to act on the write; WAIT again.
+                raise _Lagging(f"no replica of {node} acknowledged (WAIT {acked}/{want})")
             return int(acked)
 
         try:
             outcome = await self.retrying(barrier)
         except Unavailable as exc:
-            raise WriteMayBeLost(f"master {node} unreachable: {exc}") from exc
+            raise WriteMayBeLost(f"master {node} unreachable or unreplicated: {exc}") from exc
         if isinstance(outcome, Exception):
             with contextlib.suppress(RedisError, RedisClusterException, OSError):
                 await self.cluster.initialize()  # else the next call initializes it
             raise WriteMayBeLost(f"master {node} lost {hash_tag(key)}: {outcome}")
-        if outcome < want:
-            log.warning("no live replica of %s; relying on its AOF", node)
 
     def _barrier_of(self, key: str) -> tuple[tuple[Arg, ...], tuple[Arg, ...]]:
         """A small write in ``key``'s slot and a WAIT for it: sent after other writes on one
@@ -457,16 +466,13 @@ _sending: set[asyncio.Task[None]] = set()
 
 
 class _Lagging(RedisError):
-    """WAIT timed out although a replica is connected; retried."""
-
-
-def _connected_replicas(info: Any) -> int:
-    return int(info.get("connected_slaves", 0)) if isinstance(info, dict) else 0
+    """WAIT timed out without an acknowledgement; retried."""
 
 
 class WriteMayBeLost(Unavailable):
-    """A write's master failed over or stayed unreachable before a replica confirmed it: the
-    write may be gone. Whoever made it must make it again (the scripts are idempotent)."""
+    """A write's master failed over, stayed unreachable, or no replica confirmed the write in
+    time: it may be gone (or go in a failover). Whoever made it must make it again (the scripts
+    are idempotent)."""
 
 
 def _cluster_unreachable(exc: RedisClusterException) -> bool:

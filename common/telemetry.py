@@ -204,7 +204,7 @@ def request_done() -> None:
 
 
 # --- the ledger (stock, payment) ---------------------------------------------------------------
-_TAKE_RESULTS = {"T": "taken", "S": "short", "U": "unknown", "X": "refused"}
+_TAKE_RESULTS = {"T": "taken", "S": "short", "U": "unknown", "X": "refused", "F": "fenced"}
 
 
 def took(ledger: str, result: str) -> None:

@@ -37,15 +37,22 @@ MAX_QUANTITY = 1_000_000_000
 settings = load_settings()
 store = Store(settings, LUA_DIR, Path(__file__).parent / "lua")
 bus = Bus(settings)
-orders = Orders(store)
 orchestrator = Orchestrator(
     CHECKOUT,
     SagaLog(store, CHECKOUT),
     step_timeout_ms=settings.saga_step_timeout_ms,
     deadline_ms=settings.saga_deadline_ms,
 )
+orders = Orders(store, orchestrator, bus)
 waiters = Waiters()
-checkout = Checkout(orchestrator, store, bus, waiters, timeout_ms=settings.checkout_timeout_ms)
+checkout = Checkout(
+    orchestrator,
+    store,
+    bus,
+    waiters,
+    timeout_ms=settings.checkout_timeout_ms,
+    answer_ms=settings.checkout_answer_ms,
+)
 
 
 def _wake_local_waiters(sent: Sequence[Outgoing]) -> None:

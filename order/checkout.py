@@ -1,22 +1,28 @@
 """The HTTP side of checkout: start or join the order's saga, then answer only with its
-verdict: 200 once paid, 400 once not paid and nothing held. Never 5xx, never early."""
+verdict: 200 once paid, 400 once not paid and nothing held. Never 5xx, never early.
+
+Two budgets: a saga still running ``timeout_ms`` after it began is turned back (its
+compensations give back what it holds), and the answer waits for the saga's end until
+``answer_ms`` after the request came in, which stays below the gateway's read timeout (60 s)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from common import telemetry
-from common.bus import Bus, Outgoing
+from common.bus import Bus
 from common.errors import NotFound, Refused, Unavailable
-from common.saga.log import FAILED, SUCCEEDED
+from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaState
 from common.saga.orchestrator import Orchestrator, Outcome, Started
 from common.saga.waiters import Verdict, Waiters
 from common.store import Store
 
 log = logging.getLogger(__name__)
 
-_DECIDE_ATTEMPTS = 5
+_ROUND_S = 1.0
+"""How often a checkout past its timeout reads its saga again (and turns it back if it runs)."""
 
 
 class Checkout:
@@ -30,18 +36,22 @@ class Checkout:
         waiters: Waiters,
         *,
         timeout_ms: int,
+        answer_ms: int,
     ) -> None:
         self._orch = orchestrator
         self._store = store
         self._bus = bus
         self._waiters = waiters
         self._timeout_s = timeout_ms / 1000
+        self._answer_s = max(answer_ms, timeout_ms) / 1000
 
     async def __call__(self, order_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        answer_by = loop.time() + self._answer_s
         # A client that hangs up (or a gateway that gives up on this worker) cancels this
         # handler; the start and its first command are shielded from that, so a saga that
         # began always moves on at once instead of waiting for the sweeper's re-send.
-        begin = asyncio.ensure_future(self._begin(order_id))
+        begin = asyncio.ensure_future(self._begin(order_id, answer_by))
         begin.add_done_callback(_retrieve)
         started = await asyncio.shield(begin)
         telemetry.saga_begun(self._orch.definition.name, started.outcome.value, started.saga_id)
@@ -49,21 +59,24 @@ class Checkout:
             raise NotFound(f"order {order_id!r} not found")
         if started.outcome is Outcome.DONE:
             return
-        verdict = await self._waiters.wait(
-            started.saga_id, lambda: self._poll(order_id, started.saga_id), self._timeout_s
-        )
+        if started.outcome is Outcome.TOO_BIG:
+            raise Refused(f"order {order_id!r} is too big to check out")
+        saga_id = started.saga_id
+        poll = partial(self._poll, order_id, saga_id)
+        forward_s = min(self._timeout_s, answer_by - loop.time())
+        verdict = await self._waiters.wait(saga_id, poll, forward_s)
         if verdict is None:
-            verdict = await self._decide(order_id, started.saga_id)
+            verdict = await self._decide(order_id, saga_id, answer_by)
         paid, reason = verdict
         telemetry.saga_answered(paid)
         if not paid:
             raise Refused(f"order {order_id!r} not paid: {reason or 'checkout failed'}")
 
-    async def _begin(self, order_id: str) -> Started:
+    async def _begin(self, order_id: str, answer_by: float) -> Started:
         trace_id = ""  # the saga's own: derived from its id (common/tracing.py)
         # The saga's start is replicated before its first command goes out (or re-run, if a
         # failover may have erased it: the start then finds its own saga, or starts anew).
-        started = await self._start(order_id, trace_id)
+        started = await self._start(order_id, trace_id, answer_by)
         if started.outcome is Outcome.STARTED:
             try:
                 await self._bus.publish(started.commands, acknowledged=False)
@@ -73,72 +86,85 @@ class Checkout:
                 )
         return started
 
-    async def _start(self, order_id: str, trace_id: str) -> Started:
+    async def _start(self, order_id: str, trace_id: str, answer_by: float) -> Started:
         """Start or join the saga, retrying while the order's Redis is unavailable (a failover
-        takes seconds); only past the checkout timeout does Unavailable reach the client."""
+        takes seconds, a replica may be resyncing); only past the answer budget does
+        Unavailable reach the client (the start may then exist unreplicated: its outcome is
+        unknown)."""
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._timeout_s
         while True:
             try:
                 return await self._store.durable(lambda: self._orch.start(order_id, trace_id))
             except Unavailable:
-                if loop.time() > give_up:
+                if loop.time() > answer_by:
                     raise
                 await asyncio.sleep(0.2)
 
     async def _poll(self, order_id: str, saga_id: str) -> Verdict | None:
         try:
             state = await self._orch.log.read(order_id)
-            if state is not None and not state.live:
+            if verdict_of(state, saga_id) is not None:
                 state = await self._orch.log.read_durably(order_id)  # an answer rests on it
         except Unavailable:
             return None  # keep waiting: the verdict may still arrive on the bus
-        if state is None:
-            return (False, "order vanished")
-        if state.saga_id != saga_id:  # ours ended and another began: the order tells the truth
-            return (state.status == SUCCEEDED, "checkout failed")
-        if state.status == SUCCEEDED:
-            return (True, "")
-        if state.status == FAILED:
-            return (False, state.reason)
-        return None
+        return verdict_of(state, saga_id)
 
-    async def _decide(self, order_id: str, saga_id: str) -> Verdict:
+    async def _decide(self, order_id: str, saga_id: str, answer_by: float) -> Verdict:
         """Past the timeout: turn a still-running saga back (again if it moved meanwhile), then
-        wait a bounded while for its compensations, so that a 400 means not paid, for good."""
-        for _ in range(_DECIDE_ATTEMPTS):
+        wait for its end until ``answer_by``, so that a 400 means not paid and nothing held."""
+        loop = asyncio.get_running_loop()
+        poll = partial(self._poll, order_id, saga_id)
+        state: SagaState | None = None
+        while True:
             try:
                 state = await self._orch.log.read_durably(order_id)
-                if state is None or state.saga_id != saga_id or not state.live:
-                    break
-                if state.status == "running":
-                    with self._store.tracking() as written:
-                        messages = await self._orch.abort(order_id, state, "checkout timed out")
-                    await self._store.replicate(written)
-                    if not messages:
-                        continue  # it moved between the read and the abort: read again
-                    await self._publish(saga_id, messages)
-                break
+                verdict = verdict_of(state, saga_id)
+                if verdict is not None:
+                    return verdict
+                if state is not None and state.status == RUNNING:
+                    await self._turn_back(order_id, state)
+                    continue  # read what that did (or what moved the saga meanwhile)
             except Unavailable as exc:
                 log.warning("deciding %s: %r", saga_id, exc)
-                await asyncio.sleep(0.2)
-        verdict = await self._waiters.wait(
-            saga_id, lambda: self._poll(order_id, saga_id), self._timeout_s / 2
-        )
-        if verdict is not None:
-            return verdict
-        state = await self._orch.log.read_durably(order_id)
-        if state is not None and state.saga_id == saga_id and state.status == "running":
-            # Never turned back: its outcome is not known, and a 4xx could be a lie.
-            raise Unavailable(f"saga {saga_id} undecided after the checkout timeout")
-        # Compensating: not paid, and it never will be; the compensation is under way.
-        return (False, "checkout timed out")
+            left = answer_by - loop.time()
+            if left <= 0:
+                break
+            verdict = await self._waiters.wait(saga_id, poll, min(left, _ROUND_S))
+            if verdict is not None:
+                return verdict
+        if state is not None and state.saga_id == saga_id and state.status == COMPENSATING:
+            # Not paid, and it never will be, but its compensation did not finish within the
+            # answer budget (a participant unreachable all along): what it holds is given back
+            # when the participant returns. Any other answer would be less true (a 5xx counts
+            # as a success).
+            log.warning("saga %s still compensating at the answer budget: 400", saga_id)
+            return (False, "checkout timed out; its reservation is still being given back")
+        raise Unavailable(f"saga {saga_id} undecided after the answer budget")
 
-    async def _publish(self, saga_id: str, messages: list[Outgoing]) -> None:
+    async def _turn_back(self, order_id: str, state: SagaState) -> None:
+        """Abort the running saga (nothing, if it moved since ``state`` was read)."""
+        with self._store.tracking() as written:
+            messages = await self._orch.abort(order_id, state, "checkout timed out")
+        await self._store.replicate(written)
         try:
             await self._bus.publish(messages)
         except Exception as exc:  # the sweeper re-sends the compensation
-            log.warning("publishing abort of %s failed (%r)", saga_id, exc)
+            log.warning("publishing abort of %s failed (%r)", state.saga_id, exc)
+
+
+def verdict_of(state: SagaState | None, saga_id: str) -> Verdict | None:
+    """What the saga log answers for ``saga_id``: None while the saga is live."""
+    if state is None:
+        return (False, "order vanished")
+    if state.saga_id != saga_id:
+        # Ours ended and another began: ours paid the order (and a reset came since), or the
+        # order tells the truth.
+        return (state.done_by == saga_id or state.done, "checkout failed")
+    if state.status == SUCCEEDED:
+        return (True, "")
+    if state.status == FAILED:
+        return (False, state.reason)
+    return None
 
 
 def _retrieve(task: asyncio.Future[Started]) -> None:

@@ -3,7 +3,9 @@ order's hash and the participants' operation records. No log of transitions is k
 would cost every transition a write); the records' TTLs date the participants' last writes.
 
 Operation records (common/lua/take.lua, restore.lua): ``T:<n>`` took n, ``S`` short,
-``U`` unknown entity, ``X`` given back or barred for good.
+``U`` unknown entity, ``X`` given back or barred for good, ``F`` fenced off by a reset of the
+entity (batch_init) after the saga began. A ``T:`` record older than its entity's last reset
+holds nothing: what it took went with the old balance.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ _RECORD_MEANING = {
     "S": "refused: short",
     "U": "refused: unknown",
     "X": "gave back / barred (compensated)",
+    "F": "fenced: reset (batch_init) after the saga began; holds nothing",
 }
 
 
@@ -56,7 +59,7 @@ class Participants:
         field = "stock" if kind == "item" else "credit"
         key = Ledger(store, kind, field).key(entity_id)
         op = f"{key}:op:{saga_id}"
-        raw, ttl_ms, balance = await store.retrying(
+        raw, ttl_ms, balance, epoch = await store.retrying(
             lambda: _read(store, op, key, field)  # one call per cluster node, retried
         )
         record = raw.decode() if raw is not None else None
@@ -68,6 +71,7 @@ class Participants:
             "record": record,
             "meaning": _meaning(record),
             "written_at_ms": written,
+            "reset_at_ms": int(epoch) if epoch is not None else None,
             field: int(balance) if balance is not None else None,
         }
 
@@ -76,13 +80,14 @@ class Participants:
             await store.stop()
 
 
-async def _read(store: Store, op: str, key: str, field: str) -> tuple[Any, int, Any]:
+async def _read(store: Store, op: str, key: str, field: str) -> tuple[Any, int, Any, Any]:
     async with store.cluster.pipeline() as pipe:  # both keys share one slot
         pipe.get(op)
         pipe.pttl(op)
         pipe.hget(key, field)
-        raw, ttl, balance = await pipe.execute()
-    return raw, int(ttl), balance
+        pipe.hget(key, "epoch")
+        raw, ttl, balance, epoch = await pipe.execute()
+    return raw, int(ttl), balance, epoch
 
 
 def _meaning(record: str | None) -> str:
@@ -98,7 +103,7 @@ async def describe(
     """Everything ``show`` prints, as a JSON-able dict."""
     now = now_ms()
     key = order_key(order_id)
-    fields = ["user_id", "items", "total_cost", "paid", "saga_attempt"]
+    fields = ["user_id", "items", "total_cost", "paid", "saga_attempt", "reset_at"]
     values = await store.hmget(key, fields)
     report: dict[str, Any] = {
         "order_id": order_id,
@@ -113,13 +118,14 @@ async def describe(
     }
     if values[0] is None:
         return report
-    user_id, items_raw, total, paid, attempts = (v.decode() if v else "" for v in values)
+    user_id, items_raw, total, paid, attempts, reset_at = (v.decode() if v else "" for v in values)
     report["order"] = {
         "user_id": user_id,
         "items": json.loads(items_raw or "[]"),
         "total_cost": int(total or 0),
         "paid": paid == "1",
         "attempts": int(attempts or 0),
+        "reset_at_ms": int(reset_at) if reset_at else None,
     }
     state = await orchestrator.log.read(order_id)
     if state is None or not state.saga_id:
@@ -185,22 +191,31 @@ def _judge(report: dict[str, Any], state: SagaState, steps: list[str]) -> None:
     """What the saga holds now, and whether that agrees with its state."""
     stock = report["records"]["stock"]
     payment = report["records"]["payment"]
-    held_stock = {
-        r["entity"]: int(r["record"][2:]) for r in stock if (r["record"] or "").startswith("T:")
-    }
-    held_credit = sum(int(r["record"][2:]) for r in payment if (r["record"] or "").startswith("T:"))
+
+    def took(record: dict[str, Any]) -> bool:
+        return (record["record"] or "").startswith("T:")
+
+    def held(record: dict[str, Any]) -> bool:  # a reset since took it away (see take.lua)
+        reset_at = record["reset_at_ms"]
+        return took(record) and (reset_at is None or reset_at < state.started)
+
+    held_stock = {r["entity"]: int(r["record"][2:]) for r in stock if held(r)}
+    held_credit = sum(int(r["record"][2:]) for r in payment if held(r))
+    charged = sum(int(r["record"][2:]) for r in payment if took(r))
     report["holds"] = {"stock": held_stock, "credit": held_credit}
     if not stock and not payment:
         return  # the participants were not read: nothing to judge
     problems: list[str] = report["problems"]
     order = report["order"]
+    reset_since = (order["reset_at_ms"] or 0) >= state.started  # batch_init came after it
     if state.status == SUCCEEDED:
-        if not order["paid"]:
+        if not order["paid"] and not reset_since:
             problems.append("saga succeeded but the order is not paid")
-        if stock and len(held_stock) != len(stock):
+        if stock and not all(took(r) for r in stock):
             problems.append("saga succeeded but not every line is reserved")
-        if payment and held_credit != order["total_cost"]:
-            problems.append(f"saga succeeded but {held_credit} charged, not {order['total_cost']}")
+        total = int(state.snapshot.get("total_cost") or 0)
+        if payment and charged != total:
+            problems.append(f"saga succeeded but {charged} charged, not {total}")
     elif state.status == FAILED:
         if order["paid"]:
             problems.append("saga failed but the order is paid")

@@ -4,28 +4,48 @@ holds the order's checkout saga state (``saga_*`` fields)."""
 from __future__ import annotations
 
 import json
+import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from common.bus import Bus
 from common.errors import NotFound, Refused
 from common.ledger import BALANCE_LIMIT, REQUEST_RECORD_TTL_S
+from common.saga.orchestrator import Orchestrator
 from common.store import Store
 from order.saga import order_key
+
+log = logging.getLogger(__name__)
+
+RESET_REASON = "order reset by batch_init"
+
+MAX_ORDER_LINES = 1000
+MAX_ORDER_LINE_BYTES = 100_000
+"""An order holds at most MAX_ORDER_LINES lines and MAX_ORDER_LINE_BYTES bytes of them (its
+``items`` field, JSON): its checkout's largest message (the stock command and its compensation,
+which carry every line) then stays far below MAX_MESSAGE_BYTES, hence below Kafka's 1 MiB.
+(Item ids are at most 64 characters, so the line count is what binds.)"""
 
 _FIND_FIELDS = ["user_id", "items", "total_cost", "paid"]
 _ADD_ITEM_REFUSALS = {
     "PAID": "order {} is already paid",
     "BUSY": "order {} is being checked out",
     "OVERFLOW": "order {} would cost too much",
+    "TOO_BIG": (
+        f"order {{}} is full: at most {MAX_ORDER_LINES} lines and "
+        f"{MAX_ORDER_LINE_BYTES} bytes of them"
+    ),
 }
 
 
 class Orders:
-    """Creating, finding and filling orders."""
+    """Creating, finding and filling orders; ``batch_init`` resets them under their sagas."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, checkout: Orchestrator, bus: Bus) -> None:
         self._store = store
+        self._checkout = checkout
+        self._bus = bus
 
     async def create(self, order_id: str, user_id: str) -> str:
         """A new order (kept if it exists: a retried create); its id once replicated."""
@@ -52,10 +72,18 @@ class Orders:
         self, order_id: str, item_id: str, quantity: int, price: int, request_id: str
     ) -> int:
         """Append a line, at most once per ``request_id``; the new total. Refused once the
-        order is paid or checking out."""
+        order is paid or checking out, or when the line would take it past its bound."""
         key = order_key(order_id)
         request = f"{key}:rq:{request_id}"
-        args = [item_id, quantity, price, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
+        args = [
+            item_id,
+            quantity,
+            price,
+            BALANCE_LIMIT,
+            REQUEST_RECORD_TTL_S,
+            MAX_ORDER_LINES,
+            MAX_ORDER_LINE_BYTES,
+        ]
         status, total = await self._store.durable(
             lambda: self._store.script("add_item", [key, request], args)
         )
@@ -67,20 +95,33 @@ class Orders:
         return int(total)
 
     async def batch_init(self, n: int, n_items: int, n_users: int, item_price: int) -> None:
-        """Orders ``"0"`` … ``str(n-1)``: a random user, two random one-unit lines, unpaid."""
+        """Orders ``"0"`` … ``str(n-1)``: a random user, two random one-unit lines, unpaid.
+
+        A checkout still running on one of them is turned back in the same step (its fields
+        are replaced, its saga's stay, so its compensations end it): once those are through,
+        every reset order is unpaid and holds nothing, and no saga begun before can pay it."""
 
         def entries() -> Iterator[tuple[str, dict[str, Any]]]:
             rng = random.Random()
             for i in range(n):
                 items = [[str(rng.randrange(n_items)), 1], [str(rng.randrange(n_items)), 1]]
                 yield (
-                    order_key(str(i)),
+                    str(i),
                     {
                         "user_id": str(rng.randrange(n_users)),
                         "items": json.dumps(items),
                         "total_cost": 2 * item_price,
-                        "paid": 0,
                     },
                 )
 
-        await self._store.bulk_replace(entries())
+        await self.reset(entries())
+
+    async def reset(self, orders: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Replace each order's fields (``batch_init``); see there."""
+        compensations = await self._checkout.reset(orders, RESET_REASON)
+        try:
+            await self._bus.publish(compensations)
+        except Exception as exc:  # the sagas are compensating and indexed: the sweeper re-sends
+            log.warning(
+                "sending the compensations of %d reset orders failed: %r", len(compensations), exc
+            )

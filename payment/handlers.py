@@ -20,12 +20,13 @@ _REASONS = {
     Taken.SHORT: "not enough credit",
     Taken.UNKNOWN: "unknown user",
     Taken.REFUSED: "payment cancelled",
+    Taken.FENCED: "user reset (batch_init) after the checkout began",
 }
 
 
 async def charge(message: PaymentRequested, users: Ledger) -> Sequence[Outgoing]:
     """Charge the user at most once for this saga; a redelivery gets the same answer."""
-    result = await users.take(message.user_id, message.saga_id, message.amount)
+    result = await users.take(message.user_id, message.saga_id, message.amount, message.started)
     ids = message.reply_ids()
     if result is Taken.TAKEN:
         return [(PAYMENT_PROCESSING, PaymentCompleted(**ids))]
@@ -34,7 +35,7 @@ async def charge(message: PaymentRequested, users: Ledger) -> Sequence[Outgoing]
 
 async def cancel(message: PaymentCancelRequested, users: Ledger) -> Sequence[Outgoing]:
     """Refund the saga's charge if there was one; bar it for good if there was not."""
-    await users.restore(message.user_id, message.saga_id)
+    await users.restore(message.user_id, message.saga_id, message.started)
     ids = message.reply_ids()
     return [(PAYMENT_PROCESSING, PaymentCancelled(**ids))]
 

@@ -16,6 +16,7 @@ from common.messages import (
     StockUpdated,
     StockUpdateFailed,
     StockUpdateRequested,
+    bounded_reason,
 )
 
 
@@ -31,8 +32,9 @@ async def reserve(message: StockUpdateRequested, items: Ledger) -> Sequence[Outg
     """Take every line, each atomically and at most once. If one line cannot be taken, give
     back all lines of this saga (which also bars late retries), then report the failure."""
     lines = merge_lines(message.items)
+    saga_id, started = message.saga_id, message.started
     results = await asyncio.gather(
-        *(items.take(item_id, message.saga_id, quantity) for item_id, quantity in lines.items())
+        *(items.take(item_id, saga_id, quantity, started) for item_id, quantity in lines.items())
     )
     ids = message.reply_ids()
     if all(result is Taken.TAKEN for result in results):
@@ -41,24 +43,25 @@ async def reserve(message: StockUpdateRequested, items: Ledger) -> Sequence[Outg
     # erase: the takes run again (idempotent) until a replica holds what they found.
     results = await items.store.durable(
         lambda: asyncio.gather(
-            *(items.take(item_id, message.saga_id, qty) for item_id, qty in lines.items())
+            *(items.take(item_id, saga_id, qty, started) for item_id, qty in lines.items())
         )
     )
     if all(result is Taken.TAKEN for result in results):
         return [(STOCK_PROCESSING, StockUpdated(**ids))]
-    await asyncio.gather(*(items.restore(item_id, message.saga_id) for item_id in lines))
+    await asyncio.gather(*(items.restore(item_id, saga_id, started) for item_id in lines))
     reasons = sorted(
         f"{item_id}: {result.name.lower()}"
         for item_id, result in zip(lines, results, strict=True)
         if result is not Taken.TAKEN
     )
-    return [(STOCK_PROCESSING, StockUpdateFailed(**ids, reason="; ".join(reasons)))]
+    return [(STOCK_PROCESSING, StockUpdateFailed(**ids, reason=bounded_reason(reasons)))]
 
 
 async def release(message: StockCompensationRequested, items: Ledger) -> Sequence[Outgoing]:
     """Give back every line the saga took; lines it never took are barred for good."""
     lines = merge_lines(message.items)
-    await asyncio.gather(*(items.restore(item_id, message.saga_id) for item_id in lines))
+    saga_id, started = message.saga_id, message.started
+    await asyncio.gather(*(items.restore(item_id, saga_id, started) for item_id in lines))
     ids = message.reply_ids()
     return [(STOCK_PROCESSING, StockCompensated(**ids))]
 

@@ -1,4 +1,7 @@
--- Add a signed delta to one numeric field of an existing entity, keeping it in [0, limit].
+-- Add a signed delta to one numeric field of an existing entity, keeping it in [0, limit] for
+-- good. The entity's ceiling (what was added to it, less what was subtracted) bounds the field
+-- plus every amount sagas took and may still give back (restore.lua adds without a check), so
+-- an increase may not lift the ceiling past the limit; a decrease is never refused for it.
 -- KEYS[1] entity hash, KEYS[2] request record (same slot; makes a client retry a no-op)
 -- ARGV[1] field, ARGV[2] delta, ARGV[3] limit, ARGV[4] request record ttl (s)
 -- Returns {status, value}: status OK | UNKNOWN | NEGATIVE | OVERFLOW.
@@ -7,19 +10,22 @@ if done then
   local sep = string.find(done, ':', 1, true)
   return {string.sub(done, 1, sep - 1), tonumber(string.sub(done, sep + 1))}
 end
-local current = redis.call('HGET', KEYS[1], ARGV[1])
+local h = redis.call('HMGET', KEYS[1], ARGV[1], 'ceiling')
 local status, value
-if not current then
+if not h[1] then
   status, value = 'UNKNOWN', 0
 else
-  value = tonumber(current) + tonumber(ARGV[2])
+  local current, delta = tonumber(h[1]), tonumber(ARGV[2])
+  local ceiling = tonumber(h[2] or h[1])  -- an entity older than the ceiling: its balance
+  value = current + delta
   if value < 0 then
-    status, value = 'NEGATIVE', tonumber(current)
-  elseif value > tonumber(ARGV[3]) then
-    status, value = 'OVERFLOW', tonumber(current)
+    status, value = 'NEGATIVE', current
+  elseif delta > 0 and ceiling + delta > tonumber(ARGV[3]) then
+    status, value = 'OVERFLOW', current
   else
     status = 'OK'
     value = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+    redis.call('HSET', KEYS[1], 'ceiling', string.format('%d', ceiling + delta))
   end
 end
 redis.call('SET', KEYS[2], status .. ':' .. string.format('%d', value), 'EX', ARGV[4])

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.messages import Message
+from common.messages import MAX_MESSAGE_BYTES, Message, SagaIds
 from common.tracing import trace_id_for
 
 
@@ -19,15 +19,21 @@ class SagaRun:
     entity_id: str
     snapshot: dict[str, str]
     trace_id: str = ""
+    started: int = 0  # when the saga began (ms since the epoch)
 
     def __post_init__(self) -> None:
         if not self.trace_id:  # a re-send, an abort: the saga's own trace (common/tracing.py)
             object.__setattr__(self, "trace_id", trace_id_for(self.saga_id))
 
     @property
-    def ids(self) -> dict[str, str]:
+    def ids(self) -> SagaIds:
         """The fields every message of this saga carries."""
-        return {"saga_id": self.saga_id, "order_id": self.entity_id, "trace_id": self.trace_id}
+        return {
+            "saga_id": self.saga_id,
+            "order_id": self.entity_id,
+            "trace_id": self.trace_id,
+            "started": self.started,
+        }
 
     def json(self, name: str) -> Any:
         """A snapshotted field that holds JSON text."""
@@ -60,7 +66,10 @@ class SagaDefinition:
 
     ``steps`` run in order; the last one is the pivot: once it succeeds the saga is done and
     ``done_field`` of the entity is set to ``"1"`` in the same atomic write.
-    ``snapshot`` names the entity fields the commands are built from.
+    ``snapshot`` names the entity fields the commands are built from. A saga does not start
+    from a snapshot (as saga_begin.lua encodes it, JSON) longer than ``max_snapshot_bytes``:
+    the bound must be one under which every command, compensation and outcome the steps build
+    fits in MAX_MESSAGE_BYTES, or a saga could start that can neither go on nor turn back.
     """
 
     name: str
@@ -70,6 +79,7 @@ class SagaDefinition:
     outcome_topic: str
     outcome: Callable[[SagaRun, bool, str], Message]
     entity_key: Callable[[str], str]
+    max_snapshot_bytes: int = MAX_MESSAGE_BYTES - 16 * 1024
     replies: dict[type[Message], tuple[int, str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

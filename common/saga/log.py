@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ _FIELDS = (
     "saga_data",
     "saga_reason",
     "saga_started",
+    "saga_done_by",
 )
 
 
@@ -49,13 +51,31 @@ class SagaState:
     snapshot: dict[str, str]
     reason: str
     started: int
+    done_by: str = ""  # the saga that last made the entity done (kept across a reset)
+    done: bool = False  # the entity's done field (an order's ``paid``) now
 
     @property
     def live(self) -> bool:
         return self.status in LIVE
 
     def run(self, entity_id: str) -> SagaRun:
-        return SagaRun(saga_id=self.saga_id, entity_id=entity_id, snapshot=self.snapshot)
+        return SagaRun(
+            saga_id=self.saga_id,
+            entity_id=entity_id,
+            snapshot=self.snapshot,
+            started=self.started,
+        )
+
+
+@dataclass(frozen=True)
+class TurnedBack:
+    """A live saga an entity's reset found: turned back then, or already turning back."""
+
+    entity_id: str
+    saga_id: str
+    step: int
+    snapshot: dict[str, str]
+    started: int
 
 
 class SagaLog:
@@ -70,13 +90,17 @@ class SagaLog:
 
     # --- the saga state (one atomic script per change) -----------------------------------------
     async def begin(self, entity_id: str, *, start: bool, now: int, deadline: int) -> list[str]:
-        """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['STARTED', id, data]``.
-        The caller registers a saga it may start in the index first (``index_add``)."""
+        """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['TOO_BIG', bytes]
+        | ['STARTED', id, data]``.
+        The caller registers a saga it may start in the index first (``index_add``).
+
+        A check changes nothing, but what it finds is acted on (a DONE becomes a 200): it is
+        tracked like a write, so whoever replicates the caller's writes puts a barrier on that
+        master too, and a DONE resting on a move no replica holds yet is not answered."""
         reply = await self._store.script(
             "saga_begin",
             [self._def.entity_key(entity_id)],
             self._begin_args(entity_id, start=start, now=now, deadline=deadline),
-            writes=start,
         )
         return [part.decode() for part in reply]
 
@@ -123,6 +147,7 @@ class SagaLog:
             deadline,
             self._def.done_field,
             *indexed,
+            self._def.max_snapshot_bytes,
             *self._def.snapshot,
         ]
 
@@ -179,7 +204,7 @@ class SagaLog:
 
     async def read(self, entity_id: str) -> SagaState | None:
         key = self._def.entity_key(entity_id)
-        values = await self._store.hmget(key, _FIELDS)
+        values = await self._store.hmget(key, [*_FIELDS, self._def.done_field])
         if values[0] is None:
             return None
         v = [x.decode() if x is not None else "" for x in values]
@@ -193,7 +218,37 @@ class SagaLog:
             snapshot=json.loads(v[6] or "{}"),
             reason=v[7],
             started=int(v[8] or 0),
+            done_by=v[9],
+            done=v[10] == "1",
         )
+
+    async def reset(
+        self, entities: Iterable[tuple[str, Mapping[str, Any]]], *, now: int, reason: str
+    ) -> list[TurnedBack]:
+        """Replace each entity's own fields (its batch_init), turning back in the same step a
+        saga of it still running; pipelined per node, replicated when this returns. Returns
+        every live saga found, whose current compensation the caller sends."""
+        entity_ids: list[str] = []
+
+        def calls() -> Iterator[tuple[list[str], list[Any]]]:
+            for entity_id, fields in entities:
+                entity_ids.append(entity_id)
+                pairs = [x for kv in fields.items() for x in kv]
+                key = self._def.entity_key(entity_id)
+                yield [key], [now, reason, self._def.done_field, *pairs]
+
+        replies = await self._store.bulk_script("saga_reset", calls())
+        return [
+            TurnedBack(
+                entity_id=entity_id,
+                saga_id=reply[0].decode(),
+                step=int(reply[1]),
+                snapshot=json.loads(reply[2] or b"{}"),
+                started=int(reply[3] or 0),
+            )
+            for entity_id, reply in zip(entity_ids, replies, strict=True)
+            if reply
+        ]
 
     # --- the in-flight index: sharded sorted sets of entity ids, scored by when to look -------
     def shard_key(self, shard: int) -> str:
@@ -216,14 +271,21 @@ class SagaLog:
             ]
         return near[zlib.crc32(entity_id.encode()) % len(near)] if near else None
 
-    async def index_add(self, entity_id: str, due: int, shard: int | None = None) -> None:
+    async def index_add(
+        self, entity_id: str, due: int, shard: int | None = None, *, durable: bool = False
+    ) -> None:
         """Register the entity before its saga starts, so no live saga is ever unindexed.
         The random fraction makes each registration's score unique (see ``index_drop``).
-        The write is tracked, so whoever replicates the saga's start replicates it too."""
+        The write is tracked, so whoever replicates the saga's start replicates it too; with
+        ``durable`` it is on a replica when this returns."""
         key = self.shard_key(self.shard_of(entity_id) if shard is None else shard)
         score = due + random.random()
-        await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))
-        self._store.wrote(key)
+
+        async def add() -> None:
+            await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))
+            self._store.wrote(key)
+
+        await (self._store.durable(add) if durable else add())
 
     async def index_due(self, shard: int, now: int, limit: int) -> list[tuple[str, float]]:
         key = self.shard_key(shard)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from common import telemetry
 from common.bus import Handler, Outgoing
@@ -35,6 +36,7 @@ class Outcome(Enum):
     JOINED = "joined"  # a saga of this entity is live: wait for it
     DONE = "done"  # the entity is already done (an order already paid)
     UNKNOWN = "unknown"
+    TOO_BIG = "too_big"  # not started: a message of the saga would not fit in a Kafka record
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,24 @@ class Orchestrator:
                 await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
             if found[0] == "READY":
                 found = await self._begin_one_by_one(entity_id, now, due)
+        if found[0] == "TOO_BIG":
+            log.warning(
+                "%s saga of %s not started: its snapshot is %s bytes, more than %d",
+                self.definition.name,
+                entity_id,
+                found[1],
+                self.definition.max_snapshot_bytes,
+            )
+            return Started(Outcome.TOO_BIG)
         if found[0] != "STARTED":
             outcome = Outcome(found[0].lower())
             return Started(outcome, found[1] if len(found) > 1 else "")
         run = SagaRun(
-            saga_id=found[1], entity_id=entity_id, snapshot=json.loads(found[2]), trace_id=trace_id
+            saga_id=found[1],
+            entity_id=entity_id,
+            snapshot=json.loads(found[2]),
+            trace_id=trace_id,
+            started=now,  # saga_begin's saga_started
         )
         first = self.definition.steps[0]
         return Started(Outcome.STARTED, run.saga_id, ((first.topic, first.command(run)),))
@@ -84,13 +99,16 @@ class Orchestrator:
     async def _begin_one_by_one(self, entity_id: str, now: int, due: int) -> list[str]:
         """The index entry first, then the saga: never a live saga outside the index. The entry
         is first due only after SLOW_START_GRACE_MS, so a sweeper cannot drop it (finding no
-        live saga yet) while a slow start is still under way; once the saga exists, the entry
+        live saga yet) while a slow start is still under way; once a saga exists (this one, or
+        one another checkout started meanwhile, whose entry this just pushed away), the entry
         is made due at the ordinary time."""
-        await self.log.index_add(entity_id, now + SLOW_START_GRACE_MS)
+        # On a replica before the saga exists: the entry may live on another master than the
+        # saga, and a saga whose entry a failover there could erase would be driven by nobody.
+        await self.log.index_add(entity_id, now + SLOW_START_GRACE_MS, durable=True)
         found = await self.log.begin(
             entity_id, start=True, now=now, deadline=now + self.deadline_ms
         )
-        if found[0] == "STARTED":
+        if found[0] in ("STARTED", "JOINED"):
             await self.log.index_add(entity_id, due)
         return found
 
@@ -125,6 +143,7 @@ class Orchestrator:
             entity_id=message.order_id,
             snapshot=snapshot,
             trace_id=message.trace_id,
+            started=message.started,  # every message of the saga carries its start
         )
         return self.next_messages(run, to, reason)
 
@@ -153,5 +172,26 @@ class Orchestrator:
             return []
         telemetry.saga_aborted(self.definition, state.step, state.saga_id, reason)
         log.warning("saga %s aborted at step %s: %s", state.saga_id, state.step, reason)
-        run = SagaRun(saga_id=state.saga_id, entity_id=entity_id, snapshot=moved[0])
+        run = SagaRun(
+            saga_id=state.saga_id, entity_id=entity_id, snapshot=moved[0], started=state.started
+        )
         return self.next_messages(run, at)
+
+    async def reset(
+        self, entities: Iterable[tuple[str, Mapping[str, Any]]], reason: str
+    ) -> list[Outgoing]:
+        """Replace the entities' own fields (their batch_init); a saga still running on one is
+        turned back in the same step, so no saga begun before the reset finishes on it. Returns
+        the compensations to send (of every live saga found), once the writes are replicated."""
+        turned = await self.log.reset(entities, now=now_ms(), reason=reason)
+        messages: list[Outgoing] = []
+        for saga in turned:
+            log.warning("saga %s turned back at step %s: %s", saga.saga_id, saga.step, reason)
+            run = SagaRun(
+                saga_id=saga.saga_id,
+                entity_id=saga.entity_id,
+                snapshot=saga.snapshot,
+                started=saga.started,
+            )
+            messages += self.next_messages(run, (COMPENSATING, saga.step))
+        return messages

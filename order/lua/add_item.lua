@@ -1,8 +1,9 @@
--- Append a line to an order that is neither paid nor being checked out.
+-- Append a line to an order that is neither paid nor being checked out, within the order's
+-- bound (every message its checkout may send must fit in one Kafka record).
 -- KEYS[1] the order hash, KEYS[2] request record (makes a client retry a no-op)
 -- ARGV[1] item id, ARGV[2] quantity, ARGV[3] unit price, ARGV[4] total cost limit,
--- ARGV[5] request record ttl (s)
--- Returns {status, total_cost}: OK | UNKNOWN | PAID | BUSY | OVERFLOW
+-- ARGV[5] request record ttl (s), ARGV[6] most lines, ARGV[7] most bytes of lines (as stored)
+-- Returns {status, total_cost}: OK | UNKNOWN | PAID | BUSY | OVERFLOW | TOO_BIG
 local done = redis.call('GET', KEYS[2])
 if done then
   local sep = string.find(done, ':', 1, true)
@@ -18,14 +19,16 @@ elseif h[3] == 'running' or h[3] == 'compensating' then
   status = 'BUSY'
 else
   local added = tonumber(ARGV[2]) * tonumber(ARGV[3])
+  local items = cjson.decode(h[4] or '[]')
+  items[#items + 1] = {ARGV[1], tonumber(ARGV[2])}
+  local encoded = cjson.encode(items)
   if total + added > tonumber(ARGV[4]) then
     status = 'OVERFLOW'
+  elseif #items > tonumber(ARGV[6]) or #encoded > tonumber(ARGV[7]) then
+    status = 'TOO_BIG'
   else
-    local items = cjson.decode(h[4] or '[]')
-    items[#items + 1] = {ARGV[1], tonumber(ARGV[2])}
     total = total + added
-    redis.call('HSET', KEYS[1], 'items', cjson.encode(items),
-      'total_cost', string.format('%d', total))
+    redis.call('HSET', KEYS[1], 'items', encoded, 'total_cost', string.format('%d', total))
   end
 end
 redis.call('SET', KEYS[2], status .. ':' .. string.format('%d', total), 'EX', ARGV[5])

@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
 from common.messages import ALL_TOPICS, Message, encode
@@ -27,6 +29,15 @@ class BusFaults:
     drop: float = 0.0
     duplicate: float = 0.0
     hold: float = 0.0
+
+
+MAX_REQUEST_SIZE = 1_048_576
+"""aiokafka's default ``max_request_size`` (Kafka's ``max.request.size``), which ``Bus`` keeps."""
+
+
+def record_size(key: bytes, payload: bytes) -> int:
+    """What AIOKafkaProducer.send compares with ``max_request_size`` (headers left out)."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, payload, []))
 
 
 def describe(message: Message) -> str:
@@ -58,6 +69,7 @@ class FakeBus:
         self.held: list[tuple[str, bytes, bytes, str]] = []
         self.epoch = 0
         self.published: list[tuple[str, Message]] = []
+        self.refused: list[tuple[str, Message]] = []  # too large to send
         self._gate = gate
         self._rng = rng or random.Random(0)
         self._note = note
@@ -80,8 +92,15 @@ class FakeBus:
             return
         await self._gate("publish " + ", ".join(describe(m) for _, m in messages))
         for topic, message in messages:
+            key, payload = message.order_id.encode(), encode(message)
+            # As AIOKafkaProducer.send: a record larger than max_request_size is refused there
+            # and then (the messages before it in this call were sent).
+            size = record_size(key, payload)
+            if size > MAX_REQUEST_SIZE:
+                self.refused.append((topic, message))
+                raise MessageSizeTooLargeError(f"the message is {size} bytes when serialized")
             self.published.append((topic, message))
-            self.send(topic, message.order_id.encode(), encode(message), describe(message))
+            self.send(topic, key, payload, describe(message))
 
     def send(self, topic: str, key: bytes, payload: bytes, what: str) -> None:
         roll = self._rng.random()

@@ -1,5 +1,5 @@
-"""The Lua scripts of ``common/lua`` and ``common/saga/lua``, reproduced in Python over a
-``FakeRedis`` keyspace.
+"""The Lua scripts of ``common/lua``, ``common/saga/lua`` and ``order/lua``, reproduced in
+Python over a ``FakeRedis`` keyspace.
 
 Each function takes ``(redis, keys, argv)`` with ``argv`` already encoded as redis-py sends it
 (bytes) and returns what redis-py hands back with ``decode_responses=False``: bytes for Lua
@@ -27,7 +27,16 @@ def _num(raw: bytes) -> float:
     return float(raw)
 
 
+def _fenced(r: FakeRedis, key: str, started: bytes) -> bool:
+    """take.lua's and restore.lua's fence: the entity was reset at or after the saga began."""
+    epoch = _num(r.hget(key, b"epoch") or b"0")
+    return epoch > 0 and _num(started) <= epoch
+
+
 def take(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    if _fenced(r, keys[0], argv[3]):
+        r.set(keys[1], b"F", ex_s=int(argv[2]))
+        return b"F"
     done = r.get(keys[1])
     if done is not None:
         return done
@@ -46,6 +55,9 @@ def take(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 def restore(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     done = r.get(keys[1])
+    if _fenced(r, keys[0], argv[2]):
+        r.set(keys[1], b"F", ex_s=int(argv[1]))
+        return done
     if done is not None and done[:2] == b"T:" and _num(done[2:]) > 0:
         r.hincrby(keys[0], argv[0], int(done[2:]))
     if done is None or done[:2] == b"T:":
@@ -53,26 +65,67 @@ def restore(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return done
 
 
+def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    epoch = r.now_ms()  # TIME on the entity's master: the simulation's one clock
+    r.delete(keys[0])
+    r.hset(keys[0], {b"epoch": b"%d" % epoch} | dict(zip(argv[::2], argv[1::2], strict=True)))
+    return epoch
+
+
 def adjust(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     done = r.get(keys[1])
     if done is not None:
         sep = done.index(b":")
         return [done[:sep], int(_num(done[sep + 1 :]))]
-    current = r.hget(keys[0], argv[0])
+    current, ceiling = r.hmget(keys[0], [argv[0], b"ceiling"])
     value: float
     if current is None:
         status, value = b"UNKNOWN", 0
     else:
-        value = _num(current) + _num(argv[1])
+        delta = _num(argv[1])
+        ceiling = ceiling if ceiling is not None else current
+        value = _num(current) + delta
         if value < 0:
             status, value = b"NEGATIVE", _num(current)
-        elif value > _num(argv[2]):
+        elif delta > 0 and _num(ceiling) + delta > _num(argv[2]):
             status, value = b"OVERFLOW", _num(current)
         else:
             status = b"OK"
             value = r.hincrby(keys[0], argv[0], int(argv[1]))
+            r.hset(keys[0], {b"ceiling": b"%d" % int(_num(ceiling) + delta)})
     r.set(keys[1], status + b":" + b"%d" % int(value), ex_s=int(argv[3]))
     return [status, int(value)]
+
+
+def add_item(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    done = r.get(keys[1])
+    if done is not None:
+        sep = done.index(b":")
+        return [done[:sep], int(_num(done[sep + 1 :]))]
+    user_id, paid, status, items, total_raw = r.hmget(
+        keys[0], [b"user_id", b"paid", b"saga_status", b"items", b"total_cost"]
+    )
+    result, total = b"OK", _num(total_raw or b"0")
+    if user_id is None:
+        result, total = b"UNKNOWN", 0
+    elif paid == b"1":
+        result = b"PAID"
+    elif status in (b"running", b"compensating"):
+        result = b"BUSY"
+    else:
+        added = _num(argv[1]) * _num(argv[2])
+        lines = json.loads(items or b"[]")
+        lines.append([argv[0].decode(), int(argv[1])])
+        encoded = cjson_encode(lines)
+        if total + added > _num(argv[3]):
+            result = b"OVERFLOW"
+        elif len(lines) > _num(argv[5]) or len(encoded) > _num(argv[6]):
+            result = b"TOO_BIG"
+        else:
+            total += added
+            r.hset(keys[0], {b"items": encoded, b"total_cost": b"%d" % int(total)})
+    r.set(keys[1], result + b":" + b"%d" % int(total), ex_s=int(argv[4]))
+    return [result, int(total)]
 
 
 def create(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
@@ -93,6 +146,11 @@ def _index_here(keys: list[str], index: bytes) -> str:
     return shard
 
 
+def cjson_encode(value: Any) -> bytes:
+    """``cjson.encode``'s text (its length matters): UTF-8 kept as is, "/" escaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/").encode()
+
+
 def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if not r.exists(keys[0]):
         return [b"UNKNOWN"]
@@ -108,8 +166,10 @@ def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
         return [b"JOINED", saga_id]
     if argv[0] == b"check":
         return [b"READY"]
-    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[8:]}
-    data = json.dumps(snapshot, separators=(",", ":")).encode()
+    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[9:]}
+    data = cjson_encode(snapshot)
+    if len(data) > _num(argv[8]):
+        return [b"TOO_BIG", b"%d" % len(data)]
     indexed = b""
     if argv[6] != b"":
         r.zadd(_index_here(keys, argv[6]), {argv[1]: float(argv[7])})
@@ -155,10 +215,27 @@ def saga_move(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if argv[6] != b"":
         r.hset(keys[0], {b"saga_reason": argv[6]})
     if argv[3] == b"succeeded":
-        r.hset(keys[0], {argv[7]: b"1"})
+        r.hset(keys[0], {argv[7]: b"1", b"saga_done_by": argv[0]})
     if drop:
         r.zrem(drop, argv[8])
     return [1, data, r.hget(keys[0], b"saga_reason") or b""]
+
+
+def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    saga_id, status, step, data, started = r.hmget(
+        keys[0], [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_started"]
+    )
+    if status == b"running":
+        r.hset(
+            keys[0],
+            {b"saga_status": b"compensating", b"saga_updated": argv[0]}
+            | {b"saga_resends": b"0", b"saga_reason": argv[1]},
+        )
+    fields = dict(zip(argv[3::2], argv[4::2], strict=True))
+    r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0]} | fields)
+    if status in (b"running", b"compensating"):
+        return [saga_id, step or b"0", data or b"{}", started or b"0"]
+    return []
 
 
 def saga_touch(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
@@ -188,12 +265,15 @@ def lease(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 
 SCRIPTS: dict[str, Script] = {
+    "add_item": add_item,
     "take": take,
     "restore": restore,
+    "reset": reset,
     "adjust": adjust,
     "create": create,
     "saga_begin": saga_begin,
     "saga_move": saga_move,
+    "saga_reset": saga_reset,
     "saga_touch": saga_touch,
     "index_drop": index_drop,
     "lease": lease,
@@ -201,14 +281,17 @@ SCRIPTS: dict[str, Script] = {
 """Script name (the .lua file's stem) -> its reproduction."""
 
 SOURCES: dict[str, str] = {
-    "adjust": "57341db326c9c9e9452f8bb7d3d16fafb78736d3",
+    "reset": "be33ad235411b6d015706cce278e2d24caafe02d",
+    "saga_reset": "a8bca088f0e1c59e81efa03a01d7d9f1f7b5edd1",
+    "add_item": "051e4bd7eb6a28ef4c6f03d5e551c9edd10437a3",
+    "adjust": "1b5a2793096ef6905ff811946f6825e145cb397c",
     "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
-    "restore": "693681b351765e1f2ac2a80a434c5eb9192c9c22",
-    "take": "571149b87d64cba11b970373ad24004b1caeac82",
+    "restore": "6fc2de001a4e5227fabb13ccab2ca89d27c84777",
+    "take": "de5f7b46e9f332eb5b67ee3b80d4cdb005f7e7a1",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
     "lease": "a4924623c6f2e16d84d6cb11b791f8659fff8a18",
-    "saga_begin": "b1f37d0681f4b7d1741c88a374189ee2af25f103",
-    "saga_move": "cc1847f4c961fe68043a9088d2e94e5e447fc1ec",
+    "saga_begin": "08e646d1828f04a26ca0fd60094f3f6b3734dc9b",
+    "saga_move": "921b0c1d463683d944c8f4561b003ea913ae7798",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",
 }
 """Script name -> sha1 of the Lua text the function above reproduces."""

@@ -2,8 +2,12 @@
 
 ``FakeRedis`` keeps, per simulated master, the pre-image of every key written since that master
 was last replicated (a WAIT). ``failover(master)`` puts those pre-images back and gives the
-master a new node name: what a replica promoted after its master died holds. Values are what
-redis-py hands back with ``decode_responses=False``: bytes, dicts of bytes, sorted sets.
+master a new node name: what a replica promoted after its master died holds. Each master's
+replica is in sync (it acknowledges a WAIT), down (not connected: a WAIT gets no
+acknowledgement) or resyncing (connected, but acknowledging nothing until its full sync ends);
+a replica killed and restarted goes down, then resyncing, then in sync, and a failover while it
+resyncs promotes it without what it missed (``cluster-replica-validity-factor 0``). Values are
+what redis-py hands back with ``decode_responses=False``: bytes, dicts of bytes, sorted sets.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from common.store import hash_tag
 
 MASTERS = 3
+IN_SYNC, DOWN, RESYNCING = "in sync", "down", "resyncing"
 
 
 def master_of(key: str) -> int:
@@ -47,6 +52,7 @@ class FakeRedis:
         self.data: dict[str, Any] = {}
         self.expiry: dict[str, int] = {}
         self.generation = [0] * MASTERS
+        self.replica = [IN_SYNC] * MASTERS
         self.writes = 0
         self._unreplicated: list[dict[str, tuple[Any, int | None]]] = [{} for _ in range(MASTERS)]
 
@@ -57,13 +63,29 @@ class FakeRedis:
         return f"10.0.{m}.{self.generation[m]}:7000"
 
     def replicate(self, masters: Iterable[int]) -> None:
-        """A replica of each of ``masters`` now holds every write made to it so far."""
+        """A replica of each of ``masters`` now holds every write made to it so far (a WAIT
+        that got its acknowledgement; a replica not in sync receives nothing)."""
         for m in masters:
-            self._unreplicated[m].clear()
+            if self.replica[m] == IN_SYNC:
+                self._unreplicated[m].clear()
+
+    def replica_down(self, master: int) -> None:
+        """``master``'s replica is killed: WAITs on the master get no acknowledgement."""
+        self.replica[master] = DOWN
+
+    def replica_back(self, master: int) -> None:
+        """The replica restarted and connected: it resyncs, acknowledging nothing yet."""
+        self.replica[master] = RESYNCING
+
+    def resynced(self, master: int) -> None:
+        """The full sync ended: the replica holds everything the master has."""
+        self.replica[master] = IN_SYNC
+        self._unreplicated[master].clear()
 
     def failover(self, master: int, spare: Callable[[str], bool] = lambda key: False) -> list[str]:
         """``master`` dies and its replica takes over: unreplicated writes vanish (but those to
-        keys ``spare`` picks, which lets a simulation step around a known bug)."""
+        keys ``spare`` picks, which lets a simulation step around a known bug). The new master
+        is given a replica in sync at once (the old master's return is not modelled)."""
         lost = {k: v for k, v in self._unreplicated[master].items() if not spare(k)}
         for key, (value, expiry) in lost.items():
             self.data.pop(key, None)
@@ -73,6 +95,7 @@ class FakeRedis:
                 if expiry is not None:
                     self.expiry[key] = expiry
         self._unreplicated[master] = {}
+        self.replica[master] = IN_SYNC
         self.generation[master] += 1
         return sorted(lost)
 
@@ -103,6 +126,14 @@ class FakeRedis:
         if value is not None and (type(value) is not kind):
             raise TypeError(f"WRONGTYPE {key}: {type(value).__name__}, not {kind.__name__}")
         return value
+
+    def delete(self, key: str) -> int:
+        if self._live(key) is None:
+            return 0
+        self._write(key)
+        self.data.pop(key, None)
+        self.expiry.pop(key, None)
+        return 1
 
     def exists(self, key: str) -> bool:
         return self._live(key) is not None

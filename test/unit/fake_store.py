@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from common.errors import Unavailable
 from common.store import Store
 from test.unit.fake_lua import SCRIPTS
-from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
+from test.unit.fake_redis import IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
 
 try:
     from common.store import WriteMayBeLost
@@ -220,7 +220,29 @@ class FakeStore:
             if self.dropped_pipeline_is_none:
                 return None
             raise RedisConnectionError("Connection closed by server.")
+        if self.redis.replica[master] != IN_SYNC:
+            return None  # as Store: no replica acknowledged; the ordinary path waits for one
         self.redis.replicate([master])
+        return replies
+
+    async def bulk_script(
+        self,
+        name: str,
+        calls: Iterable[tuple[Sequence[str], Sequence[Any]]],
+        chunk: int = 5000,
+    ) -> list[Any]:
+        """As ``Store.bulk_script``: the script once per call, then a barrier on every master.
+        (All in one step here: the real one goes in pipelined chunks.)"""
+        if name not in self.loaded:
+            raise KeyError(f"script {name!r} not loaded")
+        await self._gate(f"bulk {name}")
+        self.calls[f"bulk {name}"] += 1
+        replies = []
+        for keys, args in calls:
+            result = SCRIPTS[name](self.redis, list(keys), [encode_arg(a) for a in args])
+            self._observe(f"{name} {keys[0]}", result)
+            replies.append(result)
+        await self.replicate_all()
         return replies
 
     async def replicate(self, written: Iterable[str] | Mapping[str, str]) -> None:
@@ -232,14 +254,25 @@ class FakeStore:
         moved = []
         if isinstance(written, Mapping):
             moved = [k for k, node in written.items() if node != self.redis.node_of(k)]
-        self.redis.replicate({master_of(k) for k in keys if k not in moved})
+        masters = {master_of(k) for k in keys if k not in moved}
+        self._barrier(masters)
         if moved:
             self.calls["write_may_be_lost"] += 1
             raise WriteMayBeLost(f"masters of {sorted(moved)} failed over")
 
     async def replicate_all(self) -> None:
         await self._gate("replicate_all")
-        self.redis.replicate(range(MASTERS))
+        self._barrier(set(range(MASTERS)))
+
+    def _barrier(self, masters: set[int]) -> None:
+        """As ``Store._barrier`` on each master: a replica in sync takes the writes; a master
+        whose replica is down or resyncing fails the barrier once its retries ran out (here at
+        once: a caller that retries finds the replica back when the simulation says so)."""
+        self.redis.replicate(masters)
+        unacknowledged = sorted(m for m in masters if self.redis.replica[m] != IN_SYNC)
+        if unacknowledged:
+            self.calls["write_may_be_lost"] += 1
+            raise WriteMayBeLost(f"no replica of masters {unacknowledged} acknowledged")
 
     async def durable(self, action: Callable[[], Awaitable[Any]]) -> Any:
         """As ``Store.durable``: run ``action`` again while its writes may have been lost."""

@@ -2,11 +2,14 @@
 
 The production orchestrator, checkout edge, sweeper, consumer loop and participant handlers run
 on ``FakeStore``s (three Redis Clusters that lose unreplicated writes on failover) and a
-``FakeBus`` (drops, duplicates, held-back messages, an empty restart), under a
-``VirtualTimeLoop``. A seeded ``random.Random`` decides every step: which parked call proceeds,
-when time passes, which process crashes where, which master fails over. After a fault phase the
-faults stop and the world runs until it is quiescent; ``sim_check`` then checks the invariants
-of DESIGN.md. ``run_seed(seed)`` returns a ``Report`` whose ``trace`` replays the run.
+``FakeBus`` (drops, duplicates, held-back messages, an empty restart, records too large for
+Kafka), under a ``VirtualTimeLoop``. A seeded ``random.Random`` decides every step: which parked
+call proceeds, when time passes, which process crashes where, which master fails over, which
+replica is killed, comes back and resyncs (a failover while it resyncs promotes it without what
+it missed), when the three services' ``batch_init`` reset every entity under the live sagas.
+Every checkout answer is checked the moment it is given (``sim_workload``); after a fault phase
+the faults stop and the world runs until it is quiescent; ``sim_check`` then checks the
+invariants of DESIGN.md. ``run_seed(seed)`` returns a ``Report`` whose ``trace`` replays the run.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
 from test.unit.fake_bus import BusFaults, FakeBus
-from test.unit.fake_redis import MASTERS, FakeRedis
+from test.unit.fake_redis import DOWN, IN_SYNC, MASTERS, RESYNCING, FakeRedis
 from test.unit.fake_store import FakeStore
 from test.unit.sim_patch import patched
 from test.unit.sim_procs import OrderWorker, Participants, consume
@@ -28,6 +32,7 @@ from test.unit.sim_sched import Actor, Scheduler, VirtualTimeLoop, current_actor
 from test.unit.sim_workload import Workload
 
 START_MS = 1_000_000
+ORDER_LUA = Path(__file__).resolve().parents[2] / "order" / "lua"
 SERVICES = ("order", "stock", "payment")
 GROUPS: dict[str, tuple[str, ...]] = {
     "stock": (STOCK,),
@@ -43,6 +48,7 @@ class Knobs:
     step_timeout_ms: int = 2000
     deadline_ms: int = 10_000
     checkout_timeout_ms: int = 20_000
+    checkout_answer_ms: int = 55_000
     sweep_interval_ms: int = 500
     index_shards: int = 4
     partitions: int = 4
@@ -55,10 +61,27 @@ class Knobs:
     failover: float = 0.12
     broker_restart: float = 0.01
     rebalance: float = 0.06
+    replica_loss: float = 0.08
+    """A master's replica is killed; it comes back (``replica_back``) and resyncs."""
+    replica_back: float = 0.6
+    failover_resyncing: float = 0.8
+    """A master whose replica resyncs dies, and that replica is promoted."""
+    reset: float = 0.03
+    """batch_init over live sagas: the three services at one instant, or the orders alone."""
+    orders_only_reset: float = 0.4
+    max_resets: int = 2
+    oversized: float = 0.15
+    """Probability that the workload holds an order too big for one Kafka record."""
     park: float = 0.7
     """Probability that a store or bus call parks at its gate (else it runs at once)."""
-    park_calls: tuple[tuple[str, float], ...] = (("lease", 0.0), ("zrangebyscore", 0.35))
-    """Other probabilities for some calls (the sweeper's routine reads need fewer steps)."""
+    park_calls: tuple[tuple[str, float], ...] = (
+        ("lease", 0.0),
+        ("zrangebyscore", 0.35),
+        ("bulk", 0.0),
+        ("replicate_all", 0.0),
+    )
+    """Other probabilities for some calls (the sweeper's routine reads need fewer steps; a
+    reset's writes happen at one instant)."""
     spare_prefixes: tuple[str, ...] = ()
     """Keys whose unreplicated writes a failover keeps (to look past a known bug)."""
     first_node_wins: bool = True
@@ -122,6 +145,7 @@ class World:
             store.load_scripts(LUA_DIR)
             store.cluster.durable_reads = knobs.durable_reads
             store.dropped_pipeline_is_none = knobs.dropped_pipeline_is_none
+        self.stores["order"].load_scripts(ORDER_LUA)
         self.bus = FakeBus(
             self.gate, partitions=knobs.partitions, rng=self.rng, note=self.note, groups=GROUPS
         )
@@ -138,10 +162,19 @@ class World:
         }
         self.inflight: dict[tuple[str, str, int], Actor] = {}
         self.workload = Workload(self)
+        self._started: dict[str, int] = {}
+        self._published_seen = 0
 
     # --- plumbing -------------------------------------------------------------------------------
     def note(self, event: str) -> None:
         self.trace.append(f"{self.loop.now_ms - START_MS:>7} {event}")
+
+    def started_of(self, saga_id: str) -> int:
+        """When ``saga_id`` began, as its messages say (0 if none was sent)."""
+        for _, message in self.bus.published[self._published_seen :]:
+            self._started.setdefault(message.saga_id, message.started)
+        self._published_seen = len(self.bus.published)
+        return self._started.get(saga_id, 0)
 
     def count(self, what: str, n: int = 1) -> None:
         self.stats[what] = self.stats.get(what, 0) + n
@@ -153,7 +186,7 @@ class World:
     def observe(self, call: str, result: Any) -> None:
         """Every script's result goes to the trace; a saga start opens a checkout's start
         window (see ``Knobs.shield_start``)."""
-        self.note(f"    {call} -> {result!r}")
+        self.note(f"    {call[:120]} -> {repr(result)[:300]}")
         actor = current_actor()
         if actor is not None and call.startswith("saga_begin") and result[0] == b"STARTED":
             actor.notes["starting"] = True
@@ -195,6 +228,9 @@ class World:
         self.faulty = on
         self.bus.faults = self.knobs.bus if on else BusFaults()
         self.note("faults on" if on else "faults off: healing")
+        if not on:  # every replica back and in sync
+            for service, master in self.replicas(DOWN) + self.replicas(RESYNCING):
+                self.redis[service].resynced(master)
 
     def quiescent(self) -> bool:
         return (
@@ -229,6 +265,14 @@ class World:
             options.append((self.knobs.crash, self.crash))
             options.append((self.knobs.failover, self.failover))
             options.append((self.knobs.broker_restart, self.broker_restart))
+            options.append((self.knobs.replica_loss, self.replica_down))
+            away = self.replicas(DOWN) + self.replicas(RESYNCING)
+            if away:
+                options.append((self.knobs.replica_back, self.replica_back))
+                if self.replicas(RESYNCING):
+                    options.append((self.knobs.failover_resyncing, self.failover_while_resyncing))
+            elif self.stats.get("resets", 0) < self.knobs.max_resets:  # (its barrier needs them)
+                options.append((self.knobs.reset, self.workload.reset))
             if self.inflight:
                 options.append((self.knobs.rebalance, self.rebalance))
         elif not options:
@@ -289,8 +333,44 @@ class World:
         if process in self.workers:
             self.workers[process].boot()
 
-    def failover(self) -> None:
+    def replicas(self, state: str) -> list[tuple[str, int]]:
+        """(service, master) of every replica in ``state``."""
+        return [
+            (service, m)
+            for service, redis in self.redis.items()
+            if state in redis.replica
+            for m in range(MASTERS)
+            if redis.replica[m] == state
+        ]
+
+    def replica_down(self) -> None:
         service, master = self.rng.choice(SERVICES), self.rng.randrange(MASTERS)
+        if self.redis[service].replica[master] == IN_SYNC:
+            self.redis[service].replica_down(master)
+            self.count("replicas lost")
+            self.note(f"REPLICA of {service} master {master} killed")
+
+    def replica_back(self) -> None:
+        service, master = self.rng.choice(self.replicas(DOWN) + self.replicas(RESYNCING))
+        if self.redis[service].replica[master] == DOWN:
+            self.redis[service].replica_back(master)
+            self.note(f"REPLICA of {service} master {master} back, resyncing")
+        else:
+            self.redis[service].resynced(master)
+            self.note(f"REPLICA of {service} master {master} in sync")
+
+    def failover_while_resyncing(self) -> None:
+        """The hole of issue 16: a master dies while its restarted replica resyncs, and that
+        replica is promoted (``cluster-replica-validity-factor 0``)."""
+        self.failover(*self.rng.choice(self.replicas(RESYNCING)))
+
+    def failover(self, service: str = "", master: int = -1) -> None:
+        if not service:
+            service, master = self.rng.choice(SERVICES), self.rng.randrange(MASTERS)
+        if self.redis[service].replica[master] == DOWN:
+            return  # no replica to promote: the master only restarts (AOF keeps its writes)
+        if self.redis[service].replica[master] == RESYNCING:
+            self.count("failovers while resyncing")
         spared = self.knobs.spare_prefixes
         lost = self.redis[service].failover(master, lambda key: key.startswith(spared))
         self.count("failovers")

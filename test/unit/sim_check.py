@@ -1,13 +1,17 @@
 """The invariants of DESIGN.md, checked on a simulated world once it is quiescent.
 
-- every saga is terminal, and an order is paid exactly when its last saga succeeded;
+- every saga is terminal, and an order is paid exactly when its last saga succeeded (unless a
+  batch_init reset it after);
 - a paid order was charged once: one ``T:`` payment record (its total) and its lines' ``T:`` stock
   records, all from its last saga; an unpaid order holds no ``T:`` record of any saga;
 - per user, credit + paid totals = initial credit + funds added; per item, stock + units in paid
   orders = initial stock + units added (added = the adjustments the ledger applied, and every
-  acknowledged one is among them);
+  acknowledged one is among them); "initial" is what the last batch_init set, if one ran;
 - every "paid" answer is a paid order; every "not paid" answer's saga holds nothing; no
-  checkout answers 5xx.
+  checkout answers 5xx. (Each answer is also checked the moment it is given: sim_workload.)
+
+A ``T:`` record holds something only while its entity was not reset since its saga began
+(take.lua's fence): what it took went with the old balance.
 """
 
 from __future__ import annotations
@@ -26,16 +30,29 @@ Taken = dict[str, list[tuple[str, str, int]]]
 """saga id -> [(service, entity id, amount)] of its live ``T:`` records"""
 
 
-def taken_records(service: str, redis: FakeRedis, into: Taken) -> None:
+def taken_records(world: World, service: str, into: Taken, saga: str = "") -> None:
+    """The live ``T:`` records of ``service`` (of ``saga`` only, if given)."""
+    redis = world.redis[service]
     for key in list(redis.data):
-        if ":op:" not in key:
+        if ":op:" not in key or (saga and not key.endswith(f":op:{saga}")):
             continue
         record = redis.get(key)
         if record is None or not record.startswith(b"T:"):
             continue
         tag, saga_id = key.split(":op:", 1)
+        epoch = int(redis.hget(tag, b"epoch") or b"0")
+        if epoch and world.started_of(saga_id) <= epoch:
+            continue  # fenced off by a reset: it went with the old balance
         entity_id = tag.strip("{}").split(":", 1)[1]
         into[saga_id].append((service, entity_id, int(record[2:])))
+
+
+def live_holds(world: World, saga_id: str) -> list[tuple[str, str, int]]:
+    """What ``saga_id`` holds now: its live ``T:`` records in stock and payment."""
+    held: Taken = defaultdict(list)
+    taken_records(world, "stock", held, saga_id)
+    taken_records(world, "payment", held, saga_id)
+    return held.get(saga_id, [])
 
 
 def applied(redis: FakeRedis, kind: str, entity_id: str, request_id: str) -> bool:
@@ -48,8 +65,8 @@ def check(world: World) -> list[str]:
     wl, out = world.workload, []
     orders, stock, payment = world.redis["order"], world.redis["stock"], world.redis["payment"]
     taken: Taken = defaultdict(list)
-    taken_records("stock", stock, taken)
-    taken_records("payment", payment, taken)
+    taken_records(world, "stock", taken)
+    taken_records(world, "payment", taken)
     by_order: dict[str, set[str]] = defaultdict(set)
     for saga_id in taken:
         by_order[saga_id.split(":", 1)[0]].add(saga_id)
@@ -60,11 +77,12 @@ def check(world: World) -> list[str]:
         status = h.get(b"saga_status", b"").decode()
         last = h.get(b"saga_id", b"").decode()
         paid[order_id] = h.get(b"paid") == b"1"
+        reset_since = int(h.get(b"reset_at", b"0")) >= int(h.get(b"saga_started", b"0"))
         if status not in ("", "succeeded", "failed"):
             out.append(f"order {order_id}: saga {last} never ended ({status})")
-        if paid[order_id] != (status == "succeeded"):
+        if paid[order_id] != (status == "succeeded") and not (status and reset_since):
             out.append(f"order {order_id}: paid={paid[order_id]} but its saga {last} is {status}")
-        holders = by_order.pop(order_id, set())
+        holders = by_order.pop(order_id, set()) - set(wl.sold)  # those sold before a reset
         if not paid[order_id]:
             if holders:
                 out.append(f"unpaid order {order_id} holds {[taken[s] for s in sorted(holders)]}")
@@ -91,11 +109,11 @@ def check(world: World) -> list[str]:
         elif adj in wl.acknowledged:
             out.append(f"acknowledged {adj} vanished")
     spent: Counter[tuple[str, str]] = Counter()
-    for order_id, spec in wl.orders.items():
-        if paid[order_id]:
-            spent[("payment", spec.user_id)] += spec.total
-            for item_id, quantity in spec.lines:
-                spent[("stock", item_id)] += quantity
+    sold = [spec for order_id, spec in wl.orders.items() if paid[order_id]]
+    for spec in [*sold, *wl.sold.values()]:
+        spent[("payment", spec.user_id)] += spec.total
+        for item_id, quantity in spec.lines:
+            spent[("stock", item_id)] += quantity
     for user_id, credit in wl.users.items():
         now = int(payment.hget(f"{{user:{user_id}}}", b"credit") or b"0")
         key = ("payment", user_id)
@@ -112,6 +130,8 @@ def check(world: World) -> list[str]:
     if world.stats.get("checkout_503"):
         out.append(f"{world.stats['checkout_503']} checkout(s) answered 503 (rule 5: never 5xx)")
     for answer in wl.answers:
+        if answer.asked_ms <= wl.reset_ms:
+            continue  # about the world before the reset: checked when it was given
         if answer.outcome == PAID and not paid[answer.order_id]:
             out.append(f"checkout answered paid but order {answer.order_id} is not: {answer}")
         if answer.outcome == NOT_PAID and taken.get(answer.saga_id):

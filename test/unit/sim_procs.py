@@ -91,7 +91,12 @@ class OrderWorker:
         self.waiters = NotingWaiters()
         bus: Any = w.bus
         self.checkout = Checkout(
-            self.orchestrator, store, bus, self.waiters, timeout_ms=k.checkout_timeout_ms
+            self.orchestrator,
+            store,
+            bus,
+            self.waiters,
+            timeout_ms=k.checkout_timeout_ms,
+            answer_ms=k.checkout_answer_ms,
         )
         self.sweeper = Sweeper(
             self.orchestrator, store, bus, self.name, interval_ms=k.sweep_interval_ms

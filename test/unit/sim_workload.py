@@ -1,6 +1,9 @@
 """The simulated clients: a few items with scarce stock, a few users with scarce credit, several
-orders (multi-item, the same item twice, an empty one), checked out concurrently and again after
-a refusal and ``add_funds``; and the record of every answer they got."""
+orders (multi-item, the same item twice, an empty one, sometimes one too big for a Kafka record
+with an addItem past its bound), checked out concurrently, again after a refusal and
+``add_funds``, again once paid (as the stress test does), and sometimes batch_init over it all;
+and the record of every answer they got, each checked the moment it was given: a 200 only for a
+paid order, a 400 only for a saga that holds nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.errors import Refused, Unavailable
+from order.orders import Orders
 from order.saga import order_key
 from test.unit.fake_redis import MASTERS
 from test.unit.sim_sched import Actor
@@ -21,6 +25,10 @@ if TYPE_CHECKING:
 PAID, NOT_PAID, NO_ANSWER = "paid", "not paid", "no answer"
 
 
+OVERSIZED_LINES = 300
+"""Lines of 3,500-character ids: over 1 MiB, too big for one Kafka record."""
+
+
 @dataclass
 class OrderSpec:
     order_id: str
@@ -28,6 +36,15 @@ class OrderSpec:
     lines: list[tuple[str, int]]
     total: int
     checkouts: int = 0
+    oversized: bool = False
+
+    def fields(self) -> dict[str, str | int]:
+        return {
+            "user_id": self.user_id,
+            "items": json.dumps(self.lines, separators=(",", ":")),
+            "total_cost": self.total,
+            "paid": 0,
+        }
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,7 @@ class Answer:
     saga_id: str
     outcome: str
     at_ms: int
+    asked_ms: int
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,10 @@ class Workload:
         self.answers: list[Answer] = []
         self.adjustments: list[Adjustment] = []
         self.acknowledged: list[Adjustment] = []
+        self.reset_ms = 0  # when the last batch_init of the orders ran (0: never)
+        self.sold: dict[str, OrderSpec] = {}
+        """Sagas that paid an order a later reset of the orders alone made unpaid again: what
+        they took stays sold (until stock and payment are reset too)."""
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}{self.world.rng.getrandbits(32):08x}"
@@ -73,27 +95,24 @@ class Workload:
             self.users[self._id("u")] = rng.randint(0, 12)
         item_ids = list(self.items)
         for n in range(rng.randint(3, 6)):
-            lines = [(rng.choice(item_ids), rng.randint(1, 2)) for _ in range(rng.randint(1, 3))]
-            if n == 0:
-                lines = []  # an empty order
-            elif rng.random() < 0.3:
-                lines.append((lines[0][0], rng.randint(1, 2)))  # the same item twice
+            lines = self._lines() if n else []  # the first one empty
             total = sum(q * self.items[i][1] for i, q in lines)
             spec = OrderSpec(self._id("o"), rng.choice(list(self.users)), lines, total)
             self.orders[spec.order_id] = spec
+        if rng.random() < w.knobs.oversized:
+            lines = [(f"{n:04d}" + "x" * 3496, 1) for n in range(OVERSIZED_LINES)]
+            spec = OrderSpec(self._id("o"), rng.choice(list(self.users)), lines, 0, oversized=True)
+            self.orders[spec.order_id] = spec
+            w.count("oversized orders")
+            self.todo.append(lambda s=spec: self.add_item(s))
         for item_id, (stock, price) in self.items.items():
-            w.redis["stock"].hset(
-                f"{{item:{item_id}}}", {b"stock": b"%d" % stock, b"price": b"%d" % price}
-            )
+            fields = {b"stock": b"%d" % stock, b"price": b"%d" % price, b"ceiling": b"%d" % stock}
+            w.redis["stock"].hset(f"{{item:{item_id}}}", fields)
         for user_id, credit in self.users.items():
-            w.redis["payment"].hset(f"{{user:{user_id}}}", {b"credit": b"%d" % credit})
+            fields = {b"credit": b"%d" % credit, b"ceiling": b"%d" % credit}
+            w.redis["payment"].hset(f"{{user:{user_id}}}", fields)
         for spec in self.orders.values():
-            fields = {
-                b"user_id": spec.user_id.encode(),
-                b"items": json.dumps(spec.lines, separators=(",", ":")).encode(),
-                b"total_cost": b"%d" % spec.total,
-                b"paid": b"0",
-            }
+            fields = {k.encode(): str(v).encode() for k, v in spec.fields().items()}
             w.redis["order"].hset(order_key(spec.order_id), fields)
         for redis in w.redis.values():
             redis.replicate(range(MASTERS))
@@ -105,19 +124,30 @@ class Workload:
             self.todo.append(lambda: self.adjust("stock", rng.choice(item_ids), rng.randint(1, 2)))
         rng.shuffle(self.todo)
 
+    def _lines(self) -> list[tuple[str, int]]:
+        """One to three lines of the items, sometimes the same item twice."""
+        rng, item_ids = self.world.rng, list(self.items)
+        lines = [(rng.choice(item_ids), rng.randint(1, 2)) for _ in range(rng.randint(1, 3))]
+        if rng.random() < 0.3:
+            lines.append((lines[0][0], rng.randint(1, 2)))
+        return lines
+
     def start_next(self) -> None:
         self.todo.pop(self.world.rng.randrange(len(self.todo)))()
 
     # --- requests -------------------------------------------------------------------------------
     def checkout(self, spec: OrderSpec) -> None:
         w = self.world
+        spec = self.orders[spec.order_id]  # as it is now (a reset may have come since)
         spec.checkouts += 1
         worker = w.rng.choice(list(w.workers.values()))
         name = f"{worker.name} checkout {spec.order_id}"
         w.note(f"client: {name}")
-        w.sched.spawn(name, worker.name, worker.checkout(spec.order_id), self._answered(spec))
+        asked = w.loop.now_ms
+        done = self._answered(spec, asked)
+        w.sched.spawn(name, worker.name, worker.checkout(spec.order_id), done)
 
-    def _answered(self, spec: OrderSpec) -> Callable[[Actor, asyncio.Task[Any]], None]:
+    def _answered(self, spec: OrderSpec, asked: int) -> Callable[[Actor, asyncio.Task[Any]], None]:
         def done(actor: Actor, task: asyncio.Task[Any]) -> None:
             w = self.world
             if task.cancelled():
@@ -136,16 +166,129 @@ class Workload:
                 outcome = NO_ANSWER
                 w.error(f"{actor.name} raised {task.exception()!r}")
             saga_id = str(actor.notes.get("saga_id", ""))
-            self.answers.append(Answer(spec.order_id, saga_id, outcome, w.loop.now_ms))
+            self.answers.append(Answer(spec.order_id, saga_id, outcome, w.loop.now_ms, asked))
             w.note(f"{actor.name} answered {outcome} (saga {saga_id or '-'})")
-            if spec.checkouts >= 4:
+            self._check_now(actor.name, spec.order_id, saga_id, outcome, asked)
+            now = self.orders[spec.order_id]
+            if now.checkouts >= 4:
                 return
             if outcome == NOT_PAID and w.rng.random() < 0.6:
-                self.adjust("payment", spec.user_id, max(spec.total, 1), then=spec)
+                self.adjust("payment", now.user_id, max(now.total, 1), then=now)
+            elif outcome == PAID and w.rng.random() < 0.5:
+                self.todo.append(lambda: self.checkout(now))  # as the stress test does
             elif outcome == NO_ANSWER and w.rng.random() < 0.7:
                 self.todo.append(lambda: self.checkout(spec))  # the client retries
 
         return done
+
+    def _check_now(self, name: str, order_id: str, saga_id: str, outcome: str, asked: int) -> None:
+        """The answer is true the moment it is given: a 200 for a paid order (or one its own
+        saga paid before a reset came), a 400 for a saga that holds nothing."""
+        from test.unit.sim_check import live_holds  # sim_check reads this module's outcomes
+
+        w = self.world
+        h = w.redis["order"].data.get(order_key(order_id), {})
+        if outcome == PAID:
+            paid_by_it = bool(saga_id) and h.get(b"saga_done_by") == saga_id.encode()
+            reset_since = self.reset_ms >= asked  # a DONE read before the reset came
+            if h.get(b"paid") != b"1" and not paid_by_it and not reset_since:
+                w.error(f"{name} answered paid, but order {order_id} is not paid")
+        elif outcome == NOT_PAID and saga_id:
+            held = live_holds(w, saga_id)
+            if held:
+                w.error(f"{name} answered not paid while {saga_id} holds {held}")
+
+    def add_item(self, spec: OrderSpec) -> None:
+        """addItem on an order past its bound: refused, the order unchanged."""
+        w = self.world
+        worker = w.rng.choice(list(w.workers.values()))
+        orders = Orders(w.stores["order"], worker.orchestrator, w.bus)  # type: ignore[arg-type]
+        item_id = self.world.rng.choice(list(self.items))
+        coro = orders.add_item(spec.order_id, item_id, 1, self.items[item_id][1], self._id("rq"))
+
+        def done(actor: Actor, task: asyncio.Task[Any]) -> None:
+            if not task.cancelled() and isinstance(task.exception(), Refused):
+                w.count("addItem past the bound refused")
+            if not task.cancelled() and task.exception() is None:
+                w.error(f"addItem on {spec.order_id}, past its bound, was accepted")
+            elif not task.cancelled() and not isinstance(task.exception(), Refused | Unavailable):
+                w.error(f"addItem on {spec.order_id} raised {task.exception()!r}")
+
+        w.sched.spawn(f"{worker.name} addItem {spec.order_id}", worker.name, coro, done)
+
+    def reset(self) -> None:
+        """The three batch_inits (stock, payment, orders) at one instant, or the orders' alone,
+        over whatever runs: new stock, credit, users and lines (an oversized order stays so)."""
+        w, rng = self.world, self.world.rng
+        everything = rng.random() >= w.knobs.orders_only_reset
+        w.count("resets" if everything else "resets of orders alone")
+        worker = rng.choice(list(w.workers.values()))
+        items, users = self.items, self.users
+        if everything:
+            items = {i: (rng.randint(0, 4), price) for i, (_, price) in self.items.items()}
+            users = {u: rng.randint(0, 12) for u in self.users}
+        specs = {}
+        for order_id, spec in self.orders.items():
+            if spec.oversized:
+                specs[order_id] = spec
+                continue
+            lines = self._lines() if spec.lines else []
+            total = sum(q * items[i][1] for i, q in lines)
+            specs[order_id] = OrderSpec(order_id, rng.choice(list(users)), lines, total)
+        orders = Orders(w.stores["order"], worker.orchestrator, w.bus)  # type: ignore[arg-type]
+
+        async def batch_init() -> None:
+            # Nothing here waits until the compensations are sent: the books and the resets
+            # change at one instant.
+            if everything:
+                self._book_reset(items, users)
+                stock = ((i, {"stock": n, "price": p}) for i, (n, p) in items.items())
+                await w.items.reset(stock)
+                await w.users.reset((u, {"credit": c}) for u, c in users.items())
+            self._book_orders_reset(specs, keep_sold=not everything)
+            await orders.reset((o, spec.fields()) for o, spec in specs.items())
+
+        w.note("client: batch_init of stock, payment and orders")
+        w.sched.spawn(f"{worker.name} batch_init", worker.name, batch_init(), self._reset_done)
+
+    def _book_reset(self, items: dict[str, tuple[int, int]], users: dict[str, int]) -> None:
+        """What a reset of stock and payment overwrites: the balances, the adjustments applied
+        so far, and what sagas sold."""
+        from test.unit.sim_check import applied
+
+        w = self.world
+        for adj in list(self.adjustments):
+            redis = w.redis[adj.service]
+            kind = "user" if adj.service == "payment" else "item"
+            if applied(redis, kind, adj.entity_id, adj.request_id):
+                self.adjustments.remove(adj)
+                if adj in self.acknowledged:
+                    self.acknowledged.remove(adj)
+        self.items, self.users = items, users
+        self.sold.clear()
+
+    def _book_orders_reset(self, specs: dict[str, OrderSpec], *, keep_sold: bool) -> None:
+        """What a reset of the orders overwrites: an order its saga paid is unpaid again, but
+        what that saga took stays sold if the participants keep it (``keep_sold``)."""
+        w = self.world
+        self.reset_ms = w.loop.now_ms
+        for order_id, spec in specs.items():
+            h = w.redis["order"].data.get(order_key(order_id), {})
+            if keep_sold and h.get(b"paid") == b"1":
+                snapshot = json.loads(h.get(b"saga_data", b"{}"))
+                sold = OrderSpec(
+                    order_id,
+                    snapshot["user_id"],
+                    [(i, q) for i, q in json.loads(snapshot["items"])],
+                    int(snapshot["total_cost"]),
+                )
+                self.sold[h[b"saga_id"].decode()] = sold
+            spec.checkouts = self.orders[order_id].checkouts
+            self.orders[order_id] = spec
+
+    def _reset_done(self, actor: Actor, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.world.error(f"{actor.name} raised {task.exception()!r}")
 
     def adjust(
         self, service: str, entity_id: str, delta: int, then: OrderSpec | None = None

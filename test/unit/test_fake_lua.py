@@ -17,9 +17,11 @@ from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
 from test.unit.fake_store import FakeStore, WriteMayBeLost
 
 SAGA_LUA = Path(LUA_DIR).parent / "saga" / "lua"
+ORDER_LUA = Path(LUA_DIR).parents[1] / "order" / "lua"
+ALL_LUA = [*LUA_DIR.glob("*.lua"), *SAGA_LUA.glob("*.lua"), *ORDER_LUA.glob("*.lua")]
 
 
-@pytest.mark.parametrize("path", sorted([*LUA_DIR.glob("*.lua"), *SAGA_LUA.glob("*.lua")]))
+@pytest.mark.parametrize("path", sorted(ALL_LUA))
 def test_every_script_has_a_reproduction_of_its_current_text(path: Path) -> None:
     assert path.stem in SCRIPTS, f"fake_lua has no reproduction of {path}"
     sha = hashlib.sha1(path.read_bytes()).hexdigest()
@@ -36,18 +38,18 @@ def run(redis: FakeRedis, name: str, keys: list[str], *args: object) -> object:
 def test_take_and_restore_answers() -> None:
     r, saga = FakeRedis(), uuid.uuid4().hex
     key, op = "{item:a}", f"{{item:a}}:op:{saga}"
-    assert run(r, "take", [key, "{item:a}:op:u"], "stock", 1, 60) == b"U"
+    assert run(r, "take", [key, "{item:a}:op:u"], "stock", 1, 60, 1) == b"U"
     r.hset(key, {b"stock": b"3"})
-    assert run(r, "take", [key, "{item:a}:op:u"], "stock", 1, 60) == b"U"  # the stored reply
-    assert run(r, "take", ["{item:a}", "{item:a}:op:x"], "stock", 5, 60) == b"S"
-    assert run(r, "take", [key, op], "stock", 2, 60) == b"T:2"
-    assert run(r, "take", [key, op], "stock", 2, 60) == b"T:2"
+    assert run(r, "take", [key, "{item:a}:op:u"], "stock", 1, 60, 1) == b"U"  # the stored reply
+    assert run(r, "take", ["{item:a}", "{item:a}:op:x"], "stock", 5, 60, 1) == b"S"
+    assert run(r, "take", [key, op], "stock", 2, 60, 1) == b"T:2"
+    assert run(r, "take", [key, op], "stock", 2, 60, 1) == b"T:2"
     assert r.hget(key, b"stock") == b"1"
-    assert run(r, "restore", [key, op], "stock", 60) == b"T:2"
-    assert run(r, "restore", [key, op], "stock", 60) == b"X"
+    assert run(r, "restore", [key, op], "stock", 60, 1) == b"T:2"
+    assert run(r, "restore", [key, op], "stock", 60, 1) == b"X"
     assert r.hget(key, b"stock") == b"3"
-    assert run(r, "restore", [key, "{item:a}:op:never"], "stock", 60) is None
-    assert run(r, "take", [key, "{item:a}:op:never"], "stock", 1, 60) == b"X"
+    assert run(r, "restore", [key, "{item:a}:op:never"], "stock", 60, 1) is None
+    assert run(r, "take", [key, "{item:a}:op:never"], "stock", 1, 60, 1) == b"X"
 
 
 def test_adjust_and_create_answers() -> None:
@@ -65,11 +67,25 @@ def test_adjust_and_create_answers() -> None:
         12,
     ]
     assert run(r, "adjust", ["{user:x}", "{user:x}:rq:1"], "credit", 1, 100, 60) == [b"UNKNOWN", 0]
+    # The ceiling: an increase may not lift the balance plus what sagas may give back past the
+    # limit; a decrease is always allowed.
+    r.hset("{user:c}", {b"credit": b"10", b"ceiling": b"10"})
+    assert run(r, "take", ["{user:c}", "{user:c}:op:s"], "credit", 10, 60, 1) == b"T:10"
+    assert run(r, "adjust", ["{user:c}", "{user:c}:rq:1"], "credit", 91, 100, 60) == [
+        b"OVERFLOW",
+        0,
+    ]
+    assert run(r, "adjust", ["{user:c}", "{user:c}:rq:2"], "credit", 90, 100, 60) == [b"OK", 90]
+    assert run(r, "restore", ["{user:c}", "{user:c}:op:s"], "credit", 60, 1) == b"T:10"
+    assert r.hget("{user:c}", b"credit") == b"100"
+    assert run(r, "adjust", ["{user:c}", "{user:c}:rq:3"], "credit", -1, 100, 60) == [b"OK", 99]
+    assert r.hget("{user:c}", b"ceiling") == b"99"
 
 
 def test_saga_scripts_answers() -> None:
     r, key = FakeRedis(), "{order:o}"
-    begin = ["check", "o", "n1", 1000, 5000, "paid", "", "0", "user_id", "items", "total_cost"]
+    fields = ["user_id", "items", "total_cost"]
+    begin = ["check", "o", "n1", 1000, 5000, "paid", "", "0", 1000, *fields]
     assert run(r, "saga_begin", [key], *begin) == [b"UNKNOWN"]
     r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
     assert run(r, "saga_begin", [key], *begin) == [b"READY"]
@@ -77,6 +93,12 @@ def test_saga_scripts_answers() -> None:
     assert started == [b"STARTED", b"o:1:n1", started[2]]  # type: ignore[index]
     assert json.loads(started[2]) == {"user_id": "u", "items": "[]", "total_cost": "0"}  # type: ignore[index]
     assert run(r, "saga_begin", [key], *begin) == [b"JOINED", b"o:1:n1"]
+    big = {b"user_id": b"v", b"items": b'[["\xc3\xa9/x",1]]', b"total_cost": b"0", b"paid": b"0"}
+    r.hset("{order:p}", big)
+    size = len('{"user_id":"v","items":"[[\\"\u00e9\\/x\\",1]]","total_cost":"0"}'.encode())
+    too_big = ["start", "p", "n1", 1000, 5000, "paid", "", "0", size - 1, *fields]
+    assert run(r, "saga_begin", ["{order:p}"], *too_big) == [b"TOO_BIG", b"%d" % size]
+    assert r.hget("{order:p}", b"saga_status") is None  # nothing started
     move = ["o:1:n1", "running", 0, "running", 1, 1500, "", "paid", "o", ""]
     assert run(r, "saga_move", [key], *move) == [1, started[2], b""]  # type: ignore[index]
     assert run(r, "saga_move", [key], *move) == [0]
@@ -94,7 +116,7 @@ def test_a_saga_indexed_by_its_start_leaves_the_index_at_its_end() -> None:
     near = next(f"idx{{{i}}}" for i in range(100) if master_of(f"idx{{{i}}}") == master_of(key))
     far = next(f"idx{{{i}}}" for i in range(100) if master_of(f"idx{{{i}}}") != master_of(key))
     r.hset(key, {b"user_id": b"u", b"paid": b"0"})
-    begin = ["start", "o", "n1", 1000, 5000, "paid", near, repr(3000.5), "user_id"]
+    begin = ["start", "o", "n1", 1000, 5000, "paid", near, repr(3000.5), 1000, "user_id"]
     with pytest.raises(ResponseError):  # a shard on another master: refused, nothing written
         run(r, "saga_begin", [key], *[*begin[:6], far, *begin[7:]])
     assert r.hget(key, b"saga_attempt") is None
@@ -160,14 +182,51 @@ async def test_store_refuses_to_vouch_for_a_write_whose_master_failed_over() -> 
     r.hset("{user:u}", {b"credit": b"5"})
     r.replicate(range(MASTERS))
     with store.tracking() as written:
-        await store.script("take", ["{user:u}", "{user:u}:op:s"], ["credit", 2, 60])
+        await store.script("take", ["{user:u}", "{user:u}:op:s"], ["credit", 2, 60, 1])
     r.failover(master_of("{user:u}"))
     with pytest.raises(WriteMayBeLost):
         await store.replicate(written)
     assert r.hget("{user:u}", b"credit") == b"5"
     assert (
         await store.durable(
-            lambda: store.script("take", ["{user:u}", "{user:u}:op:s"], ["credit", 2, 60])
+            lambda: store.script("take", ["{user:u}", "{user:u}:op:s"], ["credit", 2, 60, 1])
         )
         == b"T:2"
     )
+
+
+def test_a_reset_fences_off_the_sagas_begun_before_it() -> None:
+    r, key = FakeRedis(lambda: 5000), "{item:r}"
+    r.hset(key, {b"stock": b"10"})
+    assert run(r, "take", [key, f"{key}:op:a"], "stock", 3, 60, 1000) == b"T:3"
+    assert run(r, "reset", [key], "stock", 10, "price", 1) == 5000
+    assert r.hget(key, b"epoch") == b"5000" and r.hget(key, b"stock") == b"10"
+    assert run(r, "restore", [key, f"{key}:op:a"], "stock", 60, 1000) == b"T:3"
+    assert r.hget(key, b"stock") == b"10"  # nothing given back onto the new balance
+    assert run(r, "take", [key, f"{key}:op:a"], "stock", 3, 60, 1000) == b"F"
+    assert run(r, "take", [key, f"{key}:op:b"], "stock", 2, 60, 5000) == b"F"  # same ms: fenced
+    assert run(r, "take", [key, f"{key}:op:c"], "stock", 2, 60, 5001) == b"T:2"
+    assert run(r, "restore", [key, f"{key}:op:c"], "stock", 60, 5001) == b"T:2"
+    assert r.hget(key, b"stock") == b"10"
+
+
+def test_a_saga_reset_turns_a_running_saga_back_and_keeps_an_ended_one() -> None:
+    r, key = FakeRedis(), "{order:r}"
+    r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
+    begin = ["start", "r", "n1", 1000, 5000, "paid", "", "0", 10**6, "user_id", "items"]
+    started = run(r, "saga_begin", [key], *begin)
+    fields = ["user_id", "v", "items", '[["i",1]]', "total_cost", "3"]
+    turned = run(r, "saga_reset", [key], 2000, "order reset", "paid", *fields)
+    assert turned == [b"r:1:n1", b"0", started[2], b"1000"]  # type: ignore[index]
+    assert r.hmget(key, [b"saga_status", b"saga_reason", b"reset_at", b"user_id"]) == [
+        b"compensating",
+        b"order reset",
+        b"2000",
+        b"v",
+    ]
+    again = run(r, "saga_reset", [key], 2500, "order reset", "paid", *fields)
+    assert again == turned  # still turning back: its compensation is sent again
+    back = ["r:1:n1", "compensating", 0, "failed", -1, 3000, "", "paid", "r", ""]
+    assert run(r, "saga_move", [key], *back)[0] == 1  # type: ignore[index]
+    assert run(r, "saga_reset", [key], 3500, "order reset", "paid", *fields) == []
+    assert r.hget(key, b"saga_id") == b"r:1:n1"  # an ended saga's fields stay too

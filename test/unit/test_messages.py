@@ -8,7 +8,15 @@ from typing import Any, get_args
 import msgspec
 import pytest
 
-from common.messages import ALL_TOPICS, TOPIC_TYPES, Message, decode, encode
+from common.messages import (
+    ALL_TOPICS,
+    MAX_REASON_CHARS,
+    TOPIC_TYPES,
+    Message,
+    bounded_reason,
+    decode,
+    encode,
+)
 
 
 def _types(topic: str) -> tuple[type[Message], ...]:
@@ -28,6 +36,7 @@ def sample(cls: type[Message]) -> Message:
         "items": ((f"i{fresh[:4]}", 2), (f"i{fresh[4:8]}", 1), (f"i{fresh[:4]}", 3)),
         "reason": "not enough credit: ünïcode ok",
         "paid": True,
+        "started": 1_700_000_000_000 + int(fresh[28:32], 16),
     }
     names = [f.name for f in msgspec.structs.fields(cls)]
     unknown = set(names) - set(values)
@@ -84,3 +93,16 @@ def test_foreign_payloads_raise_decode_error(payload: bytes) -> None:
     for topic in ALL_TOPICS:
         with pytest.raises(msgspec.DecodeError):
             decode(topic, payload)
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 60, 5000])
+def test_a_reason_is_bounded_and_says_what_it_left_out(count: int) -> None:
+    parts = [f"{uuid.uuid4().hex}: short" for _ in range(count)]
+    reason = bounded_reason(parts)
+    assert len(reason) <= MAX_REASON_CHARS
+    if len("; ".join(parts)) <= MAX_REASON_CHARS:
+        assert reason == "; ".join(parts)
+    else:
+        kept = reason.split("; ")
+        assert kept[:-1] == parts[: len(kept) - 1]
+        assert kept[-1] == f"and {count - (len(kept) - 1)} more"

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+
 from common.messages import (
+    MAX_MESSAGE_BYTES,
+    MAX_REASON_CHARS,
     ORDER_STATUS_UPDATE,
     PAYMENT,
     STOCK,
@@ -20,11 +24,14 @@ from common.messages import (
     StockUpdated,
     StockUpdateFailed,
     StockUpdateRequested,
+    encode,
 )
 from common.saga.definition import SagaRun
 from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaLog
 from common.saga.orchestrator import Orchestrator
+from order.orders import MAX_ORDER_LINE_BYTES, MAX_ORDER_LINES
 from order.saga import CHECKOUT, order_key
+from test.unit.fake_lua import cjson_encode
 from test.unit.fake_redis import FakeRedis
 from test.unit.fake_store import FakeStore
 
@@ -101,3 +108,55 @@ def test_next_messages_follow_the_log() -> None:
         paid=False,
         reason="no credit",
     )
+
+
+def _snapshot_of_about(size: int, *, id_chars: int, user_chars: int) -> dict[str, str]:
+    """A checkout snapshot whose JSON (as saga_begin.lua encodes it) is as long as it can be
+    without passing ``size`` bytes: lines of ``id_chars``-character ids (two bytes each, the
+    widest) and ten-digit quantities."""
+
+    def snapshot(count: int) -> dict[str, str]:
+        items = [["é" * id_chars, 10**9]] * count
+        text = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
+        return {"user_id": "u" * user_chars, "items": text, "total_cost": str(2**53 - 1)}
+
+    one, two = len(cjson_encode(snapshot(1))), len(cjson_encode(snapshot(2)))
+    count = 1 + (size - one) // (two - one)
+    while len(cjson_encode(snapshot(count))) > size:
+        count -= 1
+    return snapshot(count)
+
+
+@pytest.mark.parametrize(("id_chars", "user_chars"), [(1, 8), (64, 8), (64, 8000), (500, 1)])
+def test_every_message_a_saga_may_send_fits_when_its_snapshot_fits(
+    id_chars: int, user_chars: int
+) -> None:
+    """saga_begin.lua refuses a snapshot longer than ``max_snapshot_bytes``: under it, every
+    command, compensation and outcome of the checkout saga must fit in MAX_MESSAGE_BYTES (the
+    longest ids the API makes, a ten-digit attempt, the longest reason)."""
+    snapshot = _snapshot_of_about(
+        CHECKOUT.max_snapshot_bytes, id_chars=id_chars, user_chars=user_chars
+    )
+    assert len(cjson_encode(snapshot)) <= CHECKOUT.max_snapshot_bytes
+    order_id = "o" * 64
+    run = SagaRun(
+        saga_id=f"{order_id}:{10**10}:ffffffff",
+        entity_id=order_id,
+        snapshot=snapshot,
+        trace_id="f" * 32,
+    )
+    reason = "é" * MAX_REASON_CHARS
+    messages = [step.command(run) for step in CHECKOUT.steps]
+    messages += [step.compensation(run) for step in CHECKOUT.steps]
+    messages += [CHECKOUT.outcome(run, paid, reason) for paid in (True, False)]
+    sizes = {type(m).__name__: len(encode(m)) for m in messages}
+    assert max(sizes.values()) <= MAX_MESSAGE_BYTES, sizes
+
+
+def test_an_order_filled_to_its_bound_can_start_a_saga() -> None:
+    """An order filled by addItem to its bound, with the longest ids, starts a saga."""
+    line = ["i" * 64, 10**9]
+    items = json.dumps([line] * MAX_ORDER_LINES, separators=(",", ":"))
+    assert len(items) <= MAX_ORDER_LINE_BYTES
+    snapshot = {"user_id": "u" * 8000, "items": items, "total_cost": str(2**53 - 1)}
+    assert len(cjson_encode(snapshot)) <= CHECKOUT.max_snapshot_bytes

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,94 +24,26 @@ from common.messages import (
     StockUpdateRequested,
     encode,
 )
-from common.saga import orchestrator as saga_orchestrator
-from common.saga import sweeper as saga_sweeper
 from common.saga.log import SagaLog
 from common.saga.orchestrator import SLOW_START_GRACE_MS, Orchestrator, Outcome
 from common.saga.sweeper import Sweeper
-from common.saga.waiters import Waiters
-from order.checkout import Checkout
 from order.saga import CHECKOUT, order_key
 from stock.handlers import handlers as stock_handlers
 from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import MASTERS, FakeRedis, master_of
 from test.unit.fake_store import FakeStore
-
-STEP_MS, DEADLINE_MS = 2000, 10_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.ms = 1_000_000
-
-    def __call__(self) -> int:
-        return self.ms
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    now = Clock()
-    monkeypatch.setattr(saga_orchestrator, "now_ms", now)
-    monkeypatch.setattr(saga_sweeper, "now_ms", now)
-    return now
-
-
-class ScenarioBroken(Exception):
-    """A scenario could not be set up as written (the code took another path): a real
-    failure, not the expected one of its strict xfail (those expect AssertionError)."""
-
-
-def given(condition: bool, what: str) -> None:
-    if not condition:
-        raise ScenarioBroken(what)
-
-
-def fresh_ids(prefix: str) -> Iterator[str]:
-    while True:
-        yield f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-class Hold:
-    """A store gate that holds the calls of one named execution whose label starts with a
-    prefix until the test releases them: only once a call starting with ``after[rule]`` was
-    made, if the rule has one, and after letting ``skip[rule]`` of them through."""
-
-    def __init__(self) -> None:
-        self.who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")
-        self.rules: dict[tuple[str, str], asyncio.Event] = {}
-        self.skip: dict[tuple[str, str], int] = {}
-        self.after: dict[tuple[str, str], str] = {}
-        self.parked: dict[str, int] = {}
-        self._seen: set[tuple[str, str]] = set()
-
-    async def __call__(self, label: str) -> None:
-        who = self.who.get()
-        for rule, event in self.rules.items():
-            if rule[0] != who or not label.startswith(rule[1]) or not self._armed(rule):
-                continue
-            if self.skip.get(rule, 0) > 0:
-                self.skip[rule] -= 1
-                continue
-            self.parked[who] = self.parked.get(who, 0) + 1
-            await event.wait()
-        self._seen.add((who, label))
-
-    def _armed(self, rule: tuple[str, str]) -> bool:
-        after = self.after.get(rule)
-        return after is None or any(
-            w == rule[0] and seen.startswith(after) for w, seen in self._seen
-        )
-
-    async def run_as(self, who: str, coro: Any) -> Any:
-        self.who.set(who)
-        return await coro
-
-    async def until_parked(self, who: str, count: int) -> None:
-        for _ in range(1000):
-            if self.parked.get(who, 0) >= count:
-                return
-            await asyncio.sleep(0)
-        raise ScenarioBroken(f"{who} never parked {count} calls")
+from test.unit.scenario_kit import (
+    DEADLINE_MS,
+    STEP_MS,
+    Clock,
+    Hold,
+    checkout_edge,
+    checkout_saga,
+    fresh_ids,
+    given,
+    one_unpaid_order,
+    until,
+)
 
 
 @pytest.mark.parametrize("one_round_trip", [True, False])
@@ -220,15 +150,15 @@ def _records(bus: FakeBus) -> list[Any]:
 
 async def test_a_timed_out_checkout_answers_what_the_saga_does() -> None:
     redis, hold = FakeRedis(), Hold()
-    store, log, orchestrator = _checkout_saga(redis, hold)
-    order_id = _one_unpaid_order(redis)
-    checkout = _checkout(orchestrator, store)
+    store, log, orchestrator = checkout_saga(redis, hold)
+    order_id = one_unpaid_order(redis)
+    checkout = checkout_edge(orchestrator, store)
     # The checkout times out with the saga still at its first step; it reads the saga and is
     # about to abort it when the stock reply moves the saga on.
     release = asyncio.Event()
     hold.rules[("C", "saga_move")] = release
     answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
-    await _until(lambda: hold.parked.get("C", 0) >= 1, answer)
+    await until(lambda: hold.parked.get("C", 0) >= 1, answer)
     state = await log.read(order_id)
     given(state is not None and (state.status, state.step) == ("running", 0), "at step 0")
     assert state is not None
@@ -247,29 +177,18 @@ async def test_a_timed_out_checkout_answers_what_the_saga_does() -> None:
     assert said_paid == paid, f"checkout answered paid={said_paid}, the order ends paid={paid}"
 
 
-async def _until(condition: Callable[[], bool], task: asyncio.Task[Any]) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        if task.done():
-            await task
-            raise AssertionError("finished before the condition held")
-        await asyncio.sleep(0.001)
-    raise AssertionError("condition never held")
-
-
 async def test_a_failover_during_a_timed_out_checkout_is_no_5xx() -> None:
     redis, hold = FakeRedis(), Hold()
-    store, log, orchestrator = _checkout_saga(redis, hold)
-    order_id = _one_unpaid_order(redis)
-    checkout = _checkout(orchestrator, store)
+    store, log, orchestrator = checkout_saga(redis, hold)
+    order_id = one_unpaid_order(redis)
+    checkout = checkout_edge(orchestrator, store)
     # No participant answers: the checkout times out and aborts the saga. The order's master
     # fails over after the abort, before its barrier (the start's barrier passes).
     release = asyncio.Event()
     hold.rules[("C", "replicate")] = release
     hold.after[("C", "replicate")] = "saga_move"  # the abort's barrier
     answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
-    await _until(lambda: hold.parked.get("C", 0) >= 1, answer)
+    await until(lambda: hold.parked.get("C", 0) >= 1, answer)
     redis.failover(master_of(order_key(order_id)))
     release.set()
     status = 200
@@ -284,7 +203,7 @@ async def test_a_failover_during_a_timed_out_checkout_is_no_5xx() -> None:
 
 async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store, log, orchestrator = _checkout_saga(redis, hold)
+    store, log, orchestrator = checkout_saga(redis, hold)
     order_id = next(fresh_ids("o"))
     redis.hset(
         order_key(order_id),
@@ -294,7 +213,7 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     ids = {"saga_id": started.saga_id, "order_id": order_id}
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     bus = FakeBus()
-    checkout = _checkout(orchestrator, store, bus=bus, timeout_ms=2000)
+    checkout = checkout_edge(orchestrator, store, bus=bus, timeout_ms=2000)
     # A second checkout of the order joins the running saga and waits for it.
     answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
     # The payment's reply arrives late (past the deadline); the orchestrator's move to
@@ -314,7 +233,7 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     batch = {TopicPartition(topic, partition): bus.records(topic, partition, 0, 1)}
     hold.rules[("O", "replicate")] = asyncio.Event()
     moving = asyncio.create_task(hold.run_as("O", consumer._process(batch)))
-    await _until(lambda: hold.parked.get("O", 0) >= 1, moving)
+    await until(lambda: hold.parked.get("O", 0) >= 1, moving)
     await asyncio.wait({answer}, timeout=5.0)  # the waiting checkout polls meanwhile
     # The order's master fails over before the move was replicated.
     redis.failover(master_of(order_key(order_id)))
@@ -337,8 +256,8 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
 
 async def test_a_slow_start_then_a_crash_leaves_the_saga_indexed(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store, log, orchestrator = _checkout_saga(redis, hold)
-    order_id = _one_unpaid_order(redis)
+    store, log, orchestrator = checkout_saga(redis, hold)
+    order_id = one_unpaid_order(redis)
     store.one_round_trip = False  # the entry and the saga one by one, if the code can do both
     bus = FakeBus()
     sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
@@ -350,11 +269,11 @@ async def test_a_slow_start_then_a_crash_leaves_the_saga_indexed(clock: Clock) -
     hold.rules[("C", "zadd")] = reindex
     hold.skip[("C", "zadd")] = 1
     starting = asyncio.create_task(hold.run_as("C", orchestrator.start(order_id)))
-    await _until(lambda: hold.parked.get("C", 0) >= 1, starting)
+    await until(lambda: hold.parked.get("C", 0) >= 1, starting)
     clock.ms += STEP_MS + 1
     await sweeper.sweep()  # the entry is due; the order has no live saga: dropped
     begin.set()  # the saga begins...
-    await _until(lambda: hold.parked.get("C", 0) >= 2, starting)
+    await until(lambda: hold.parked.get("C", 0) >= 2, starting)
     starting.cancel()  # ...and the process dies before registering it again
     state = await log.read(order_id)
     given(state is not None and state.status == "running", "the saga began")
@@ -370,7 +289,7 @@ async def test_a_slow_start_then_a_crash_leaves_the_saga_indexed(clock: Clock) -
 
 async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store, log, orchestrator = _checkout_saga(redis, hold)
+    store, log, orchestrator = checkout_saga(redis, hold)
     order_id = next(
         o
         for o in fresh_ids("o")
@@ -400,7 +319,7 @@ async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock
     # The payment's reply is applied (succeeded) but not yet replicated when the sweeper looks.
     hold.rules[("O", "replicate")] = asyncio.Event()
     moving = asyncio.create_task(hold.run_as("O", consumer._process(batch)))
-    await _until(lambda: hold.parked.get("O", 0) >= 1, moving)
+    await until(lambda: hold.parked.get("O", 0) >= 1, moving)
     sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
     clock.ms += STEP_MS + 1
     await sweeper.sweep()  # finds the saga ended: drops its index entry
@@ -420,13 +339,13 @@ async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock
 
 async def test_a_failover_during_the_one_round_trip_start_is_no_5xx(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store, log, orchestrator = _checkout_saga(redis, hold)
-    order_id = _one_unpaid_order(redis)
-    checkout = _checkout(orchestrator, store)
+    store, log, orchestrator = checkout_saga(redis, hold)
+    order_id = one_unpaid_order(redis)
+    checkout = checkout_edge(orchestrator, store)
     release = asyncio.Event()
     hold.rules[("C", "wait")] = release  # FakeStore.on_master_of's barrier
     answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
-    await _until(lambda: hold.parked.get("C", 0) >= 1, answer)
+    await until(lambda: hold.parked.get("C", 0) >= 1, answer)
     redis.failover(master_of(order_key(order_id)))  # the master dies during the WAIT
     release.set()
     status, raised = 200, ""
@@ -463,7 +382,7 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     starting = asyncio.create_task(
         hold.run_as("C", store.durable(lambda: orchestrator.start(order_id)))
     )
-    await _until(lambda: hold.parked.get("C", 0) >= 1, starting)
+    await until(lambda: hold.parked.get("C", 0) >= 1, starting)
     redis.failover(master_of(log.shard_key(log.shard_of(order_id))))
     release.set()
     started = await starting
@@ -483,38 +402,62 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     assert resent, f"the start answered {started.outcome.value}; the sweeper never saw the saga"
 
 
-def _checkout_saga(redis: FakeRedis, hold: Hold) -> tuple[FakeStore, SagaLog, Orchestrator]:
-    """The checkout saga's store, log and orchestrator over ``redis``, gated by ``hold``."""
-    store = FakeStore(redis, hold, node_aware=True)
-    store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
-    return store, log, orchestrator
+async def test_a_second_slow_start_does_not_push_the_live_saga_s_entry_away(clock: Clock) -> None:
+    """Found by the simulation (seed 4505 of the issue 16 search, where a compensation then
+    waited 54 s): two checkouts of one order take the slow start; the second registers the
+    order with the slow start's grace after the first started the saga, then joins it. The
+    entry stayed due only after SLOW_START_GRACE_MS: the sweeper left the saga alone."""
+    redis, hold = FakeRedis(clock), Hold()
+    store, log, orchestrator = checkout_saga(redis, hold)
+    store.one_round_trip = False
+    order_id = one_unpaid_order(redis)
+    release = asyncio.Event()
+    hold.rules[("C2", "zadd")] = release  # after its look found no saga
+    second = asyncio.create_task(hold.run_as("C2", orchestrator.start(order_id)))
+    await until(lambda: hold.parked.get("C2", 0) >= 1, second)
+    first = await hold.run_as("C1", orchestrator.start(order_id))
+    given(first.outcome is Outcome.STARTED, "the first checkout starts the saga")
+    release.set()
+    given((await second).outcome is Outcome.JOINED, "the second joins it")
+    bus = FakeBus()  # the first command is lost: only the sweeper can move the saga
+    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    for _ in range(3):
+        clock.ms += STEP_MS
+        await sweeper.sweep()
+    assert [m for _, m in bus.published if m.saga_id == first.saga_id], "never re-sent"
 
 
-def _checkout(
-    orchestrator: Orchestrator,
-    store: FakeStore,
-    *,
-    bus: FakeBus | None = None,
-    timeout_ms: int = 40,
-) -> Checkout:
-    """The HTTP side of checkout over the fakes, polling often, timing out after ``timeout_ms``."""
-    return Checkout(
-        orchestrator,
-        store,  # type: ignore[arg-type]
-        bus or FakeBus(),  # type: ignore[arg-type]
-        Waiters(poll_interval_s=0.005),
-        timeout_ms=timeout_ms,
+async def test_a_slow_start_begins_no_saga_its_index_entry_could_lose(clock: Clock) -> None:
+    """Found by the simulation (seed 5091 of the issue 16 search): on the slow start the
+    saga (on the order's master) reached a replica while its index entry (another master,
+    whose replica was away) did not; the checkout's process died, that master failed over
+    while its replica resynced, and no sweeper ever saw the saga."""
+    redis = FakeRedis(clock)
+    store, log, orchestrator = checkout_saga(redis, Hold())
+    store.one_round_trip = False
+    order_id = next(
+        o
+        for o in fresh_ids("o")
+        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
     )
-
-
-def _one_unpaid_order(redis: FakeRedis) -> str:
-    """A fresh one-line order of user u1 (3 credits), replicated everywhere."""
-    order_id = next(fresh_ids("o"))
     redis.hset(
         order_key(order_id),
         {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
     )
     redis.replicate(range(MASTERS))
-    return order_id
+    index_master = master_of(log.shard_key(log.shard_of(order_id)))
+    redis.replica_down(index_master)
+    with contextlib.suppress(Unavailable):  # the checkout retries, then its process dies
+        await store.durable(lambda: orchestrator.start(order_id))
+    redis.replica_back(index_master)
+    redis.failover(index_master)
+    state = await log.read(order_id)
+    if state is None or not state.live:
+        return  # no saga began: nothing to lose
+    bus = FakeBus()
+    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    clock.ms += SLOW_START_GRACE_MS
+    for _ in range(20):
+        clock.ms += STEP_MS
+        await sweeper.sweep()
+    assert [m for _, m in bus.published if m.saga_id == state.saga_id], "a saga nobody drives"

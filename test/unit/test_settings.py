@@ -20,6 +20,7 @@ def test_defaults_from_an_empty_environment() -> None:
         2000,
         10000,
     )
+    assert s.checkout_answer_ms == 55000  # below the gateway's 60 s read timeout
     assert s.service_name == "service"
     assert s.worker_id.startswith("service-")
 

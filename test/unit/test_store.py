@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,11 +18,12 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from common.errors import Unavailable
 from common.ledger import LUA_DIR
 from common.settings import load_settings
 from common.store import Store, hash_tag
 from test.unit.fake_lua import SCRIPTS
-from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
+from test.unit.fake_redis import IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
 from test.unit.fake_store import FakeStore, WriteMayBeLost
 
 
@@ -88,12 +89,18 @@ class _NodeClient:
     command for a key this node no longer serves answers MOVED, as a real master does."""
 
     def __init__(
-        self, redis: FakeRedis, name: str, scripts: dict[str, str], sent: list[int]
+        self,
+        redis: FakeRedis,
+        name: str,
+        scripts: dict[str, str],
+        sent: list[int],
+        on_wait: Callable[[int], None],
     ) -> None:
         self._redis = redis
         self._name = name
         self._scripts = scripts
         self.sent = sent
+        self._on_wait = on_wait
 
     def pipeline(self, transaction: bool = True) -> _Pipeline:
         return _Pipeline(self)
@@ -103,8 +110,10 @@ class _NodeClient:
         if name == "WAIT":
             if not barrier:
                 return ResponseError("WAIT without a write")
-            self._redis.replicate([master_of(barrier[-1])])
-            return 1
+            master = master_of(barrier[-1])
+            self._on_wait(master)
+            self._redis.replicate([master])
+            return int(self._redis.replica[master] == IN_SYNC)
         key = str(command[3] if name == "EVALSHA" else command[1])
         if self._redis.node_of(key) != self._name:
             return ResponseError(f"MOVED 1 {self._redis.node_of(key)}")
@@ -122,9 +131,6 @@ class _NodeClient:
 
     async def script_load(self, body: str) -> None:
         return None
-
-    async def info(self, section: str) -> dict[str, int]:
-        return {"connected_slaves": 1}
 
 
 class _Pipeline:
@@ -151,16 +157,20 @@ class StoreOverFake(Store):
     """The real ``Store`` (tracking, script, replicate, durable) with its cluster and node
     connections answered by a ``FakeRedis``."""
 
-    def __init__(self, redis: FakeRedis) -> None:
-        super().__init__(load_settings({}), LUA_DIR)
+    def __init__(self, redis: FakeRedis, op_timeout_ms: int = 8000) -> None:
+        super().__init__(load_settings({"REDIS_OP_TIMEOUT_MS": str(op_timeout_ms)}), LUA_DIR)
         self._cluster = _Cluster(redis)  # type: ignore[assignment]
         self.redis = redis
         self.sent: list[int] = []
         """The size of each pipeline sent to a node."""
+        self.on_wait: Callable[[int], None] = lambda master: None
+        """Called with the master before each WAIT is answered."""
 
     def _node_client(self, host: str, port: int) -> Any:
         scripts = self._cluster._by_sha  # type: ignore[attr-defined]
-        return _NodeClient(self.redis, f"{host}:{port}", scripts, self.sent)
+        return _NodeClient(
+            self.redis, f"{host}:{port}", scripts, self.sent, lambda m: self.on_wait(m)
+        )
 
 
 def user(redis: FakeRedis, credit: int) -> str:
@@ -171,7 +181,7 @@ def user(redis: FakeRedis, credit: int) -> str:
 
 
 def take(store: Store | FakeStore, key: str, saga: str) -> Awaitable[Any]:
-    return store.script("take", [key, f"{key}:op:{saga}"], ["credit", 1, 60])
+    return store.script("take", [key, f"{key}:op:{saga}"], ["credit", 1, 60, 1])
 
 
 async def test_calls_made_together_go_to_each_master_in_one_pipeline() -> None:
@@ -252,28 +262,38 @@ async def test_replicate_sees_a_failover_between_two_writes_to_one_key() -> None
 
 @pytest.mark.parametrize(
     "scenario",
-    ["one write", "two writes"],
+    ["one write", "two writes", "replica down", "replica resyncing"],
 )
 async def test_fake_store_tracks_like_the_real_store(scenario: str) -> None:
-    """The simulation's ``FakeStore`` must follow ``Store``'s bookkeeping; if this fails,
-    ``Store`` changed how it tracks writes: change ``FakeStore.script``/``replicate`` too."""
+    """The simulation's ``FakeStore`` must follow ``Store``'s bookkeeping and its barrier's
+    verdicts; if this fails, ``Store`` changed how it tracks writes or when it vouches for
+    them: change ``FakeStore.script``/``replicate``/``on_master_of`` too."""
     outcomes = []
-    for make in (StoreOverFake, _fake_store):
+    for make in (_store_over_fake, _fake_store):
         redis = FakeRedis()
         store = make(redis)
         if scenario == "two writes":
             outcomes.append(await _two_writes_to_one_key_around_a_failover(store, redis))
-        else:
-            key = user(redis, 5)
-            with store.tracking() as written:
-                await take(store, key, "s")
+            continue
+        key = user(redis, 5)
+        if scenario == "replica down":
+            redis.replica_down(master_of(key))
+        elif scenario == "replica resyncing":
+            redis.replica_back(master_of(key))
+        with store.tracking() as written:
+            await take(store, key, "s")
+        if scenario == "one write":
             redis.failover(master_of(key))
-            try:
-                await store.replicate(written)
-                outcomes.append("vouched")
-            except WriteMayBeLost:
-                outcomes.append("refused")
+        try:
+            await store.replicate(written)
+            outcomes.append("vouched")
+        except WriteMayBeLost:
+            outcomes.append("refused")
     assert outcomes[0] == outcomes[1]
+
+
+def _store_over_fake(redis: FakeRedis) -> StoreOverFake:
+    return StoreOverFake(redis, op_timeout_ms=200)
 
 
 def _fake_store(redis: FakeRedis) -> FakeStore:
@@ -348,3 +368,46 @@ async def test_the_cluster_client_keeps_asking_the_configured_nodes(
         assert list(manager.startup_nodes) == ["order-redis-cluster:6379"]
     finally:
         await store.stop()
+
+
+async def test_hole6_no_write_is_vouched_for_without_a_replica() -> None:
+    """Issue 16, hole 6: a master with no replica connected was taken at its word (its AOF).
+    With ``cluster-replica-validity-factor 0`` it can still be failed over: its replica, killed
+    and restarted, is promoted while it resyncs, without what it missed."""
+    redis = FakeRedis()
+    store, key = StoreOverFake(redis, op_timeout_ms=200), user(redis, 5)
+    master = master_of(key)
+    redis.replica_down(master)
+    with store.tracking() as written:
+        assert await take(store, key, "s1") == b"T:1"
+    try:
+        await store.replicate(written)
+        vouched = True
+    except Unavailable:
+        vouched = False
+    redis.replica_back(master)
+    redis.failover(master)
+    assert not vouched or redis.get(f"{key}:op:s1") == b"T:1", "a vouched-for write was lost"
+
+
+async def test_a_replica_briefly_away_delays_a_write_and_then_vouches_for_it() -> None:
+    redis = FakeRedis()
+    store, key = StoreOverFake(redis, op_timeout_ms=5000), user(redis, 5)
+    master = master_of(key)
+    redis.replica_down(master)
+    with store.tracking() as written:
+        await take(store, key, "s1")
+    waits: list[int] = []
+
+    def back_after_two_waits(m: int) -> None:
+        waits.append(m)
+        if len(waits) == 2:
+            redis.replica_back(m)
+        elif len(waits) == 3:
+            redis.resynced(m)
+
+    store.on_wait = back_after_two_waits
+    await store.replicate(written)
+    assert len(waits) >= 3, "vouched for before the replica was back"
+    redis.failover(master)
+    assert redis.get(f"{key}:op:s1") == b"T:1"

@@ -3,28 +3,10 @@ re-send stalled steps: their messages wait in the producer and go out when it is
 
 from __future__ import annotations
 
-import pytest
-
-from common.saga import orchestrator as saga_orchestrator
-from common.saga import sweeper as saga_sweeper
 from common.saga.sweeper import Sweeper
 from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import FakeRedis
-from test.unit.test_saga_scenarios import (
-    STEP_MS,
-    Clock,
-    Hold,
-    _checkout_saga,
-    _one_unpaid_order,
-)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    now = Clock()
-    monkeypatch.setattr(saga_orchestrator, "now_ms", now)
-    monkeypatch.setattr(saga_sweeper, "now_ms", now)
-    return now
+from test.unit.scenario_kit import STEP_MS, Clock, Hold, checkout_saga, one_unpaid_order
 
 
 class StalledBus(FakeBus):
@@ -38,8 +20,8 @@ class StalledBus(FakeBus):
 
 async def test_no_resends_while_the_broker_acknowledges_nothing(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store, log, orchestrator = _checkout_saga(redis, hold)
-    order_id = _one_unpaid_order(redis)
+    store, _, orchestrator = checkout_saga(redis, hold)
+    order_id = one_unpaid_order(redis)
     bus = StalledBus()
     sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
     await orchestrator.start(order_id)

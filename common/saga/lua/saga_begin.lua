@@ -8,9 +8,11 @@
 --         is registered in it in this same step (never a live saga outside the index), with the
 --         entry's score kept in saga_indexed so that the saga's end can remove exactly it,
 -- ARGV[8] that entry's score,
--- ARGV[9..] entity fields copied into the saga's snapshot (its commands are built from it)
+-- ARGV[9] the largest snapshot (bytes) a saga may start from: every message it may send must fit
+--         in one Kafka record (SagaDefinition.max_snapshot_bytes),
+-- ARGV[10..] entity fields copied into the saga's snapshot (its commands are built from it)
 -- Returns {'UNKNOWN'} | {'DONE', saga_id} | {'JOINED', saga_id} | {'READY'}
---       | {'STARTED', saga_id, snapshot}
+--       | {'TOO_BIG', snapshot bytes} | {'STARTED', saga_id, snapshot}
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'UNKNOWN'}
 end
@@ -31,10 +33,13 @@ if ARGV[1] == 'check' then
   return {'READY'}
 end
 local snapshot = {}
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   snapshot[ARGV[i]] = redis.call('HGET', KEYS[1], ARGV[i]) or ''
 end
 local data = cjson.encode(snapshot)
+if #data > tonumber(ARGV[9]) then
+  return {'TOO_BIG', tostring(#data)}
+end
 local indexed = ''
 if ARGV[7] ~= '' then  -- first: a shard on another master fails the call before any write
   redis.call('ZADD', ARGV[7], ARGV[8], ARGV[2])

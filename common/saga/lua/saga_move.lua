@@ -23,8 +23,8 @@ redis.call('HSET', KEYS[1], 'saga_status', ARGV[4], 'saga_step', ARGV[5],
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[1], 'saga_reason', ARGV[7])
 end
-if ARGV[4] == 'succeeded' then
-  redis.call('HSET', KEYS[1], ARGV[8], '1')
+if ARGV[4] == 'succeeded' then  -- which saga paid stays known, across a later reset too
+  redis.call('HSET', KEYS[1], ARGV[8], '1', 'saga_done_by', ARGV[1])
 end
 if drop then
   redis.call('ZREM', ARGV[10], ARGV[9])
