@@ -462,7 +462,7 @@ def test_compose_service_is_replicated_and_health_checked(
     spec = compose["services"][service]
     assert spec["deploy"]["replicas"] >= 2
     assert spec["restart"] in ("unless-stopped", "always", "on-failure")
-    assert f"http://127.0.0.1:{PORT}/health" in " ".join(spec["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{PORT}/ready" in " ".join(spec["healthcheck"]["test"])
     assert spec["deploy"]["resources"]["limits"]
     assert "container_name" not in spec and "ports" not in spec  # would block replicas
     assert spec["depends_on"] == {
@@ -503,8 +503,10 @@ def test_k8s_deployment_has_probes_resources_hpa_and_pdb(
     container = pod_container(deployment)
     assert container["ports"] == [{"name": "http", "containerPort": PORT}]
     readiness, liveness = container["readinessProbe"], container["livenessProbe"]
-    for probe in (readiness, liveness, container["startupProbe"]):
-        assert probe["httpGet"] == {"path": "/health", "port": "http"}
+    # Ready once the consumers have joined their groups; alive while the process serves.
+    for probe in (readiness, container["startupProbe"]):
+        assert probe["httpGet"] == {"path": "/ready", "port": "http"}
+    assert liveness["httpGet"] == {"path": "/health", "port": "http"}
     # liveness gives up later than readiness: a Redis failover must not restart every pod
     assert (
         liveness["periodSeconds"] * liveness["failureThreshold"]
@@ -1126,7 +1128,14 @@ esac""",
 esac
 cat >/dev/null""",
         "helm": "",
-        "curl": "echo 400",
+        # The probe's read answers 400; the smoke checkout's calls answer as the services do.
+        "curl": """case "$*" in
+    *item/create*) echo '{"item_id": "i1"}' ;;
+    *create_user*) echo '{"user_id": "u1"}' ;;
+    *orders/create*) echo '{"order_id": "o1"}' ;;
+    *checkout*) echo 200 ;;
+    *find_user*) echo 400 ;;
+esac""",
     }
     for tool, body in script.items():
         stub = stubs / tool
@@ -1185,6 +1194,14 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     )
     # A first deployment: nothing was applied before, so no annotation is touched.
     assert not [c for c in calls if c.startswith("kubectl annotate")]
+    # The final check pays one checkout through the ingress, after the gateway answered.
+    assert first(
+        "curl -s -o /dev/null -w %{http_code} --max-time 5 http://192.168.49.2/payment"
+    ) < (
+        first(
+            "curl -s --max-time 60 -o /dev/null -w %{http_code} -X POST http://192.168.49.2/orders/checkout/o1"
+        )
+    )
 
 
 def test_run_minikube_leaves_the_tracked_urls_file_alone(tmp_path: Path) -> None:

@@ -63,3 +63,26 @@ def test_minimum_is_enforced() -> None:
     assert parse_number("1", "quantity", minimum=1) == 1
     with pytest.raises(BadRequest):
         parse_number("0", "quantity", minimum=1)
+
+
+async def test_ready_only_once_every_consumer_joined_its_group() -> None:
+    """/health says the process serves; /ready also that no consumer still waits for its
+    group (a consumer refused by the broker never becomes ready, and a probe sees it)."""
+    from quart import Quart
+
+    from common.http import create_app
+
+    waiting = ["orchestrator", "outcomes"]
+
+    async def nothing(_: Quart) -> None:
+        return None
+
+    app = create_app("unit", startup=nothing, shutdown=nothing, waiting=lambda: list(waiting))
+    async with app.test_app():
+        client = app.test_client()
+        assert (await client.get("/health")).status_code == 200
+        reply = await client.get("/ready")
+        assert reply.status_code == 503
+        assert (await reply.get_json())["waiting"] == ["orchestrator", "outcomes"]
+        waiting.clear()
+        assert (await client.get("/ready")).status_code == 200
