@@ -495,9 +495,9 @@ gateway_workers() {
 # Applies a changed upstreams.conf to the running gateway without dropping a client connection:
 # drain (local/nginx.conf.in says why and how), reload, and return once a new worker serves.
 reload_gateway() {
-    local master old current tries
-    master=$(ctl pid gateway) || true
-    if ! is_uint "$master" || ((master == 0)); then
+    local master="" old current tries
+    [[ -f $NGINX_DIR/nginx.pid ]] && master=$(<"$NGINX_DIR/nginx.pid")
+    if ! is_uint "$master" || ! alive "$master"; then
         log "the gateway is not running: it reads the new configuration when it starts"
         return
     fi
@@ -518,6 +518,12 @@ reload_gateway() {
     ((tries < 200)) || die "the gateway did not reload in 10s (see $LOG_DIR/gateway.log)"
 }
 
+# Seconds since an $EPOCHREALTIME, as "1.2s".
+since() {
+    local now=${EPOCHREALTIME/[.,]/} then=${1/[.,]/}
+    printf '%d.%ds' $(((now - then) / 1000000)) $(((now - then) % 1000000 / 100000))
+}
+
 # Whether workers FIRST..LAST-1 of a service answer /ready (their consumers joined their groups).
 workers_ready() {
     local service=$1 k
@@ -531,7 +537,7 @@ workers_ready() {
 # gateway stops sending requests to the workers leaving, then they get SIGTERM (the way a pod
 # is stopped): each answers what it holds, commits, leaves its groups, exits.
 scale_service() {
-    local service=$1 wanted=$2 current k names=() jobs=() job started_at=$SECONDS
+    local service=$1 wanted=$2 current k names=() jobs=() job started_at=$EPOCHREALTIME
     current=$(service_replicas "$service")
     if ((wanted == current)); then
         log "$service: $current workers already"
@@ -547,8 +553,10 @@ scale_service() {
             jobs+=($!)
         done
         for job in "${jobs[@]}"; do wait "$job" || true; done
+        log "$service: started ${names[*]} ($(since "$started_at")); waiting for their consumers to join"
         wait_for "${names[*]} ready (consumers joined)" "$service-[0-9]+" \
             workers_ready "$service" "$current" "$wanted"
+        log "$service: ${names[*]} joined their groups ($(since "$started_at")); adding them to the gateway"
         generate_gateway
         reload_gateway
         write_stack_env
@@ -560,7 +568,7 @@ scale_service() {
         reload_gateway
         write_stack_env
         write_running_env
-        log "$service: the gateway left ${names[*]}; stopping them"
+        log "$service: the gateway left ${names[*]} ($(since "$started_at")); stopping them"
         for k in "${names[@]}"; do
             ctl stop "$k" >/dev/null &
             jobs+=($!)
@@ -569,7 +577,7 @@ scale_service() {
         for k in "${names[@]}"; do rm -f "$STATE_DIR/programs/$k.conf"; done
         ctl update "${names[@]}" >/dev/null
     fi
-    log "$service: $current -> $wanted workers in $((SECONDS - started_at))s"
+    log "$service: $current -> $wanted workers in $(since "$started_at")"
 }
 
 # ---------------------------------------------------------------------------------------------
