@@ -82,12 +82,12 @@ check_replicas() {
 can share its work: each topic has $MAX_REPLICAS partitions, and a worker beyond that would get none"
 }
 
-# The longest an HTTP checkout can wait for its saga, in seconds (order/checkout.py): its start
-# is retried for up to CHECKOUT_TIMEOUT_MS while Redis fails over, then it waits that long for
-# the verdict, then half as long again for a saga it turned back to finish compensating.
+# The longest an HTTP checkout waits for its saga, in seconds (order/checkout.py): up to
+# CHECKOUT_TIMEOUT_MS for the verdict, then half that again while a saga it turned back finishes
+# compensating. (The containers' entrypoint gives hypercorn this + 5 s too.)
 checkout_wait_max_s() {
     local ms=${CHECKOUT_TIMEOUT_MS:-20000}
-    echo $(((ms * 5 / 2 + 999) / 1000))
+    echo $(((ms * 3 / 2 + 999) / 1000))
 }
 
 # Settings of one service, by name: replicas, first HTTP port, first Redis port.
