@@ -57,7 +57,7 @@ COMMIT_INTERVAL_S = 0.2
 missed only means a redelivery of what the handlers have already done (which they ignore)."""
 TOPIC_CHECK_S = 2.0
 """How often the topics are looked for: a broker that came back empty has none."""
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
 """How long a group member's graceful stop (the batch in hand, its commit, leaving the group)
 may take before the loop is cancelled; a redelivery to the next owner covers what that cuts."""
 LEAVE_TIMEOUT_S = 3.0
