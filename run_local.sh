@@ -11,7 +11,8 @@
 #        ./run_local.sh pid NAME        pid of one process (fails unless it runs)
 #        ./run_local.sh ctl ARGS...     supervisorctl ARGS... on this stack
 #        ./run_local.sh env             the stack's addresses, as KEY=value lines
-#        ./run_local.sh scale SERVICE N  run N workers of SERVICE (order, payment, stock; 1-16)
+#        ./run_local.sh scale SERVICE N [SERVICE N ...]
+#                                       run N workers of SERVICE (order, payment, stock; 1-16)
 #                                       on the running stack, while it serves: new workers join
 #                                       their consumer groups and then the gateway; removed
 #                                       ones leave the gateway, then stop gracefully
@@ -524,60 +525,67 @@ since() {
     printf '%d.%ds' $(((now - then) / 1000000)) $(((now - then) % 1000000 / 100000))
 }
 
-# Whether workers FIRST..LAST-1 of a service answer /ready (their consumers joined their groups).
+# Whether the named workers ("order-2" ...) answer /ready (their consumers joined their groups).
 workers_ready() {
-    local service=$1 k
-    for ((k = $2; k < $3; k++)); do
-        http_ok "http://127.0.0.1:$(($(service_port_base "$service") + k))/ready" || return 1
+    local name
+    for name in "$@"; do
+        http_ok "http://127.0.0.1:$(($(service_port_base "${name%-*}") + ${name##*-}))/ready" ||
+            return 1
     done
 }
 
-# scale_service SERVICE N on the running stack. Up: the new workers start and join their
-# consumer groups (the group rebalances), then the gateway sends them requests. Down: the
-# gateway stops sending requests to the workers leaving, then they get SIGTERM (the way a pod
-# is stopped): each answers what it holds, commits, leaves its groups, exits.
-scale_service() {
-    local service=$1 wanted=$2 current k names=() jobs=() job started_at=$EPOCHREALTIME
-    current=$(service_replicas "$service")
-    if ((wanted == current)); then
-        log "$service: $current workers already"
+# scale_to SERVICE=N... on the running stack. New workers start and join their consumer groups
+# (each group rebalances), then the gateway sends them requests. Workers to remove first leave
+# the gateway, then get SIGTERM, the way a pod is stopped: each answers what it holds, commits
+# what it consumed, leaves its groups and exits. One gateway reload for all the changes.
+scale_to() {
+    local pair service wanted current k started_at=$EPOCHREALTIME
+    local starting=() stopping=() jobs=() job changes=()
+    for pair in "$@"; do
+        service=${pair%%=*} wanted=${pair#*=}
+        current=$(service_replicas "$service")
+        ((wanted != current)) || continue
+        changes+=("$service $current -> $wanted")
+        for ((k = current; k < wanted; k++)); do starting+=("$service-$k"); done
+        for ((k = wanted; k < current; k++)); do stopping+=("$service-$k"); done
+        set_service_replicas "$service" "$wanted"
+        if ((wanted > current)); then generate_service "$service"; fi
+    done
+    if ((${#changes[@]} == 0)); then
+        log "nothing to change"
         return
     fi
-    if ((wanted > current)); then
-        for ((k = current; k < wanted; k++)); do names+=("$service-$k"); done
-        set_service_replicas "$service" "$wanted"
-        generate_service "$service"
-        ctl update "${names[@]}" >/dev/null
-        for k in "${names[@]}"; do
+    if ((${#starting[@]} > 0)); then
+        ctl update "${starting[@]}" >/dev/null
+        for k in "${starting[@]}"; do
             ctl start "$k" >/dev/null &
             jobs+=($!)
         done
         for job in "${jobs[@]}"; do wait "$job" || true; done
-        log "$service: started ${names[*]} ($(since "$started_at")); waiting for their consumers to join"
-        wait_for "${names[*]} ready (consumers joined)" "$service-[0-9]+" \
-            workers_ready "$service" "$current" "$wanted"
-        log "$service: ${names[*]} joined their groups ($(since "$started_at")); adding them to the gateway"
-        generate_gateway
-        reload_gateway
-        write_stack_env
-        write_running_env
-    else
-        for ((k = wanted; k < current; k++)); do names+=("$service-$k"); done
-        set_service_replicas "$service" "$wanted"
-        generate_gateway
-        reload_gateway
-        write_stack_env
-        write_running_env
-        log "$service: the gateway left ${names[*]} ($(since "$started_at")); stopping them"
-        for k in "${names[@]}"; do
+        log "started ${starting[*]} ($(since "$started_at")); waiting for them to join their groups"
+        wait_for "${starting[*]} ready (consumers joined)" "$(IFS='|'; echo "${starting[*]}")" \
+            workers_ready "${starting[@]}"
+        log "${starting[*]} joined their groups ($(since "$started_at"))"
+    fi
+    generate_gateway
+    reload_gateway
+    write_stack_env
+    write_running_env
+    log "the gateway has the new set of workers ($(since "$started_at"))"
+    if ((${#stopping[@]} > 0)); then
+        jobs=()
+        for k in "${stopping[@]}"; do
             ctl stop "$k" >/dev/null &
             jobs+=($!)
         done
         for job in "${jobs[@]}"; do wait "$job" || true; done
-        for k in "${names[@]}"; do rm -f "$STATE_DIR/programs/$k.conf"; done
-        ctl update "${names[@]}" >/dev/null
+        for k in "${stopping[@]}"; do rm -f "$STATE_DIR/programs/$k.conf"; done
+        ctl update "${stopping[@]}" >/dev/null
+        log "stopped ${stopping[*]} ($(since "$started_at"))"
     fi
-    log "$service: $current -> $wanted workers in $(since "$started_at")"
+    local summary
+    summary=$(IFS=','; echo "${changes[*]}")
+    log "${summary//,/, } workers in $(since "$started_at")"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -633,11 +641,10 @@ cmd_up() {
     wait_for "every worker's /ready (consumers joined)" "(order|payment|stock)-[0-9]+" workers_healthy
     wait_for "the gateway on port $GATEWAY_PORT" gateway gateway_healthy
     if ((running)); then
-        for service in "${SERVICES[@]}"; do
-            if ((wanted[$service] != $(service_replicas "$service"))); then
-                scale_service "$service" "${wanted[$service]}"
-            fi
-        done
+        local pairs=()
+        for service in "${SERVICES[@]}"; do pairs+=("$service=${wanted[$service]}"); done
+        WANTED_PROGRAMS=()
+        scale_to "${pairs[@]}"
     fi
     log "stack up in $((SECONDS - started_at))s: http://127.0.0.1:$GATEWAY_PORT (state: $STATE_DIR)"
 }
@@ -702,19 +709,27 @@ cmd_status() {
 }
 
 cmd_scale() {
-    local service=${1:-} count=${2:-}
-    (($# == 2)) || die "usage: $0 scale SERVICE N (SERVICE: ${SERVICES[*]}; N: 1-$MAX_REPLICAS)"
-    [[ " ${SERVICES[*]} " == *" $service "* ]] ||
-        die "unknown service '$service' (one of: ${SERVICES[*]})"
-    check_replicas "the number of $service workers" "$count"
+    local service count pairs=() seen=" "
+    (($# >= 2 && $# % 2 == 0)) ||
+        die "usage: $0 scale SERVICE N [SERVICE N ...] (SERVICE: ${SERVICES[*]}; N: 1-$MAX_REPLICAS)"
+    while (($# > 0)); do
+        service=$1 count=$2
+        shift 2
+        [[ " ${SERVICES[*]} " == *" $service "* ]] ||
+            die "unknown service '$service' (one of: ${SERVICES[*]})"
+        [[ $seen != *" $service "* ]] || die "$service is named twice"
+        seen+="$service "
+        check_replicas "the number of $service workers" "$count"
+        pairs+=("$service=$((10#$count))")
+    done
     if ! supervisord_pid >/dev/null || [[ ! -f $RUNNING_ENV ]]; then
-        die "the stack is down ($STATE_DIR): start it with $0 up (${service^^}_REPLICAS=$count \
-starts it with that many)"
+        die "the stack is down ($STATE_DIR): start it with $0 up (ORDER_REPLICAS=N etc. \
+start it with other counts)"
     fi
     load_running_settings
     DEADLINE=$((SECONDS + UP_TIMEOUT_S))
     WANTED_PROGRAMS=()
-    scale_service "$service" "$((10#$count))"
+    scale_to "${pairs[@]}"
 }
 
 cmd_pid() {
@@ -748,7 +763,7 @@ main() {
         env) cat "$STATE_DIR/stack.env" ;;
         scale) cmd_scale "$@" ;;
         *) die "unknown command '$command' (up, down [--clean], reset, status, pid, ctl, env, \
-scale SERVICE N)" ;;
+scale SERVICE N ...)" ;;
     esac
 }
 

@@ -3,6 +3,7 @@ and each consumer group's members and partitions (the broker's own view)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,21 @@ async def work(session: aiohttp.ClientSession, address: str, role: Role) -> Work
             text, "bus_messages_handled_total", lambda lb: lb.get("consumer") == role.consumer
         ),
     )
+
+
+async def refuses(address: str) -> bool:
+    """Whether the worker at ``address`` refuses connections: it got its SIGTERM (hypercorn
+    closes its listening socket at once) or has not started."""
+    host, port = address.rsplit(":", 1)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return False
 
 
 class _DescribeGroups(

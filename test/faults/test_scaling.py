@@ -1,5 +1,6 @@
 """Elastic scaling under load (`run_local.sh scale`): while checkouts of two-item orders run over
-scarce stock and credit, each service is scaled 2 -> 3 -> 1 -> 2. Every reply must be 200 or 400
+scarce stock and credit, all three services are scaled 2 -> 3 -> 1 -> 2 (one command per step,
+as a deployment's scaling would move them together). Every reply must be 200 or 400
 (no 5xx, no dropped connection), stock and credit are conserved exactly, 2xx <=> paid, and every
 saga ends. After each scale-up every worker, the new one included, takes a fair share of the
 HTTP requests and of its group's partitions and messages; after each scale-down the group holds
@@ -21,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from test.client import Api, until
 from test.conftest import Stack
-from test.faults.scaling import ROLES, Groups, Role, Work, work
+from test.faults.scaling import ROLES, Groups, Role, Work, refuses, work
 
 STEPS = (3, 1, 2)  # every service starts at 2 workers
 PARTITIONS = 16  # per topic
@@ -97,31 +98,32 @@ class ScaleLoad:
 
 @dataclass
 class Scaled:
-    """What one `scale` command did, as measured."""
+    """What one `scale` command did to one service, as measured (seconds from its start)."""
 
     service: str
     before: int
     after: int
     command_s: float
-    first_message_s: dict[str, float]  # new worker -> from the command to its first message
-    group_settled_s: float  # from the command's return to the group holding the new set
+    first_message_s: dict[str, float]  # new worker -> its first handled message
+    sigterm_s: dict[str, float]  # leaving worker -> when its port began to refuse
+    group_settled_s: float  # the group first held exactly the new set, evenly split
     partitions: dict[str, int]
     requests: dict[str, float] = field(default_factory=dict)  # per worker, over the window
     messages: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
-        first = ", ".join(f"{w} {s:.1f}s" for w, s in self.first_message_s.items())
-        shares = ""
+        parts = [f"SCALE {self.service} {self.before}->{self.after}: command {self.command_s:.1f}s"]
+        if self.first_message_s:
+            firsts = ", ".join(f"{w} {t:.1f}s" for w, t in self.first_message_s.items())
+            parts.append(f"first message: {firsts}")
+        if self.sigterm_s:
+            parts.append("SIGTERM " + ", ".join(f"{w} {t:.1f}s" for w, t in self.sigterm_s.items()))
+        parts.append(f"group settled {self.group_settled_s:.1f}s")
+        parts.append("partitions " + " ".join(f"{w}={n}" for w, n in self.partitions.items()))
         if self.requests:
-            shares = "; requests " + " ".join(f"{v:.0f}" for v in self.requests.values())
-            shares += ", messages " + " ".join(f"{v:.0f}" for v in self.messages.values())
-        return (
-            f"SCALE {self.service} {self.before}->{self.after}: command {self.command_s:.1f}s"
-            + (f"; first message: {first}" if first else "")
-            + f"; group settled {self.group_settled_s:.1f}s after; partitions "
-            + " ".join(f"{w}={n}" for w, n in self.partitions.items())
-            + shares
-        )
+            parts.append("requests " + " ".join(f"{v:.0f}" for v in self.requests.values()))
+            parts.append("messages " + " ".join(f"{v:.0f}" for v in self.messages.values()))
+        return "; ".join(parts)
 
 
 class Cluster:
@@ -161,8 +163,7 @@ async def test_scaling_under_load(api: Api, stack: Stack) -> None:
         ):
             await until(lambda: _replied(load, 50), within=30)
             for target in STEPS:
-                for service in ROLES:
-                    scaled = await _scale(cluster, session, groups, ROLES[service], target)
+                for scaled in await _scale(cluster, session, groups, target):
                     print(f"\n{scaled.line()}")
                     results.append(scaled)
     finally:
@@ -206,69 +207,87 @@ async def _make_data(api: Api) -> dict[str, int]:
 
 
 async def _scale(
-    cluster: Cluster, session: aiohttp.ClientSession, groups: Groups, role: Role, target: int
-) -> Scaled:
-    """Runs `scale`, timing the new workers' first handled message, then checks `status`,
-    `env` and the consumer group, and after a scale-up measures every worker's share."""
-    service = role.service
-    before = len(cluster.running(service))
-    new = [k for k in range(before, target)]
+    cluster: Cluster, session: aiohttp.ClientSession, groups: Groups, target: int
+) -> list[Scaled]:
+    """Runs `scale` for every service at once. While it runs: each new worker's first handled
+    message, each leaving worker's SIGTERM (its port refuses from then on), and when each group
+    first holds exactly the new set with an even split of the partitions. Then checks `status`
+    and `env`, and after a scale-up measures every worker's share of the work."""
+    before = {service: len(cluster.running(service)) for service in ROLES}
+    new = [(role, k) for role in ROLES.values() for k in range(before[role.service], target)]
+    leaving = [(role, k) for role in ROLES.values() for k in range(target, before[role.service])]
+    expected = {service: [f"{service}-{k}" for k in range(target)] for service in ROLES}
+    args = [arg for service in ROLES for arg in (service, str(target))]
     started = time.monotonic()
     command = await asyncio.create_subprocess_exec(
         cluster.stack.ctl,
         "scale",
-        service,
-        str(target),
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     done = asyncio.ensure_future(command.communicate())
-    first: dict[str, float] = {}
+    first: dict[str, float] = {}  # new worker -> its first handled message
+    gone: dict[str, float] = {}  # leaving worker -> its SIGTERM
+    settled: dict[str, float] = {}  # service -> its group holds the new set
     command_s = 0.0
-    while not done.done() or len(first) < len(new):
+    while True:
+        now = time.monotonic() - started
         if done.done() and not command_s:
-            command_s = time.monotonic() - started
+            command_s = now
             if command.returncode != 0:
                 break
-        for k in new:
-            name = f"{service}-{k}"
+        for role, k in new:
+            name = f"{role.service}-{k}"
             if name not in first:
-                seen = await work(session, cluster.address(service, k), role)
+                seen = await work(session, cluster.address(role.service, k), role)
                 if seen is not None and seen.messages > 0:
                     first[name] = time.monotonic() - started
-        assert time.monotonic() - started < 90, f"scale {service} {target}: no first message"
-        await asyncio.sleep(0.05)
+        for role, k in leaving:
+            name = f"{role.service}-{k}"
+            if name not in gone and await refuses(cluster.address(role.service, k)):
+                gone[name] = time.monotonic() - started
+        for role in ROLES.values():
+            if role.service not in settled:
+                group = await groups.describe(role)
+                if group.state == "Stable" and _even(
+                    group.partitions, expected[role.service], role
+                ):
+                    settled[role.service] = time.monotonic() - started
+        if command_s and len(first) == len(new) and len(settled) == len(ROLES):
+            break
+        assert now < 120, f"scale to {target}: first messages {first}, groups settled {settled}"
+        await asyncio.sleep(0.1)
     _, stderr = await done
-    command_s = command_s or time.monotonic() - started
     assert command.returncode == 0, stderr.decode()
-    returned = time.monotonic()
+    print(f"\nSCALE to {target}:\n{stderr.decode().strip()}")
 
-    # `status` and `env` show the new set at once.
-    expected = [f"{service}-{k}" for k in range(target)]
-    assert cluster.running(service) == expected
-    addresses = [cluster.address(service, k) for k in range(target)]
-    assert cluster.stack.env()[f"{service.upper()}_WORKERS"] == ",".join(addresses)
-
-    # The group holds exactly the new set, with an even split of the partitions, well before a
-    # member that did not leave would have timed out.
-    async def settled() -> bool:
+    results = []
+    for role in ROLES.values():
+        service = role.service
+        # `status` and `env` show the new set at once.
+        assert cluster.running(service) == expected[service]
+        addresses = [cluster.address(service, k) for k in range(target)]
+        assert cluster.stack.env()[f"{service.upper()}_WORKERS"] == ",".join(addresses)
         group = await groups.describe(role)
-        return group.state == "Stable" and _even(group.partitions, expected, role)
-
-    await until(settled, within=SESSION_TIMEOUT_S / 2)
-    group = await groups.describe(role)
-    scaled = Scaled(
-        service,
-        before,
-        target,
-        command_s,
-        first,
-        time.monotonic() - returned,
-        dict(sorted(group.partitions.items())),
-    )
-    if target > before:
-        scaled.requests, scaled.messages = await _shares(session, cluster, role, target)
-    return scaled
+        assert group.state == "Stable" and _even(group.partitions, expected[service], role)
+        results.append(
+            Scaled(
+                service,
+                before[service],
+                target,
+                command_s,
+                {n: t for n, t in first.items() if n.startswith(f"{service}-")},
+                {n: t for n, t in gone.items() if n.startswith(f"{service}-")},
+                settled[service],
+                dict(sorted(group.partitions.items())),
+            )
+        )
+    for scaled in results:
+        if scaled.after > scaled.before:
+            role = ROLES[scaled.service]
+            scaled.requests, scaled.messages = await _shares(session, cluster, role, target)
+    return results
 
 
 def _even(partitions: dict[str, int], workers: list[str], role: Role) -> bool:
@@ -314,8 +333,13 @@ async def _shares(
 
 
 def _check_work(scaled: Scaled) -> None:
-    """Every worker, the new ones first of all, did its share of the work after a scale-up."""
-    if scaled.after <= scaled.before:
+    """After a scale-down the group had the remaining workers only, sooner after the SIGTERM
+    than a member that did not leave could have been dropped (it heartbeats until it stops,
+    then its session runs out). After a scale-up every worker, the new ones first of all, did
+    its share of the work."""
+    if scaled.after < scaled.before:
+        last_sigterm = max(scaled.sigterm_s.values())
+        assert scaled.group_settled_s - last_sigterm < SESSION_TIMEOUT_S - 1, scaled.line()
         return
     for name in (f"{scaled.service}-{k}" for k in range(scaled.before, scaled.after)):
         assert name in scaled.first_message_s, f"{name} handled no message"
