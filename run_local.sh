@@ -592,12 +592,11 @@ scale_to() {
 # Commands
 
 cmd_up() {
-    local service job jobs started_at=$SECONDS running=0 current
+    local service job jobs started_at=$SECONDS current
     local -A wanted=()
     DEADLINE=$((SECONDS + UP_TIMEOUT_S))
     setup_machine requirements.txt
     if supervisord_pid >/dev/null && [[ -f $RUNNING_ENV ]]; then
-        running=1
         # The running workers stay as they are here; counts that change are scaled at the end.
         for service in "${SERVICES[@]}"; do
             current=$(running_replicas "$service")
@@ -640,9 +639,13 @@ cmd_up() {
     wait_for "every process RUNNING" "" all_running
     wait_for "every worker's /ready (consumers joined)" "(order|payment|stock)-[0-9]+" workers_healthy
     wait_for "the gateway on port $GATEWAY_PORT" gateway gateway_healthy
-    if ((running)); then
-        local pairs=()
-        for service in "${SERVICES[@]}"; do pairs+=("$service=${wanted[$service]}"); done
+    local pairs=()
+    for service in "${!wanted[@]}"; do
+        if ((wanted[$service] != $(service_replicas "$service"))); then
+            pairs+=("$service=${wanted[$service]}")
+        fi
+    done
+    if ((${#pairs[@]} > 0)); then
         WANTED_PROGRAMS=()
         scale_to "${pairs[@]}"
     fi
