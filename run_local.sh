@@ -11,6 +11,11 @@
 #        ./run_local.sh pid NAME        pid of one process (fails unless it runs)
 #        ./run_local.sh ctl ARGS...     supervisorctl ARGS... on this stack
 #        ./run_local.sh env             the stack's addresses, as KEY=value lines
+#        ./run_local.sh scale SERVICE N [SERVICE N ...]
+#                                       run N workers of SERVICE (order, payment, stock; 1-16)
+#                                       on the running stack, while it serves: new workers join
+#                                       their consumer groups and then the gateway; removed
+#                                       ones leave the gateway, then stop gracefully
 #
 # Settings (environment variables, default in brackets):
 #   STATE_DIR            [<repo>/.run] generated configs, Redis data (AOF, nodes.conf), the
@@ -30,7 +35,9 @@
 #   LOG_MESSAGES, OTEL_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT
 #                        passed to the services when set
 # Settings are read by `up`; a second `up` with other settings applies them to the running stack
-# (Redis settings only take effect after a `down`).
+# (Redis settings only take effect after a `down`). A worker count set by `scale` lasts as long
+# as the stack: a second `up` keeps it unless the environment gives that count, and `down`
+# forgets it (set ORDER_REPLICAS etc. to start with other counts).
 set -euo pipefail
 # shellcheck source=local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/local/lib.sh"
@@ -45,6 +52,8 @@ set_paths() {
     NGINX_DIR="$STATE_DIR/nginx"
     LOG_DIR="$STATE_DIR/logs"
     SOCKET="$STATE_DIR/supervisor.sock"
+    # The running stack's settings and current worker counts (write_running_env).
+    RUNNING_ENV="$STATE_DIR/running.env"
     # A unix socket path must fit in 108 bytes.
     if ((${#SOCKET} > 100)); then
         SOCKET="/tmp/checkout-supervisor-$(printf %s "$STATE_DIR" | sha256sum | cut -c1-16).sock"
@@ -152,7 +161,7 @@ generate_broker() {
     render "$LOCAL_DIR/server.properties.in" "$dir/server.properties" \
         BROKER_PORT="$BROKER_PORT" CONTROLLER_PORT="$((BROKER_PORT + 1))" LOG_DIR="$dir/log" \
         SHARED="$(shared_broker_properties)"
-    program broker 200 true "$LOCAL_DIR/broker.sh run $KAFKA_LIBS $dir/server.properties $dir/log \
+    program broker 200 true 10 "$LOCAL_DIR/broker.sh run $KAFKA_LIBS $dir/server.properties $dir/log \
 $(broker_cluster_id)"
 }
 
@@ -168,12 +177,14 @@ sv_environment() {
     echo "${out[*]}"
 }
 
-# program NAME PRIORITY AUTOSTART COMMAND [KEY=VALUE...]
+# program NAME PRIORITY AUTOSTART STOP_WAIT_S COMMAND [KEY=VALUE...]; STOP_WAIT_S: how long
+# supervisord waits after SIGTERM before it sends SIGKILL.
 program() {
-    local name=$1 priority=$2 autostart=$3 command=$4
-    shift 4
+    local name=$1 priority=$2 autostart=$3 stop_wait=$4 command=$5
+    shift 5
     render "$LOCAL_DIR/program.conf.in" "$STATE_DIR/programs/$name.conf" \
-        NAME="$name" PRIORITY="$priority" AUTOSTART="$autostart" COMMAND="${command//%/%%}" \
+        NAME="$name" PRIORITY="$priority" AUTOSTART="$autostart" STOP_WAIT_S="$stop_wait" \
+        COMMAND="${command//%/%%}" \
         ENVIRONMENT="$(sv_environment PYTHONUNBUFFERED=1 "$@")" \
         REPO_DIR="$REPO_DIR" STATE_DIR="$STATE_DIR"
     WANTED_PROGRAMS+=("$name.conf")
@@ -189,29 +200,37 @@ generate_redis() {
             mkdir -p "$dir"
             render "$LOCAL_DIR/redis.conf.in" "$dir/redis.conf" PORT="$port" DATA_DIR="$dir" \
                 NODE_TIMEOUT_MS="$REDIS_CLUSTER_NODE_TIMEOUT_MS"
-            program "redis-$service-$k" 100 true "$(command -v redis-server) $dir/redis.conf"
+            program "redis-$service-$k" 100 true 10 "$(command -v redis-server) $dir/redis.conf"
         done
     done
 }
 
 generate_services() {
-    local service k port var pass=()
+    local service
+    for service in "${SERVICES[@]}"; do generate_service "$service"; done
+}
+
+# The programs of one service's workers 0..N-1. A worker told to stop (SIGTERM: `scale`, `down`,
+# as a pod is told) stops taking connections, answers the requests it holds within hypercorn's
+# graceful timeout, which outlasts the longest checkout wait, and only then stops its consumers
+# (they commit and leave their groups) and its clients; supervisord waits for all of that.
+generate_service() {
+    local service=$1 k port var pass=() graceful
     for var in "${PASS_THROUGH_VARS[@]}"; do
         if [[ -n ${!var:-} ]]; then pass+=("$var=${!var}"); fi
     done
-    for service in "${SERVICES[@]}"; do
-        for ((k = 0; k < $(service_replicas "$service"); k++)); do
-            port=$(($(service_port_base "$service") + k))
-            # --workers 0 serves in this very process: with --workers 1 hypercorn forks a child
-            # that a SIGKILL of the parent would leave behind, holding the port.
-            program "$service-$k" 300 false \
-                "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
---bind 127.0.0.1:$port --keep-alive 75 $service.app:app" \
-                PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-$k" \
-                REDIS_NODES="$(redis_nodes "$service")" \
-                KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
-                STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}"
-        done
+    graceful=$(($(checkout_wait_max_s) + 5))
+    for ((k = 0; k < $(service_replicas "$service"); k++)); do
+        port=$(($(service_port_base "$service") + k))
+        # --workers 0 serves in this very process: with --workers 1 hypercorn forks a child
+        # that a SIGKILL of the parent would leave behind, holding the port.
+        program "$service-$k" 300 false $((graceful + 15)) \
+            "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
+--bind 127.0.0.1:$port --keep-alive 75 --graceful-timeout $graceful $service.app:app" \
+            PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-$k" \
+            REDIS_NODES="$(redis_nodes "$service")" \
+            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
+            STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}"
     done
 }
 
@@ -233,7 +252,7 @@ generate_gateway() {
     render "$LOCAL_DIR/nginx.conf.in" "$NGINX_DIR/nginx.conf" NGINX_DIR="$NGINX_DIR" \
         GATEWAY_PORT="$GATEWAY_PORT" REPO_DIR="$REPO_DIR"
     GATEWAY_CHANGED=$RENDER_CHANGED
-    program gateway 400 true "$(command -v nginx) -p $NGINX_DIR/ -c $NGINX_DIR/nginx.conf -e stderr"
+    program gateway 400 true 10 "$(command -v nginx) -p $NGINX_DIR/ -c $NGINX_DIR/nginx.conf -e stderr"
 }
 
 generate_configs() {
@@ -255,7 +274,33 @@ generate_configs() {
         fi
     done
     write_stack_env
+    write_running_env
 }
+
+# The settings the stack runs with, and its current worker counts: `scale` renders new workers
+# exactly like the others from them (whatever its own environment), and `up` keeps the counts
+# its environment does not give. `down` deletes the file, so a count set by `scale` does not
+# outlive the stack.
+write_running_env() {
+    local name
+    {
+        echo "# The running stack's settings (run_local.sh: write_running_env); deleted by down."
+        for name in "${SETTING_NAMES[@]}" STOCK_URL "${PASS_THROUGH_VARS[@]}"; do
+            if [[ -n ${!name:-} ]]; then printf '%s=%q\n' "$name" "${!name}"; fi
+        done
+    } >"$RUNNING_ENV"
+}
+
+# The settings of the running stack, in place of this command's environment.
+load_running_settings() {
+    local name
+    for name in STOCK_URL "${PASS_THROUGH_VARS[@]}"; do unset "$name"; done
+    # shellcheck source=/dev/null
+    source "$RUNNING_ENV"
+}
+
+# The current worker count of a service on the running stack.
+running_replicas() { sed -n "s/^${1^^}_REPLICAS=//p" "$RUNNING_ENV"; }
 
 write_stack_env() {
     local service
@@ -403,19 +448,172 @@ up_failed() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Gateway reloads and scaling
+
+# The gateway's client connections: "inode ms-since-last-send ms-since-last-receive" each.
+gateway_connections() {
+    ss -tieOHn state established "( sport = :$GATEWAY_PORT )" 2>/dev/null | awk '{
+        ino = ""; snd = 1e12; rcv = 1e12
+        for (i = 1; i <= NF; i++) {
+            if ($i ~ /^ino:/) ino = substr($i, 5)
+            else if ($i ~ /^lastsnd:/) snd = substr($i, 9)
+            else if ($i ~ /^lastrcv:/) rcv = substr($i, 9)
+        }
+        if (ino != "") print ino, snd, rcv
+    }'
+}
+
+# Waits until no connection that the gateway held when it began draining can still be reused
+# by its client: each is closed, or idle (its last request answered, nothing sent since) for
+# half a second. The others got "Connection: close" on their request after the drain began.
+# Gives up after the longest checkout wait (a request in flight that long).
+wait_for_gateway_drain() {
+    local before busy deadline=$((SECONDS + $(checkout_wait_max_s)))
+    before=$(gateway_connections | awk '{ print $1 }')
+    while [[ -n $before ]]; do
+        busy=$(gateway_connections | awk -v before="$before" 'BEGIN {
+            n = split(before, list, "\n"); for (i = 1; i <= n; i++) old[list[i]] = 1
+        } ($1 in old) && !($3 >= $2 && $2 >= 500) { print $1 }')
+        [[ -n $busy ]] || break
+        if ((SECONDS >= deadline)); then
+            log "WARNING: reloading the gateway with $(wc -w <<<"$busy") connections still busy"
+            break
+        fi
+        sleep 0.05
+    done
+}
+
+# The pids of the gateway's worker processes that serve (not those shutting down).
+gateway_workers() {
+    local pid title
+    for pid in $(procs_in pgrp "$1"); do
+        [[ $pid != "$1" ]] || continue
+        title=$({ tr -s '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
+        if [[ $title == "nginx: worker process " ]]; then echo "$pid"; fi
+    done
+}
+
+# Applies a changed upstreams.conf to the running gateway without dropping a client connection:
+# drain (local/nginx.conf.in says why and how), reload, and return once a new worker serves.
+reload_gateway() {
+    local master="" old current tries
+    [[ -f $NGINX_DIR/nginx.pid ]] && master=$(<"$NGINX_DIR/nginx.pid")
+    if ! is_uint "$master" || ! alive "$master"; then
+        log "the gateway is not running: it reads the new configuration when it starts"
+        return
+    fi
+    "$(command -v nginx)" -t -q -p "$NGINX_DIR/" -c "$NGINX_DIR/nginx.conf" -e stderr ||
+        die "the new gateway configuration does not load ($NGINX_DIR)"
+    touch "$NGINX_DIR/draining"
+    wait_for_gateway_drain
+    old=$(gateway_workers "$master")
+    kill -HUP "$master"
+    for ((tries = 0; tries < 200; tries++)); do
+        current=$(gateway_workers "$master")
+        if [[ -n $current ]] && ! grep -qxF -f <(printf '%s\n' "$old") <<<"$current"; then
+            break
+        fi
+        sleep 0.05
+    done
+    rm -f "$NGINX_DIR/draining"
+    ((tries < 200)) || die "the gateway did not reload in 10s (see $LOG_DIR/gateway.log)"
+}
+
+# Seconds since an $EPOCHREALTIME, as "1.2s".
+since() {
+    local now=${EPOCHREALTIME/[.,]/} then=${1/[.,]/}
+    printf '%d.%ds' $(((now - then) / 1000000)) $(((now - then) % 1000000 / 100000))
+}
+
+# Whether the named workers ("order-2" ...) answer /ready (their consumers joined their groups).
+workers_ready() {
+    local name
+    for name in "$@"; do
+        http_ok "http://127.0.0.1:$(($(service_port_base "${name%-*}") + ${name##*-}))/ready" ||
+            return 1
+    done
+}
+
+# scale_to SERVICE=N... on the running stack. New workers start and join their consumer groups
+# (each group rebalances), then the gateway sends them requests. Workers to remove first leave
+# the gateway, then get SIGTERM, the way a pod is stopped: each answers what it holds, commits
+# what it consumed, leaves its groups and exits. One gateway reload for all the changes.
+scale_to() {
+    local pair service wanted current k started_at=$EPOCHREALTIME
+    local starting=() stopping=() jobs=() job changes=()
+    for pair in "$@"; do
+        service=${pair%%=*} wanted=${pair#*=}
+        current=$(service_replicas "$service")
+        ((wanted != current)) || continue
+        changes+=("$service $current -> $wanted")
+        for ((k = current; k < wanted; k++)); do starting+=("$service-$k"); done
+        for ((k = wanted; k < current; k++)); do stopping+=("$service-$k"); done
+        set_service_replicas "$service" "$wanted"
+        if ((wanted > current)); then generate_service "$service"; fi
+    done
+    if ((${#changes[@]} == 0)); then
+        log "nothing to change"
+        return
+    fi
+    if ((${#starting[@]} > 0)); then
+        ctl update "${starting[@]}" >/dev/null
+        for k in "${starting[@]}"; do
+            ctl start "$k" >/dev/null &
+            jobs+=($!)
+        done
+        for job in "${jobs[@]}"; do wait "$job" || true; done
+        log "started ${starting[*]} ($(since "$started_at")); waiting for them to join their groups"
+        wait_for "${starting[*]} ready (consumers joined)" "$(IFS='|'; echo "${starting[*]}")" \
+            workers_ready "${starting[@]}"
+        log "${starting[*]} joined their groups ($(since "$started_at"))"
+    fi
+    generate_gateway
+    reload_gateway
+    write_stack_env
+    write_running_env
+    log "the gateway has the new set of workers ($(since "$started_at"))"
+    if ((${#stopping[@]} > 0)); then
+        jobs=()
+        for k in "${stopping[@]}"; do
+            ctl stop "$k" >/dev/null &
+            jobs+=($!)
+        done
+        for job in "${jobs[@]}"; do wait "$job" || true; done
+        for k in "${stopping[@]}"; do rm -f "$STATE_DIR/programs/$k.conf"; done
+        ctl update "${stopping[@]}" >/dev/null
+        log "stopped ${stopping[*]} ($(since "$started_at"))"
+    fi
+    local summary
+    summary=$(IFS=','; echo "${changes[*]}")
+    log "${summary//,/, } workers in $(since "$started_at")"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Commands
 
 cmd_up() {
-    local service job jobs started_at=$SECONDS
+    local service job jobs started_at=$SECONDS current
+    local -A wanted=()
     DEADLINE=$((SECONDS + UP_TIMEOUT_S))
     setup_machine requirements.txt
+    if supervisord_pid >/dev/null && [[ -f $RUNNING_ENV ]]; then
+        # The running workers stay as they are here; counts that change are scaled at the end.
+        for service in "${SERVICES[@]}"; do
+            current=$(running_replicas "$service")
+            wanted[$service]=$current
+            if [[ " ${REPLICAS_GIVEN[*]} " == *" $service "* ]]; then
+                wanted[$service]=$(service_replicas "$service")
+            fi
+            set_service_replicas "$service" "$current"
+        done
+    fi
     generate_configs
     if supervisord_pid >/dev/null; then
-        # Reload nginx first: a worker that is not (or no longer) there is skipped on connect.
-        if ((GATEWAY_CHANGED)); then ctl signal HUP gateway >/dev/null || true; fi
+        if ((GATEWAY_CHANGED)); then reload_gateway; fi
         ctl update | grep -v '^$' >&2 || true
     else
         sweep_dead_session
+        rm -f "$NGINX_DIR/draining"
         check_ports_free
         log "starting supervisord ($STATE_DIR)"
         # (Without the lock of this command: supervisord would hold it as long as it runs.)
@@ -441,6 +639,16 @@ cmd_up() {
     wait_for "every process RUNNING" "" all_running
     wait_for "every worker's /ready (consumers joined)" "(order|payment|stock)-[0-9]+" workers_healthy
     wait_for "the gateway on port $GATEWAY_PORT" gateway gateway_healthy
+    local pairs=()
+    for service in "${!wanted[@]}"; do
+        if ((wanted[$service] != $(service_replicas "$service"))); then
+            pairs+=("$service=${wanted[$service]}")
+        fi
+    done
+    if ((${#pairs[@]} > 0)); then
+        WANTED_PROGRAMS=()
+        scale_to "${pairs[@]}"
+    fi
     log "stack up in $((SECONDS - started_at))s: http://127.0.0.1:$GATEWAY_PORT (state: $STATE_DIR)"
 }
 
@@ -491,7 +699,7 @@ cmd_down() {
         fi
     fi
     sweep_dead_session
-    rm -f "$SOCKET"
+    rm -f "$SOCKET" "$RUNNING_ENV" "$NGINX_DIR/draining"
     if [[ ${1:-} == --clean ]]; then
         rm -rf "$STATE_DIR"
         log "deleted $STATE_DIR"
@@ -501,6 +709,30 @@ cmd_down() {
 cmd_status() {
     supervisord_pid >/dev/null || { log "the stack is down ($STATE_DIR)"; return 3; }
     supervisor_status | awk '{ pid = ($3 == "pid") ? $4 : "-"; sub(",", "", pid); print $1, $2, pid }'
+}
+
+cmd_scale() {
+    local service count pairs=() seen=" "
+    (($# >= 2 && $# % 2 == 0)) ||
+        die "usage: $0 scale SERVICE N [SERVICE N ...] (SERVICE: ${SERVICES[*]}; N: 1-$MAX_REPLICAS)"
+    while (($# > 0)); do
+        service=$1 count=$2
+        shift 2
+        [[ " ${SERVICES[*]} " == *" $service "* ]] ||
+            die "unknown service '$service' (one of: ${SERVICES[*]})"
+        [[ $seen != *" $service "* ]] || die "$service is named twice"
+        seen+="$service "
+        check_replicas "the number of $service workers" "$count"
+        pairs+=("$service=$((10#$count))")
+    done
+    if ! supervisord_pid >/dev/null || [[ ! -f $RUNNING_ENV ]]; then
+        die "the stack is down ($STATE_DIR): start it with $0 up (ORDER_REPLICAS=N etc. \
+start it with other counts)"
+    fi
+    load_running_settings
+    DEADLINE=$((SECONDS + UP_TIMEOUT_S))
+    WANTED_PROGRAMS=()
+    scale_to "${pairs[@]}"
 }
 
 cmd_pid() {
@@ -517,7 +749,7 @@ main() {
     load_settings
     set_paths
     # One up/down at a time on a state dir.
-    if [[ $command == @(up|down|reset) ]]; then
+    if [[ $command == @(up|down|reset|scale) ]]; then
         exec {STACK_LOCK}>"$STATE_DIR/.lock"
         flock -n "$STACK_LOCK" || {
             log "waiting for another $0 on $STATE_DIR"
@@ -532,7 +764,9 @@ main() {
         pid) cmd_pid "$@" ;;
         ctl) ctl "$@" ;;
         env) cat "$STATE_DIR/stack.env" ;;
-        *) die "unknown command '$command' (up, down [--clean], reset, status, pid, ctl, env)" ;;
+        scale) cmd_scale "$@" ;;
+        *) die "unknown command '$command' (up, down [--clean], reset, status, pid, ctl, env, \
+scale SERVICE N ...)" ;;
     esac
 }
 

@@ -20,14 +20,18 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
+from aiokafka.client import ConnectionGroup
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
+    NoError,
     OutOfOrderSequenceNumber,
     ProducerClosed,
     ProducerFenced,
     UnknownProducerId,
+    for_code,
 )
+from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
 from common import telemetry
 from common.errors import Unavailable
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 Outgoing = tuple[str, Message]
 """A message to publish and its topic; the key is always the message's order id."""
 
+Batch = dict[TopicPartition, list[ConsumerRecord]]
+
 Handler = Callable[[Any], Awaitable[Sequence[Outgoing]]]
 """``async def handle(message) -> replies``; dependencies are bound with functools.partial."""
 
@@ -52,6 +58,11 @@ missed only means a redelivery of what the handlers have already done (which the
 TOPIC_CHECK_S = 2.0
 BATCH_RETRY_MAX_S = 1.0
 """How often the topics are looked for: a broker that came back empty has none."""
+STOP_TIMEOUT_S = 5.0
+"""How long a group member's graceful stop (the batch in hand, its commit, leaving the group)
+may take before the loop is cancelled; a redelivery to the next owner covers what that cuts."""
+LEAVE_TIMEOUT_S = 3.0
+"""How long leaving the group may take; past it the partitions move when the session expires."""
 
 PRODUCER_BROKEN = (
     OutOfOrderSequenceNumber,
@@ -201,6 +212,9 @@ class ConsumerLoop:
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._assignment = _Assignment(name)
+        self._leaving = False  # stop() asked a group member to commit and leave
+        self._consuming = False  # inside _consume: a stop commits and leaves
+        self._fetching = False  # parked in a fetch: a stop may wake it
 
     @property
     def name(self) -> str:
@@ -231,14 +245,28 @@ class ConsumerLoop:
             self._task = asyncio.create_task(self._run(), name=f"consumer:{self._name}")
 
     async def stop(self) -> None:
+        """Stop consuming; safe to call twice. A group member stops gracefully, as a worker told
+        to stop does (scaled down, SIGTERM): it finishes the batch in hand, commits the offsets
+        of what it handled and leaves its group at once, so that the other members take its
+        partitions at their next heartbeat instead of after its session timeout. Past
+        STOP_TIMEOUT_S, and for a listener, the loop is cancelled."""
         task, self._task = self._task, None
+        if task is None:
+            return
+        if self._group_id is not None and self._consuming and not task.done():
+            self._leaving = True
+            if self._fetching:
+                task.cancel()  # wakes the fetch, which _fetch turns into an empty batch
+            _, pending = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+            if pending:
+                log.warning("%s: no graceful stop in %.0fs; cancelling", self._name, STOP_TIMEOUT_S)
         await cancel(task)
 
     async def _run(self) -> None:
         """Consume for as long as the service runs: whatever fails is logged and the consumer
         made anew."""
         delay = 0.5
-        while True:
+        while not self._leaving:
             try:
                 await self._run_consumer()
             except asyncio.CancelledError:
@@ -260,9 +288,13 @@ class ConsumerLoop:
         self._consumer = consumer
         try:
             await _retry_forever(consumer.start, f"{self._name} consumer start")
+            self._consuming = True
             await self._consume(consumer)
         finally:
+            self._consuming = False
             self._consumer = None
+            if self._leaving and self._group_id is not None:
+                await self._leave_group(consumer, self._group_id)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), 5)
 
@@ -272,9 +304,9 @@ class ConsumerLoop:
         uncommitted: dict[TopicPartition, int] = {}
         uncommitted_in = self._assignment.epoch
         committed_at = 0.0
-        while True:
+        while not self._leaving:
             try:
-                batch = await consumer.getmany(timeout_ms=1000)
+                batch = await self._fetch(consumer)
             except KafkaError as exc:
                 log.warning("%s: fetch failed: %r", self._name, exc)
                 await asyncio.sleep(0.5)
@@ -302,6 +334,59 @@ class ConsumerLoop:
                 continue
             committing = asyncio.create_task(self._commit(consumer, uncommitted))
             uncommitted, committed_at = {}, loop.time()
+        # Leaving: what was handled is committed before the group hears of it.
+        if committing is not None:
+            await committing
+        if uncommitted and uncommitted_in == self._assignment.epoch:
+            await self._commit(consumer, uncommitted)
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> Batch:
+        """The next batch, or an empty one when ``stop`` cut the wait short."""
+        self._fetching = True
+        try:
+            return await consumer.getmany(timeout_ms=1000)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._leaving or task is None:
+                raise
+            task.uncancel()  # stop()'s wake-up, not a cancellation: the loop leaves in order
+            return {}
+        finally:
+            self._fetching = False
+
+    async def _leave_group(self, consumer: AIOKafkaConsumer, group_id: str) -> None:
+        """Leave the group now (a graceful stop), though the member is static.
+
+        aiokafka sends no LeaveGroup for a member with a ``group_instance_id`` (it expects it
+        back under the same id), so the group would keep this member's partitions unassigned
+        until its session expires. A worker told to stop is not coming back: it closes its
+        coordinator (no more heartbeats, no rejoin), then sends LeaveGroup v0/v1 naming its
+        member id, which Apache Kafka's classic group coordinator honours for a static member
+        as well. A worker that dies sends nothing and keeps its static membership: restarted
+        under the same WORKER_ID, it gets its partitions back without a rebalance. aiokafka has
+        no public call for this; test/unit/test_bus_leave.py pins the internals used here.
+        """
+        coordinator = consumer._coordinator
+        if coordinator is None:
+            return
+        member_id, node_id = coordinator.member_id, coordinator.coordinator_id
+        try:
+            await asyncio.wait_for(coordinator.close(), LEAVE_TIMEOUT_S)
+            if member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID or node_id is None:
+                return  # never joined, or the group already dropped it
+            request = LeaveGroupRequest(group_id, member_id)
+            response = await asyncio.wait_for(
+                consumer._client.send(node_id, request, group=ConnectionGroup.COORDINATION),
+                LEAVE_TIMEOUT_S,
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("%s: could not leave group %s (%r)", self._name, group_id, exc)
+            return
+        error = for_code(response.error_code)
+        if error is NoError:
+            log.info("%s: left group %s", self._name, group_id)
+        else:
+            log.warning("%s: leaving group %s: %s", self._name, group_id, error.__name__)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:

@@ -3,6 +3,9 @@ service's clients in order (store, bus, consumers) inside the app's serving life
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -15,6 +18,12 @@ from common.http import create_app
 from common.monitoring import install
 from common.settings import Settings
 from common.store import Store
+
+log = logging.getLogger(__name__)
+
+PART_STOP_S = 15.0
+"""The most one part's stop may take before shutdown moves on to the next (a consumer loop's
+graceful stop is bounded well inside this; see common/bus.py)."""
 
 
 class Lifecycle(Protocol):
@@ -46,8 +55,17 @@ class Runtime:
                 await part.start()
 
         async def shutdown(_: Quart) -> None:
+            # A worker told to stop (SIGTERM) gets here once hypercorn has stopped accepting
+            # connections and answered the requests it held, within its graceful timeout: the
+            # checkouts waiting for their sagas got their verdicts while the consumers ran. Now
+            # the parts stop in reverse order of start: the sweeper, then the consumer loops (a
+            # group member commits what it handled and leaves its group), the producer (it
+            # flushes), the Redis clients.
+            began = time.monotonic()
+            log.info("stopping: requests answered; consumers, producer and store next")
             for part in reversed(parts):
-                await part.stop()
+                await _stop(part)
+            log.info("stopped in %.1fs", time.monotonic() - began)
 
         def waiting() -> list[str]:
             return [p.name for p in parts if isinstance(p, ConsumerLoop) and not p.ready]
@@ -55,3 +73,17 @@ class Runtime:
         app = create_app(name, startup=startup, shutdown=shutdown, waiting=waiting)
         install(app, self.settings, parts)  # /metrics, request metrics, consumer lag
         return app
+
+
+async def _stop(part: Lifecycle) -> None:
+    """Stop one part; one that hangs is left behind (logged) so the others still stop."""
+    name = getattr(part, "name", type(part).__name__)
+    began = time.monotonic()
+    try:
+        await asyncio.wait_for(part.stop(), PART_STOP_S)
+    except TimeoutError:
+        log.warning("%s did not stop in %.0fs; going on without it", name, PART_STOP_S)
+        return
+    took = time.monotonic() - began
+    if took > 1.0:
+        log.info("%s stopped in %.1fs", name, took)

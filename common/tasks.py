@@ -8,9 +8,19 @@ from typing import Any
 
 
 async def cancel(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` (if any) and wait until it has finished; safe to call twice."""
+    """Cancel ``task`` (if any) and wait until it has finished; safe to call twice.
+
+    The cancellation is repeated while the task runs on: Python 3.11's ``asyncio.wait_for``
+    (redis-py wraps its socket writes in it) loses a cancellation that arrives just as the call
+    it waits for completes, and a task that loops would then never end. The saga sweeper did,
+    under load, when a worker was told to stop: its shutdown hung until the SIGKILL.
+    """
     if task is None:
         return
-    task.cancel()
+    wait_s = 1.0
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=wait_s)
+        wait_s = min(wait_s * 2, 5.0)
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -6,13 +6,17 @@ REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOCAL_DIR="$REPO_DIR/local"
 VENV_DIR="$REPO_DIR/.venv"
 
-APT_PACKAGES=(redis-server redis-tools nginx-light curl)
+# iproute2: `ss`, with which a gateway reload waits for its clients' connections to drain.
+APT_PACKAGES=(redis-server redis-tools nginx-light curl iproute2)
 # The broker: Apache Kafka from Maven Central (local/kafka/pom.xml pins it) on a Java 17 runtime.
 KAFKA_POM="$LOCAL_DIR/kafka/pom.xml"
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")
 KAFKA_LIBS="$REPO_DIR/.kafka/$KAFKA_VERSION/libs"
 SERVICES=(order payment stock)
 REDIS_NODES_PER_CLUSTER=6
+# The most workers of one service: each topic has this many partitions (TOPIC_PARTITIONS, which
+# the services create their topics with), and a worker beyond that would consume nothing.
+MAX_REPLICAS=16
 # Variables handed from the caller's environment to every service worker when set.
 PASS_THROUGH_VARS=(KAFKA_LINGER_MS CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL LOG_FORMAT
     LOG_MESSAGES OTEL_EXPORTER OTEL_EXPORTER_OTLP_ENDPOINT)
@@ -22,8 +26,21 @@ die() { log "ERROR: $*"; exit 1; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
+# The settings of load_settings (with the pass-through ones, those a running stack keeps).
+SETTING_NAMES=(GATEWAY_PORT BROKER_PORT ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS
+    ORDER_PORT_BASE PAYMENT_PORT_BASE STOCK_PORT_BASE ORDER_REDIS_PORT_BASE PAYMENT_REDIS_PORT_BASE
+    STOCK_REDIS_PORT_BASE REDIS_CLUSTER_NODE_TIMEOUT_MS UP_TIMEOUT_S)
+
 # Reads the settings documented at the top of run_local.sh into shell variables.
 load_settings() {
+    local service
+    # The services whose worker count the environment gives (on a running stack, `up` keeps the
+    # current count of the others: the one `scale` set).
+    REPLICAS_GIVEN=()
+    for service in "${SERVICES[@]}"; do
+        local given="${service^^}_REPLICAS"
+        if [[ -n ${!given:-} || -n ${REPLICAS:-} ]]; then REPLICAS_GIVEN+=("$service"); fi
+    done
     STATE_DIR=${STATE_DIR:-$REPO_DIR/.run}
     GATEWAY_PORT=${GATEWAY_PORT:-8000}
     BROKER_PORT=${BROKER_PORT:-9092}
@@ -47,15 +64,35 @@ load_settings() {
         UP_TIMEOUT_S; do
         is_uint "${!name}" || die "$name must be a non-negative integer, got '${!name}'"
     done
+    if [[ -n ${CHECKOUT_TIMEOUT_MS:-} ]] && ! is_uint "$CHECKOUT_TIMEOUT_MS"; then
+        die "CHECKOUT_TIMEOUT_MS must be a non-negative integer, got '$CHECKOUT_TIMEOUT_MS'"
+    fi
     for name in ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS; do
-        ((${!name} >= 1)) || die "$name must be at least 1, got ${!name}"
+        check_replicas "$name" "${!name}"
     done
     mkdir -p "$STATE_DIR"
     STATE_DIR=$(cd "$STATE_DIR" && pwd)
 }
 
+# check_replicas WHAT N: dies unless N is a worker count this stack can run.
+check_replicas() {
+    is_uint "$2" || die "$1 must be a whole number, got '$2'"
+    ((10#$2 >= 1)) || die "$1 must be at least 1, got $2"
+    ((10#$2 <= MAX_REPLICAS)) || die "$1 is $2, but at most $MAX_REPLICAS workers of a service \
+can share its work: each topic has $MAX_REPLICAS partitions, and a worker beyond that would get none"
+}
+
+# The longest an HTTP checkout waits for its saga, in seconds (order/checkout.py): up to
+# CHECKOUT_TIMEOUT_MS for the verdict, then half that again while a saga it turned back finishes
+# compensating. (The containers' entrypoint gives hypercorn this + 5 s too.)
+checkout_wait_max_s() {
+    local ms=${CHECKOUT_TIMEOUT_MS:-20000}
+    echo $(((ms * 3 / 2 + 999) / 1000))
+}
+
 # Settings of one service, by name: replicas, first HTTP port, first Redis port.
 service_replicas() { local v="${1^^}_REPLICAS"; echo "${!v}"; }
+set_service_replicas() { printf -v "${1^^}_REPLICAS" %s "$2"; }
 service_port_base() { local v="${1^^}_PORT_BASE"; echo "${!v}"; }
 redis_port_base() { local v="${1^^}_REDIS_PORT_BASE"; echo "${!v}"; }
 
