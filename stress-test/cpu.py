@@ -13,7 +13,15 @@ import re
 from dataclasses import dataclass
 
 TICKS = os.sysconf("SC_CLK_TCK")
-SYSTEM = ("redis-server", "java (broker)", "hypercorn", "gunicorn", "nginx", "supervisord")
+SYSTEM = (
+    "redis-server",
+    "java (broker)",
+    "tansu (broker)",
+    "hypercorn",
+    "gunicorn",
+    "nginx",
+    "supervisord",
+)
 """The processes of a system under test (this project's or the course template's); the load
 generator, the benchmark and whatever else runs on the machine are left out of its sum."""
 SHOWN = (*SYSTEM, "locust", "wrk")
@@ -43,6 +51,8 @@ def _name(cmdline: list[str], comm: str) -> str:
         return f"redis-server :{port.group(1) if port else '?'}"
     if "kafka.Kafka" in text:
         return "java (broker)"
+    if "tansu" in text:  # the broker of this project before Apache Kafka (before/after runs)
+        return "tansu (broker)"
     if "hypercorn" in text:
         worker = re.search(r"--bind \S+:(\d+)", text)
         app = re.search(r"(\w+)\.app:app", text)
