@@ -10,8 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
+from redis.asyncio.cluster import RedisCluster
 
-from test.client import Api
+from test.client import Api, until
+from test.conftest import Stack
 
 
 @dataclass
@@ -92,3 +94,19 @@ class Load:
 
     def statuses(self) -> Counter[int]:
         return Counter(self.replies.values())
+
+
+async def all_sagas_ended(stack: Stack, orders: list[str]) -> None:
+    """Wait (up to 60 s) until no saga of ``orders`` is running or compensating."""
+    nodes = stack.env()["ORDER_REDIS_NODES"].split(",")
+    host, port = nodes[0].rsplit(":", 1)
+    async with RedisCluster(host=host, port=int(port)) as redis:
+
+        async def none_live() -> bool:
+            for order_id in orders:
+                status = await redis.hget(f"{{order:{order_id}}}", "saga_status")
+                if status in (b"running", b"compensating"):
+                    return False
+            return True
+
+        await until(none_live, within=60)

@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from test.client import Api, until
 from test.conftest import Stack
-from test.faults.load import Load, Shop
+from test.faults.load import Load, Shop, all_sagas_ended
 
 BASELINE_S = 3.0
 OBSERVE_S = 25.0  # an upper bound for the assertion; the suite prints the measured time
@@ -85,7 +85,7 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
     recovered_at = await _recovery(load, baseline, fault_at, within)
     load.stop()
     await running
-    await _all_sagas_terminal(stack, list(load.replies))
+    await all_sagas_ended(stack, list(load.replies))
     statuses = load.statuses()
     recovery = recovered_at - fault_at if recovered_at else float("inf")
     resends = await sweeper_resends(stack) - resends_before
@@ -103,21 +103,6 @@ async def _recovery(load: Load, baseline: float, fault_at: float, within: float)
         if now - fault_at >= 1.0 and load.rate(now - 1.0, now) >= 0.9 * baseline:
             return now - 1.0 if now - 1.0 > fault_at else fault_at
     return None
-
-
-async def _all_sagas_terminal(stack: Stack, orders: list[str]) -> None:
-    nodes = stack.env()["ORDER_REDIS_NODES"].split(",")
-    host, port = nodes[0].rsplit(":", 1)
-    async with RedisCluster(host=host, port=int(port)) as redis:
-
-        async def none_live() -> bool:
-            for order_id in orders:
-                status = await redis.hget(f"{{order:{order_id}}}", "saga_status")
-                if status in (b"running", b"compensating"):
-                    return False
-            return True
-
-        await until(none_live, within=60)
 
 
 async def _check_invariants(api: Api, shop: Shop, replies: dict[str, int]) -> None:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from redis.asyncio.cluster import RedisCluster
 
 from test.client import Api, until
 from test.conftest import Stack
+from test.faults.load import all_sagas_ended
 from test.faults.scaling import ROLES, Groups, Role, Work, refuses, work
 
 STEPS = (3, 1, 2)  # every service starts at 2 workers
@@ -179,7 +179,7 @@ async def test_scaling_under_load(api: Api, stack: Stack) -> None:
     assert set(statuses) <= {200, 400}, f"5xx or dropped checkouts: {statuses} {load.errors}"
     assert statuses[200] > 0 and statuses[400] > 0, statuses
     assert set(load.reads) == {200}, f"reads: {load.reads} {load.errors}"
-    await _all_sagas_ended(cluster, list(load.checkouts))
+    await all_sagas_ended(cluster.stack, list(load.checkouts))
     await _check_conservation(api, load.checkouts, initial_stock)
     for scaled in results:
         _check_work(scaled)
@@ -346,21 +346,6 @@ def _check_work(scaled: Scaled) -> None:
     for what, counts in (("requests", scaled.requests), ("messages", scaled.messages)):
         even = sum(counts.values()) / len(counts)
         assert all(v >= FAIR * even for v in counts.values()), (scaled.line(), what)
-
-
-async def _all_sagas_ended(cluster: Cluster, orders: list[str]) -> None:
-    nodes = cluster.stack.env()["ORDER_REDIS_NODES"].split(",")
-    host, port = nodes[0].rsplit(":", 1)
-    async with RedisCluster(host=host, port=int(port)) as redis:
-
-        async def none_live() -> bool:
-            for order_id in orders:
-                status = await redis.hget(f"{{order:{order_id}}}", "saga_status")
-                if status in (b"running", b"compensating"):
-                    return False
-            return True
-
-        await until(none_live, within=60)
 
 
 async def _check_conservation(api: Api, replies: dict[str, int], stock: dict[str, int]) -> None:
