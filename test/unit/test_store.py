@@ -302,11 +302,8 @@ def _fake_store(redis: FakeRedis) -> FakeStore:
     return store
 
 
-async def test_a_cluster_down_reply_is_retried() -> None:
-    """redis-py raises CLUSTERDOWN as ClusterDownError("The cluster is down"): a failover in
-    progress, to wait out like a dropped connection (a consumer died on it once)."""
-    store = StoreOverFake(FakeRedis())
-    replies: list[Any] = [ClusterDownError("The cluster is down"), TryAgainError("x"), "ok"]
+def replaying(replies: list[Any]) -> Callable[[], Awaitable[Any]]:
+    """A Redis call that raises or returns ``replies`` one after the other."""
 
     async def call() -> Any:
         reply = replies.pop(0)
@@ -314,7 +311,16 @@ async def test_a_cluster_down_reply_is_retried() -> None:
             raise reply
         return reply
 
-    assert await store.retrying(call) == "ok"
+    return call
+
+
+async def test_a_cluster_down_reply_is_retried() -> None:
+    """redis-py raises CLUSTERDOWN as ClusterDownError("The cluster is down"): a failover in
+    progress, to wait out like a dropped connection (a consumer died on it once)."""
+    store = StoreOverFake(FakeRedis())
+    replies: list[Any] = [ClusterDownError("The cluster is down"), TryAgainError("x"), "ok"]
+
+    assert await store.retrying(replaying(replies)) == "ok"
 
     async def refused() -> Any:
         raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
@@ -338,13 +344,7 @@ async def test_a_cluster_that_cannot_be_found_is_retried() -> None:
         "ok",
     ]
 
-    async def call() -> Any:
-        reply = replies.pop(0)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    assert await store.retrying(call) == "ok"
+    assert await store.retrying(replaying(replies)) == "ok"
 
     async def misuse() -> Any:
         raise RedisClusterException("No targets were found to execute ('X',) command on")
