@@ -67,9 +67,11 @@ def _name(cmdline: list[str], comm: str) -> str:
     return comm
 
 
-def snapshot() -> dict[int, tuple[str, int]]:
-    """pid -> (name, utime + stime in ticks) of every process."""
+def snapshot(root: int | None = None) -> dict[int, tuple[str, int]]:
+    """pid -> (name, utime + stime in ticks) of every process, or only of ``root`` and its
+    descendants (one stack's supervisord, when other stacks share the machine)."""
     found: dict[int, tuple[str, int]] = {}
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -83,7 +85,18 @@ def snapshot() -> dict[int, tuple[str, int]]:
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         found[int(entry)] = (_name(cmdline, comm), int(fields[11]) + int(fields[12]))
-    return found
+        parents[int(entry)] = int(fields[1])
+    if root is None:
+        return found
+    return {pid: entry for pid, entry in found.items() if _descends(pid, root, parents)}
+
+
+def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = parents.get(pid, 0)
+    return pid == root
 
 
 def usage(

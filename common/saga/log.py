@@ -287,15 +287,6 @@ class SagaLog:
 
         await (self._store.durable(add) if durable else add())
 
-    async def index_due(self, shard: int, now: int, limit: int) -> list[tuple[str, float]]:
-        key = self.shard_key(shard)
-        rows = await self._store.retrying(
-            lambda: self._store.cluster.zrangebyscore(
-                key, "-inf", now, start=0, num=limit, withscores=True
-            )
-        )
-        return [(member.decode(), float(score)) for member, score in rows]
-
     async def index_reschedule(self, entity_id: str, due: int, shard: int) -> None:
         key = self.shard_key(shard)
         await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: due}, xx=True))
@@ -305,6 +296,15 @@ class SagaLog:
         key = self.shard_key(shard)
         await self._store.script("index_drop", [key], [entity_id, repr(score)])
 
-    async def lease(self, shard: int, worker: str, ms: int) -> bool:
-        key = f"saga:lease:{{{self._def.name}:{shard}}}"
-        return bool(await self._store.script("lease", [key], [worker, ms]))
+    async def lease_due(
+        self, shard: int, worker: str, *, lease_ms: int, now: int, limit: int
+    ) -> list[tuple[str, float]] | None:
+        """Take or renew ``worker``'s lease on ``shard`` and read up to ``limit`` of its entries
+        due by ``now``; None when another worker holds the shard."""
+        lease_key = f"saga:lease:{{{self._def.name}:{shard}}}"
+        rows = await self._store.script(
+            "sweep_lease", [lease_key, self.shard_key(shard)], [worker, lease_ms, now, limit]
+        )
+        if rows is None:
+            return None
+        return [(rows[i].decode(), float(rows[i + 1])) for i in range(0, len(rows), 2)]

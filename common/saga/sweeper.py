@@ -71,11 +71,20 @@ class Sweeper:
             return 0
         lease_ms = self._interval_ms * 4
         now = now_ms()
-        due: list[tuple[int, str, float]] = []
-        for shard in range(INDEX_SHARDS):
-            if await self._log.lease(shard, self._worker, lease_ms):
-                rows = await self._log.index_due(shard, now, self._batch)
-                due.extend((shard, entity, score) for entity, score in rows)
+        # All shards at once: the calls to one master go out in one pipeline.
+        leased = await asyncio.gather(
+            *(
+                self._log.lease_due(
+                    shard, self._worker, lease_ms=lease_ms, now=now, limit=self._batch
+                )
+                for shard in range(INDEX_SHARDS)
+            )
+        )
+        due = [
+            (shard, entity, score)
+            for shard, rows in enumerate(leased)
+            for entity, score in rows or ()
+        ]
         if not due:
             return 0
         with self._store.tracking() as written:

@@ -253,15 +253,16 @@ def index_drop(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return 0
 
 
-def lease(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+def sweep_lease(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     holder = r.get(keys[0])
     if holder == argv[0]:
         r.pexpire(keys[0], int(argv[1]))
-        return 1
-    if holder is None:
+    elif holder is None:
         r.set(keys[0], argv[0], px=int(argv[1]))
-        return 1
-    return 0
+    else:
+        return None
+    rows = r.zrangebyscore(keys[1], float("-inf"), _num(argv[2]), 0, int(argv[3]))
+    return [part for member, score in rows for part in (member, repr(score).encode())]
 
 
 SCRIPTS: dict[str, Script] = {
@@ -276,7 +277,7 @@ SCRIPTS: dict[str, Script] = {
     "saga_reset": saga_reset,
     "saga_touch": saga_touch,
     "index_drop": index_drop,
-    "lease": lease,
+    "sweep_lease": sweep_lease,
 }
 """Script name (the .lua file's stem) -> its reproduction."""
 
@@ -289,7 +290,7 @@ SOURCES: dict[str, str] = {
     "restore": "6fc2de001a4e5227fabb13ccab2ca89d27c84777",
     "take": "de5f7b46e9f332eb5b67ee3b80d4cdb005f7e7a1",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
-    "lease": "a4924623c6f2e16d84d6cb11b791f8659fff8a18",
+    "sweep_lease": "78d06d95d2407aca2ab2fb09748ba916b93b653f",
     "saga_begin": "08e646d1828f04a26ca0fd60094f3f6b3734dc9b",
     "saga_move": "921b0c1d463683d944c8f4561b003ea913ae7798",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",

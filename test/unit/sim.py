@@ -75,8 +75,7 @@ class Knobs:
     park: float = 0.7
     """Probability that a store or bus call parks at its gate (else it runs at once)."""
     park_calls: tuple[tuple[str, float], ...] = (
-        ("lease", 0.0),
-        ("zrangebyscore", 0.35),
+        ("sweep_lease", 0.35),
         ("bulk", 0.0),
         ("replicate_all", 0.0),
     )

@@ -146,14 +146,16 @@ def test_index_and_lease_answers() -> None:
     assert run(r, "index_drop", ["idx"], "o", repr(12.5)) == 0
     assert run(r, "index_drop", ["idx"], "o", repr(12.25)) == 1
     assert r.zscore("idx", b"o") is None
-    assert run(r, "lease", ["lease"], "w1", 100) == 1
-    assert run(r, "lease", ["lease"], "w2", 100) == 0
+    r.zadd("idx", {b"a": 10.5, b"b": 30.0, b"c": 20.0})
+    keys = ["lease", "idx"]
+    assert run(r, "sweep_lease", keys, "w1", 100, 25, 10) == [b"a", b"10.5", b"c", b"20.0"]
+    assert run(r, "sweep_lease", keys, "w2", 100, 25, 10) is None
     now[0] = 99
-    assert run(r, "lease", ["lease"], "w1", 100) == 1  # renewed until 199
+    assert run(r, "sweep_lease", keys, "w1", 100, 30, 1) == [b"a", b"10.5"]  # renewed to 199
     now[0] = 150
-    assert run(r, "lease", ["lease"], "w2", 100) == 0
+    assert run(r, "sweep_lease", keys, "w2", 100, 30, 10) is None
     now[0] = 199
-    assert run(r, "lease", ["lease"], "w2", 100) == 1
+    assert len(run(r, "sweep_lease", keys, "w2", 100, 30, 10)) == 6
 
 
 def test_a_failover_loses_exactly_the_unreplicated_writes() -> None:
