@@ -1089,6 +1089,7 @@ def run_minikube(
     for name in ("k8s", "helm-config", "test", "env/kafka"):
         (work / name).mkdir(parents=True)
     shutil.copy(REPO / "run_minikube.sh", work / "run_minikube.sh")
+    shutil.copy(REPO / "env" / "smoke-checkout.sh", work / "env" / "smoke-checkout.sh")
     shutil.copy(BROKER_ENV, work / "env" / "kafka" / "broker.env")
     shutil.copy(REPO / "test" / "urls.json", work / "test" / "urls.json")
     log = tmp_path / "calls.log"
@@ -1108,19 +1109,23 @@ esac""",
 esac
 cat >/dev/null""",
         "helm": "",
-        # The probe's read answers 400; the smoke checkout's calls answer as the services do.
+        # The probe's read answers 400; the smoke checkout's calls (body, then the status)
+        # answer as the services do after a paid checkout.
         "curl": """case "$*" in
-    *item/create*) echo '{"item_id": "i1"}' ;;
-    *create_user*) echo '{"user_id": "u1"}' ;;
-    *orders/create*) echo '{"order_id": "o1"}' ;;
-    *checkout*) echo 200 ;;
-    *find_user*) echo 400 ;;
+    *run-minikube-probe*) echo 400 ;;
+    *item/create*) printf '{"item_id": "i1"}\\n200' ;;
+    *create_user*) printf '{"user_id": "u1"}\\n200' ;;
+    *orders/create*) printf '{"order_id": "o1"}\\n200' ;;
+    *orders/find*) printf '{"paid": true}\\n200' ;;
+    *stock/find*) printf '{"stock": %s}\\n200' "${STUB_STOCK:-3}" ;;
+    *find_user*) printf '{"credit": 4}\\n200' ;;
+    *) printf '\\n200' ;;
 esac""",
     }
     for tool, body in script.items():
         stub = stubs / tool
         stub.write_text(
-            f'#!/bin/sh\necho "{tool} $*" >>"{log}"\n{body}\nexit 0\n', encoding="utf-8"
+            f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >>"{log}"\n{body}\nexit 0\n', encoding="utf-8"
         )
         stub.chmod(0o755)
     done = subprocess.run(
@@ -1178,10 +1183,16 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     assert first(
         "curl -s -o /dev/null -w %{http_code} --max-time 5 http://192.168.49.2/payment"
     ) < (
-        first(
-            "curl -s --max-time 60 -o /dev/null -w %{http_code} -X POST http://192.168.49.2/orders/checkout/o1"
-        )
+        first("curl -sS --max-time 70 -X POST -w \\n%{http_code} http://192.168.49.2/orders/checkout/o1")
     )
+
+
+def test_run_minikube_fails_when_its_checkout_took_no_stock(tmp_path: Path) -> None:
+    """A checkout answered 200 is not enough: the smoke check reads its effects."""
+    done, _, _ = run_minikube(tmp_path, env={"STUB_STOCK": "5"})
+    assert done.returncode != 0
+    assert "stock is 5, not 3" in done.stderr
+    assert "was not paid" in done.stderr
 
 
 def test_run_minikube_leaves_the_tracked_urls_file_alone(tmp_path: Path) -> None:
