@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One real checkout through a gateway, for an operator after `docker compose up -d --wait` (it
-# serves any deployment's gateway: the local stack's, minikube's ingress). It makes a new item
+# One real checkout through a gateway, for an operator once `docker compose up` has started the
+# gateway (which waits for healthy services); it serves any deployment's gateway: the local
+# stack's, minikube's ingress (run_minikube.sh ends with it). It makes a new item
 # (price 3, stock 5) and a new user (credit 10), orders 2 units and checks out, then passes
 # only if the checkout answered 200, the order reads as paid, the stock is 3 and the credit 4.
 # A read answering proves only that a route is up; a paid checkout with the right effects
