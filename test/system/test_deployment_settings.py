@@ -175,8 +175,9 @@ class Worker:
 
     async def start(self, env: Mapping[str, str], cwd: Path) -> None:
         with self.log.open("wb") as out:
+            # Run as the image's ENTRYPOINT runs it: the file itself (#!/bin/sh).
             self.process = await asyncio.create_subprocess_exec(
-                "sh", str(ENTRYPOINT), env=dict(env), cwd=cwd, stdout=out, stderr=out
+                str(ENTRYPOINT), env=dict(env), cwd=cwd, stdout=out, stderr=out
             )
 
     async def ready(self, session: aiohttp.ClientSession) -> bool:
@@ -235,8 +236,9 @@ async def wait_ready(session: aiohttp.ClientSession, workers: Mapping[str, Worke
     loop = asyncio.get_running_loop()
     end = loop.time() + READY_S
     while not all([await worker.ready(session) for worker in workers.values()]):
-        logs = "\n".join(f"--- {s}\n{w.tail()}" for s, w in workers.items())
-        assert loop.time() < end, f"not ready in {READY_S} s:\n{logs}"
+        if loop.time() > end:
+            logs = "\n".join(f"--- {s}\n{w.tail()}" for s, w in workers.items())
+            raise AssertionError(f"not ready in {READY_S} s:\n{logs}")
         await asyncio.sleep(0.2)
 
 
