@@ -30,6 +30,17 @@ case "$checkout_ms" in
 esac
 graceful_s=$(((checkout_ms * 3 / 2 + 999) / 1000 + 5))
 
+# The port hypercorn listens on, on every interface. Compose and k8s leave PORT unset: their
+# healthchecks, probes, Services and the gateway's upstreams all use 8000. A check that runs
+# this entrypoint beside a local stack (test/system/test_deployment_settings.py) moves it.
+port="${PORT:-8000}"
+case "$port" in
+    "" | *[!0-9]*)
+        echo "service-entrypoint: PORT must be a port number (got '$port')" >&2
+        exit 64
+        ;;
+esac
+
 # --workers 0: hypercorn serves in this very process (PID 1 of the container), as in the local
 # stack. With --workers 1 a parent process kept the listening socket open while its child
 # drained: after SIGTERM new connections were still accepted, then hung until the worker exited,
@@ -37,7 +48,7 @@ graceful_s=$(((checkout_ms * 3 / 2 + 999) / 1000 + 5))
 exec hypercorn \
     --worker-class uvloop \
     --workers 0 \
-    --bind 0.0.0.0:8000 \
+    --bind "0.0.0.0:$port" \
     --keep-alive 75 \
     --graceful-timeout "$graceful_s" \
     "$@" \

@@ -28,10 +28,18 @@ from typing import Any
 
 import pytest
 
-# Installed by test/deploy/validate.sh (test/deploy/requirements.txt), not by requirements-dev.txt.
-yaml = pytest.importorskip("yaml")
+from test.deploy.environments import (
+    REPO,
+    compose_service_env,
+    k8s_objects,
+    k8s_service_env,
+    load_compose,
+    load_k8s,
+    load_yaml_docs,
+    pod_container,
+    read_env_file,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("order", "payment", "stock")
 TOPICS = {"STOCK", "STOCK_PROCESSING", "PAYMENT", "PAYMENT_PROCESSING", "ORDER_STATUS_UPDATE"}
 PORT = 8000
@@ -83,38 +91,14 @@ ANNOTATION = "nginx.ingress.kubernetes.io/"
 # --- loading ----------------------------------------------------------------------------------
 
 
-def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        return [doc for doc in yaml.safe_load_all(f) if doc]
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, sep, value = line.partition("=")
-            assert sep, f"{path}: not NAME=value: {line!r}"
-            values[name.strip()] = value.strip()
-    return values
-
-
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    (doc,) = load_yaml_docs(REPO / "docker-compose.yml")
-    return doc
+    return load_compose()
 
 
 @pytest.fixture(scope="module")
 def k8s() -> list[dict[str, Any]]:
-    docs = []
-    for path in sorted((REPO / "k8s").glob("*.yaml")):
-        docs.extend(load_yaml_docs(path))
-    return docs
-
-
-def k8s_objects(k8s: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {doc["metadata"]["name"]: doc for doc in k8s if doc["kind"] == kind}
+    return load_k8s()
 
 
 def code_settings() -> set[str] | None:
@@ -149,24 +133,6 @@ def code_defaults() -> dict[str, str]:
             ):
                 defaults[name.value] = str(int(default.value))
     return defaults
-
-
-def compose_service_env(compose: dict[str, Any], service: str) -> dict[str, str]:
-    spec = compose["services"][service]
-    env: dict[str, str] = {}
-    env_files = spec.get("env_file", [])
-    for entry in [env_files] if isinstance(env_files, str) else env_files:
-        env.update(read_env_file(REPO / (entry if isinstance(entry, str) else entry["path"])))
-    environment = spec.get("environment", {})
-    if isinstance(environment, list):
-        environment = dict(item.partition("=")[::2] for item in environment)
-    env.update({k: str(v) for k, v in environment.items()})
-    return env
-
-
-def pod_container(obj: dict[str, Any]) -> dict[str, Any]:
-    (container,) = obj["spec"]["template"]["spec"]["containers"]
-    return container
 
 
 def k8s_container_env_names(k8s: list[dict[str, Any]], container: dict[str, Any]) -> set[str]:
@@ -1083,6 +1049,20 @@ def test_entrypoint_refuses_an_unknown_service(tmp_path: Path) -> None:
     assert "SERVICE_NAME" in done.stderr
 
 
+def test_entrypoint_port_moves_only_where_asked(
+    tmp_path: Path, compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    """PORT (for the check that runs the entrypoint beside a local stack) moves the bind; the
+    deployments leave it unset, so their workers listen on the port their probes use."""
+    args = hypercorn_args(tmp_path, PORT="8123")
+    assert args[args.index("--bind") + 1] == "0.0.0.0:8123"
+    done = run_entrypoint(tmp_path, SERVICE_NAME="order", PORT="80 --reload")
+    assert done.returncode == 64 and "PORT" in done.stderr
+    for service in SERVICES:
+        assert "PORT" not in compose_service_env(compose, service), service
+        assert "PORT" not in k8s_service_env(k8s, service), service
+
+
 # --- run_minikube.sh, against stand-ins for minikube, kubectl, helm and curl --------------------
 
 
@@ -1109,6 +1089,7 @@ def run_minikube(
     for name in ("k8s", "helm-config", "test", "env/kafka"):
         (work / name).mkdir(parents=True)
     shutil.copy(REPO / "run_minikube.sh", work / "run_minikube.sh")
+    shutil.copy(REPO / "env" / "smoke-checkout.sh", work / "env" / "smoke-checkout.sh")
     shutil.copy(BROKER_ENV, work / "env" / "kafka" / "broker.env")
     shutil.copy(REPO / "test" / "urls.json", work / "test" / "urls.json")
     log = tmp_path / "calls.log"
@@ -1128,19 +1109,23 @@ esac""",
 esac
 cat >/dev/null""",
         "helm": "",
-        # The probe's read answers 400; the smoke checkout's calls answer as the services do.
+        # The probe's read answers 400; the smoke checkout's calls (body, then the status)
+        # answer as the services do after a paid checkout.
         "curl": """case "$*" in
-    *item/create*) echo '{"item_id": "i1"}' ;;
-    *create_user*) echo '{"user_id": "u1"}' ;;
-    *orders/create*) echo '{"order_id": "o1"}' ;;
-    *checkout*) echo 200 ;;
-    *find_user*) echo 400 ;;
+    *run-minikube-probe*) echo 400 ;;
+    *item/create*) printf '{"item_id": "i1"}\\n200' ;;
+    *create_user*) printf '{"user_id": "u1"}\\n200' ;;
+    *orders/create*) printf '{"order_id": "o1"}\\n200' ;;
+    *orders/find*) printf '{"paid": true}\\n200' ;;
+    *stock/find*) printf '{"stock": %s}\\n200' "${STUB_STOCK:-3}" ;;
+    *find_user*) printf '{"credit": 4}\\n200' ;;
+    *) printf '\\n200' ;;
 esac""",
     }
     for tool, body in script.items():
         stub = stubs / tool
         stub.write_text(
-            f'#!/bin/sh\necho "{tool} $*" >>"{log}"\n{body}\nexit 0\n', encoding="utf-8"
+            f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >>"{log}"\n{body}\nexit 0\n', encoding="utf-8"
         )
         stub.chmod(0o755)
     done = subprocess.run(
@@ -1198,10 +1183,16 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     assert first(
         "curl -s -o /dev/null -w %{http_code} --max-time 5 http://192.168.49.2/payment"
     ) < (
-        first(
-            "curl -s --max-time 60 -o /dev/null -w %{http_code} -X POST http://192.168.49.2/orders/checkout/o1"
-        )
+        first("curl -sS --max-time 70 -X POST -w \\n%{http_code} http://192.168.49.2/orders/checkout/o1")
     )
+
+
+def test_run_minikube_fails_when_its_checkout_took_no_stock(tmp_path: Path) -> None:
+    """A checkout answered 200 is not enough: the smoke check reads its effects."""
+    done, _, _ = run_minikube(tmp_path, env={"STUB_STOCK": "5"})
+    assert done.returncode != 0
+    assert "stock is 5, not 3" in done.stderr
+    assert "was not paid" in done.stderr
 
 
 def test_run_minikube_leaves_the_tracked_urls_file_alone(tmp_path: Path) -> None:
