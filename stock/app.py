@@ -12,6 +12,7 @@ from common.messages import STOCK
 from common.service import Runtime
 from common.settings import load_settings
 from common.store import Store
+from common.terms import ITEMS
 from stock.handlers import handlers
 
 MAX_BATCH = 1_000_000
@@ -19,7 +20,7 @@ MAX_BATCH = 1_000_000
 settings = load_settings()
 store = Store(settings, LUA_DIR)
 bus = Bus(settings)
-items = Ledger(store, "item", "stock")
+items = Ledger(store, ITEMS)
 runtime = Runtime(settings, store, bus)
 runtime.components.append(
     ConsumerLoop(

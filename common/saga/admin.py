@@ -13,11 +13,10 @@ import asyncio
 from dataclasses import dataclass, field
 
 from common.bus import Bus, Outgoing
-from common.saga.log import COMPENSATING, INDEX_SHARDS, RUNNING, SagaState
+from common.saga.log import INDEX_SHARDS, SagaState
 from common.saga.orchestrator import Orchestrator, now_ms
 from common.store import Store
-
-OPERATOR = "aborted by operator"
+from common.terms import LIVE, AbortReason, SagaStatus
 
 
 @dataclass(frozen=True)
@@ -99,12 +98,12 @@ class SagaAdmin:
         refusal = _refusal(state, saga_id)
         if refusal is not None or state is None:
             return Action(False, refusal or "no saga", state=state)
-        if state.status == COMPENSATING:
+        if state.status == SagaStatus.COMPENSATING:
             action = await self.retry(entity_id, state.saga_id)
             detail = f"already turning back: its compensation {action.detail}"
             return Action(action.done, detail, action.sent, action.state)
         with self._store.tracking() as written:
-            messages = await self._orch.abort(entity_id, state, reason or OPERATOR)
+            messages = await self._orch.abort(entity_id, state, reason or AbortReason.OPERATOR)
         if not messages:
             return Action(False, "the saga moved while we looked: read it again", state=state)
         await self._store.replicate(written)
@@ -142,6 +141,6 @@ def _refusal(state: SagaState | None, saga_id: str | None) -> str | None:
             f"saga {state.saga_id} is {state.status}: nothing to do "
             "(checking the order out again starts a new saga)"
         )
-    if state.status not in (RUNNING, COMPENSATING):
+    if state.status not in LIVE:
         return f"saga {state.saga_id} is in an unknown state {state.status!r}"
     return None

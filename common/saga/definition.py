@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.messages import MAX_MESSAGE_BYTES, Message, SagaIds
+from common.terms import ReplyKind
 from common.tracing import trace_id_for
 
 
@@ -80,14 +81,14 @@ class SagaDefinition:
     outcome: Callable[[SagaRun, bool, str], Message]
     entity_key: Callable[[str], str]
     max_snapshot_bytes: int = MAX_MESSAGE_BYTES - 16 * 1024
-    replies: dict[type[Message], tuple[int, str]] = field(init=False, repr=False)
+    replies: dict[type[Message], tuple[int, ReplyKind]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        replies: dict[type[Message], tuple[int, str]] = {}
+        replies: dict[type[Message], tuple[int, ReplyKind]] = {}
         for index, step in enumerate(self.steps):
-            replies[step.succeeded] = (index, "succeeded")
-            replies[step.failed] = (index, "failed")
-            replies[step.compensated] = (index, "compensated")
+            replies[step.succeeded] = (index, ReplyKind.SUCCEEDED)
+            replies[step.failed] = (index, ReplyKind.FAILED)
+            replies[step.compensated] = (index, ReplyKind.COMPENSATED)
         object.__setattr__(self, "replies", replies)
 
     @property

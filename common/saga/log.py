@@ -15,13 +15,7 @@ from redis.exceptions import ResponseError
 
 from common.saga.definition import SagaDefinition, SagaRun
 from common.store import Store
-
-RUNNING = "running"
-COMPENSATING = "compensating"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-LIVE = (RUNNING, COMPENSATING)
-ENDED = (SUCCEEDED, FAILED)
+from common.terms import ENDED, LIVE
 
 INDEX_SHARDS = 16
 _FIELDS = (

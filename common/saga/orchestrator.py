@@ -16,7 +16,8 @@ from common import telemetry
 from common.bus import Handler, Outgoing
 from common.messages import Message
 from common.saga.definition import SagaDefinition, SagaRun
-from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaLog, SagaState
+from common.saga.log import SagaLog, SagaState
+from common.terms import ReplyKind, SagaStatus
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +121,15 @@ class Orchestrator:
         """Move the saga for a participant's reply; returns what to send next."""
         index, kind = self.definition.replies[type(message)]
         last = len(self.definition.steps) - 1
-        if kind == "succeeded":
-            frm = (RUNNING, index)
-            to = (SUCCEEDED, index) if index == last else (RUNNING, index + 1)
-        elif kind == "failed":
-            frm = (RUNNING, index)
-            to = (FAILED, -1) if index == 0 else (COMPENSATING, index - 1)
+        if kind is ReplyKind.SUCCEEDED:
+            frm = (SagaStatus.RUNNING, index)
+            to = (SagaStatus.SUCCEEDED, index) if index == last else (SagaStatus.RUNNING, index + 1)
+        elif kind is ReplyKind.FAILED:
+            frm = (SagaStatus.RUNNING, index)
+            to = (SagaStatus.FAILED, -1) if index == 0 else (SagaStatus.COMPENSATING, index - 1)
         else:
-            frm = (COMPENSATING, index)
-            to = (FAILED, -1) if index == 0 else (COMPENSATING, index - 1)
+            frm = (SagaStatus.COMPENSATING, index)
+            to = (SagaStatus.FAILED, -1) if index == 0 else (SagaStatus.COMPENSATING, index - 1)
         reason = getattr(message, "reason", "")
         moved = await self.log.move(
             message.order_id, message.saga_id, frm, to, now=now_ms(), reason=reason
@@ -150,24 +151,22 @@ class Orchestrator:
     def next_messages(self, run: SagaRun, at: tuple[str, int], reason: str = "") -> list[Outgoing]:
         """What the log says to send for a saga standing at ``at`` (status, step)."""
         status, index = at
-        if status == RUNNING:
+        if status == SagaStatus.RUNNING:
             step = self.definition.steps[index]
             return [(step.topic, step.command(run))]
-        if status == COMPENSATING:
+        if status == SagaStatus.COMPENSATING:
             step = self.definition.steps[index]
             return [(step.topic, step.compensation(run))]
-        paid = status == SUCCEEDED
+        paid = status == SagaStatus.SUCCEEDED
         return [(self.definition.outcome_topic, self.definition.outcome(run, paid, reason))]
 
     async def abort(self, entity_id: str, state: SagaState, reason: str) -> list[Outgoing]:
         """Turn a running saga back: compensate its current step (which may or may not have
         taken effect; the participant's tombstone settles it) and every step before."""
-        if state.status != RUNNING:
+        if state.status != SagaStatus.RUNNING:
             return []
-        at = (COMPENSATING, state.step)
-        moved = await self.log.move(
-            entity_id, state.saga_id, (RUNNING, state.step), at, now=now_ms(), reason=reason
-        )
+        frm, at = (SagaStatus.RUNNING, state.step), (SagaStatus.COMPENSATING, state.step)
+        moved = await self.log.move(entity_id, state.saga_id, frm, at, now=now_ms(), reason=reason)
         if moved is None:
             return []
         telemetry.saga_aborted(self.definition, state.step, state.saga_id, reason)
@@ -193,5 +192,5 @@ class Orchestrator:
                 snapshot=saga.snapshot,
                 started=saga.started,
             )
-            messages += self.next_messages(run, (COMPENSATING, saga.step))
+            messages += self.next_messages(run, (SagaStatus.COMPENSATING, saga.step))
         return messages

@@ -9,10 +9,11 @@ import logging
 
 from common import telemetry
 from common.bus import Bus, Outgoing
-from common.saga.log import INDEX_SHARDS, RUNNING
+from common.saga.log import INDEX_SHARDS
 from common.saga.orchestrator import Orchestrator, now_ms
 from common.store import Store
 from common.tasks import cancel
+from common.terms import AbortReason, SagaStatus
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ class Sweeper:
             if now - state.updated < step_timeout:
                 await self._log.index_reschedule(entity_id, state.updated + step_timeout, shard)
                 return []
-            if state.status == RUNNING and now >= state.deadline:
+            if state.status == SagaStatus.RUNNING and now >= state.deadline:
                 self.aborts += 1
                 telemetry.swept(self._orch.definition.name, "abort", state.saga_id)
                 await self._log.index_reschedule(entity_id, now + step_timeout, shard)
-                return await self._orch.abort(entity_id, state, "deadline passed")
+                return await self._orch.abort(entity_id, state, AbortReason.DEADLINE)
             resends = await self._log.touch(entity_id, state, now)
             if resends == 0:
                 return []

@@ -20,6 +20,7 @@ from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
 from common.saga.log import SagaLog
 from common.saga.orchestrator import Orchestrator
 from common.saga.waiters import Waiters
+from common.terms import ITEMS, USERS
 from order.checkout import Checkout
 from order.orders import Orders
 from order.saga import CHECKOUT, order_key
@@ -179,8 +180,8 @@ class Services:
         self.orchestrator = Orchestrator(
             CHECKOUT, self.log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS
         )
-        self.items = Ledger(self.stores["stock"], "item", "stock")  # type: ignore[arg-type]
-        self.users = Ledger(self.stores["payment"], "user", "credit")  # type: ignore[arg-type]
+        self.items = Ledger(self.stores["stock"], ITEMS)  # type: ignore[arg-type]
+        self.users = Ledger(self.stores["payment"], USERS)  # type: ignore[arg-type]
         self.bus = FakeBus(groups=GROUPS)
         handlers = {
             "stock": stock_handlers(self.items),

@@ -23,6 +23,7 @@ from typing import Any
 
 from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
+from common.terms import ITEMS, USERS
 from test.unit.fake_bus import BusFaults, FakeBus
 from test.unit.fake_redis import DOWN, IN_SYNC, MASTERS, RESYNCING, FakeRedis
 from test.unit.fake_store import FakeStore
@@ -149,8 +150,8 @@ class World:
         self.bus = FakeBus(
             self.gate, partitions=knobs.partitions, rng=self.rng, note=self.note, groups=GROUPS
         )
-        self.items = Ledger(self.stores["stock"], "item", "stock")  # type: ignore[arg-type]
-        self.users = Ledger(self.stores["payment"], "user", "credit")  # type: ignore[arg-type]
+        self.items = Ledger(self.stores["stock"], ITEMS)  # type: ignore[arg-type]
+        self.users = Ledger(self.stores["payment"], USERS)  # type: ignore[arg-type]
         self.participants = Participants(self)
         self.workers = {
             f"order-{i}": OrderWorker(self, f"order-{i}") for i in range(knobs.order_workers)

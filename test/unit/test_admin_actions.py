@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from common.saga.admin import OPERATOR, SagaAdmin
+from common.saga.admin import SagaAdmin
 from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator
+from common.terms import AbortReason
 from order.admin import parse_duration_ms, render
 from order.saga import CHECKOUT
 
@@ -135,7 +136,7 @@ async def test_abort_turns_back_through_the_current_step(parts: Any) -> None:
     action = await admin.abort("o", saga)
     assert action.done and kinds(bus) == ["PaymentCancelRequested"]
     state = log.sagas["o"]
-    assert (state.status, state.step, state.reason) == ("compensating", 1, OPERATOR)
+    assert (state.status, state.step, state.reason) == ("compensating", 1, AbortReason.OPERATOR)
     # A second abort finds it compensating: it re-sends that compensation, moves nothing.
     again = await admin.abort("o", saga)
     assert again.done and "already turning back" in again.detail

@@ -21,6 +21,7 @@ from common.http import create_app
 from common.messages import PaymentRequested, StockUpdated
 from common.monitoring import LagSampler, install
 from common.settings import load_settings
+from common.terms import Taken
 from order.saga import CHECKOUT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,8 +105,8 @@ def test_ledger_takes_and_compensations() -> None:
         series("dedup_hits_total", service="order", kind="compensation"),
     )
     for letter in "TTS":
-        telemetry.took("item", letter)
-    telemetry.took("user", "X")
+        telemetry.took("item", Taken(letter))
+    telemetry.took("user", Taken.REFUSED)
     for before in (b"T:3", None, b"X", b"X", b"S"):
         telemetry.restored("item", before)
     assert moves("ledger_takes_total", ledger="item", result="taken") == 2

@@ -14,6 +14,7 @@ import payment.app as payment_app
 import stock.app as stock_app
 from common.http import idempotency_key, new_entity_id
 from common.ledger import LUA_DIR, Ledger
+from common.terms import ITEMS, USERS
 from test.unit.fake_redis import FakeRedis
 from test.unit.fake_store import FakeStore
 
@@ -71,8 +72,8 @@ def ledgers(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Ledger, Ledger]]:
     never started: the test client does not run the serving lifecycle)."""
     store = FakeStore(FakeRedis())
     store.load_scripts(LUA_DIR)
-    items = Ledger(store, "item", "stock")  # type: ignore[arg-type]
-    users = Ledger(store, "user", "credit")  # type: ignore[arg-type]
+    items = Ledger(store, ITEMS)  # type: ignore[arg-type]
+    users = Ledger(store, USERS)  # type: ignore[arg-type]
     monkeypatch.setattr(stock_app, "items", items)
     monkeypatch.setattr(payment_app, "users", users)
     yield items, users

@@ -27,6 +27,7 @@ from common.messages import (
 from common.saga.log import SagaLog
 from common.saga.orchestrator import SLOW_START_GRACE_MS, Orchestrator, Outcome
 from common.saga.sweeper import Sweeper
+from common.terms import ITEMS
 from order.saga import CHECKOUT, order_key
 from stock.handlers import handlers as stock_handlers
 from test.unit.fake_bus import FakeBus
@@ -93,7 +94,7 @@ async def test_a_stale_reservation_does_not_revoke_a_confirmed_one() -> None:
     # first_node_wins: the barrier as it should be (see test_store), to show this bug apart.
     store = FakeStore(redis, hold, node_aware=True, first_node_wins=True)
     store.load_scripts(LUA_DIR)
-    items = Ledger(store, "item", "stock")  # type: ignore[arg-type]
+    items = Ledger(store, ITEMS)  # type: ignore[arg-type]
     ids = fresh_ids("i")
     plenty = next(ids)
     scarce = next(i for i in ids if master_of(items.key(i)) != master_of(items.key(plenty)))
