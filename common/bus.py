@@ -33,10 +33,10 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
-from common import telemetry
 from common.errors import Unavailable
 from common.kafka_options import consumer_options, producer_options
 from common.messages import Message, decode, encode
+from common.observability import telemetry
 from common.settings import Settings
 from common.store import Store
 from common.tasks import cancel

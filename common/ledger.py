@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from common import telemetry
 from common.errors import NotFound, Refused
+from common.observability import telemetry
 from common.store import Store
 from common.terms import LedgerKind, Taken
 

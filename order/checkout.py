@@ -11,9 +11,9 @@ import asyncio
 import logging
 from functools import partial
 
-from common import telemetry
 from common.bus import Bus
 from common.errors import NotFound, Refused, Unavailable
+from common.observability import telemetry
 from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator, Outcome, Started
 from common.saga.waiters import Verdict, Waiters
@@ -74,7 +74,7 @@ class Checkout:
             raise Refused(f"order {order_id!r} not paid: {reason or 'checkout failed'}")
 
     async def _begin(self, order_id: str, answer_by: float) -> Started:
-        trace_id = ""  # the saga's own: derived from its id (common/tracing.py)
+        trace_id = ""  # the saga's own: derived from its id (common/observability/tracing.py)
         # The saga's start is replicated before its first command goes out (or re-run, if a
         # failover may have erased it: the start then finds its own saga, or starts anew).
         started = await self._start(order_id, trace_id, answer_by)

@@ -15,12 +15,12 @@ import json
 from typing import Any
 
 from common.ledger import OP_RECORD_TTL_S, Ledger
+from common.observability.tracing import trace_id_for
 from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator, now_ms
 from common.settings import Settings
 from common.store import Store
 from common.terms import ITEMS, TAKEN_PREFIX, USERS, SagaStatus, Taken
-from common.tracing import trace_id_for
 from order.saga import CHECKOUT, order_key
 
 _RECORD_MEANING = {

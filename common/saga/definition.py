@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.messages import MAX_MESSAGE_BYTES, Message, SagaIds
+from common.observability.tracing import trace_id_for
 from common.terms import ReplyKind
-from common.tracing import trace_id_for
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class SagaRun:
     started: int = 0  # when the saga began (ms since the epoch)
 
     def __post_init__(self) -> None:
-        if not self.trace_id:  # a re-send, an abort: the saga's own trace (common/tracing.py)
+        # A re-send, an abort: the saga's own trace (common/observability/tracing.py).
+        if not self.trace_id:
             object.__setattr__(self, "trace_id", trace_id_for(self.saga_id))
 
     @property

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common import telemetry
 from common.bus import Bus, Outgoing
+from common.observability import telemetry
 from common.saga.log import INDEX_SHARDS
 from common.saga.orchestrator import Orchestrator, now_ms
 from common.store import Store

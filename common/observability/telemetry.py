@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Protocol
 
-from common import logs, metrics, tracing
+from common.observability import logs, metrics, tracing
 from common.settings import Settings
 from common.terms import ENDED, TAKEN_PREFIX, AbortReason, Restored, SagaStatus, Taken
 
