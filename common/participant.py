@@ -23,6 +23,7 @@ class Participant:
     """What a participant's routes and tests need: its ledger and the runtime that serves it."""
 
     ledger: Ledger
+    consumer: ConsumerLoop
     runtime: Runtime
 
 
@@ -40,15 +41,14 @@ def build_participant(
     store = Store(settings, LUA_DIR) if store is None else store
     bus = Bus(settings) if bus is None else bus
     ledger = Ledger(store, kind)
-    runtime = Runtime(settings, store, bus)
-    runtime.components.append(
-        ConsumerLoop(
-            name=kind.service,
-            bus=bus,
-            store=store,
-            topics=[topic],
-            group_id=kind.service,
-            handlers=handlers(ledger),
-        )
+    consumer = ConsumerLoop(
+        name=kind.service,
+        bus=bus,
+        store=store,
+        topics=[topic],
+        group_id=kind.service,
+        handlers=handlers(ledger),
     )
-    return Participant(ledger, runtime)
+    runtime = Runtime(settings, store, bus)
+    runtime.components.append(consumer)
+    return Participant(ledger, consumer, runtime)

@@ -17,7 +17,7 @@ from typing import Any
 from common.ledger import OP_RECORD_TTL_S, Ledger
 from common.observability.tracing import trace_id_for
 from common.saga.log import SagaState
-from common.saga.orchestrator import Orchestrator, now_ms
+from common.saga.orchestrator import Clock, Orchestrator, now_ms
 from common.settings import Settings
 from common.store import Store
 from common.terms import ITEMS, TAKEN_PREFIX, USERS, SagaStatus, Taken
@@ -35,7 +35,8 @@ _RECORD_MEANING = {
 class Participants:
     """Read access to the stock and payment clusters, when their addresses are configured."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock = now_ms) -> None:
+        self._clock = clock
         self._stores: dict[str, Store] = {}
         for kind, nodes in (
             (ITEMS, settings.stock_redis_nodes),
@@ -67,7 +68,7 @@ class Participants:
         record = raw.decode() if raw is not None else None
         written = None
         if record is not None and ttl_ms > 0:  # written when its TTL was full
-            written = now_ms() - (OP_RECORD_TTL_S * 1000 - ttl_ms)
+            written = self._clock() - (OP_RECORD_TTL_S * 1000 - ttl_ms)
         return {
             "entity": entity_id,
             "record": record,
@@ -103,7 +104,7 @@ async def describe(
     store: Store, orchestrator: Orchestrator, participants: Participants, order_id: str
 ) -> dict[str, Any]:
     """Everything ``show`` prints, as a JSON-able dict."""
-    now = now_ms()
+    now = orchestrator.clock()
     key = order_key(order_id)
     fields = ["user_id", "items", "total_cost", "paid", "saga_attempt", "reset_at"]
     values = await store.hmget(key, fields)

@@ -56,6 +56,3 @@ def create_app(
         return json_response({"user_id": user_id, "credit": credit})
 
     return app
-
-
-app = create_app()

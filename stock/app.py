@@ -57,6 +57,3 @@ def create_app(
         return json_response({"item_id": item_id, "stock": stock})
 
     return app
-
-
-app = create_app()

@@ -13,8 +13,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 from common.bus import Bus, Outgoing
-from common.saga.log import INDEX_SHARDS, SagaState
-from common.saga.orchestrator import Orchestrator, now_ms
+from common.saga.log import SagaState
+from common.saga.orchestrator import Orchestrator
 from common.store import Store
 from common.terms import LIVE, AbortReason, SagaStatus
 
@@ -52,9 +52,9 @@ class SagaAdmin:
 
     async def stuck(self, older_than_ms: int, *, now: int | None = None) -> list[Stuck]:
         """Live sagas that began at least ``older_than_ms`` ago, oldest first."""
-        now = now_ms() if now is None else now
+        now = self._orch.clock() if now is None else now
         entries: dict[str, float] = {}
-        for shard in range(INDEX_SHARDS):
+        for shard in range(self._log.index_shards):
             key = self._log.shard_key(shard)
             rows = await self._store.retrying(
                 lambda key=key: self._store.cluster.zrange(key, 0, -1, withscores=True)
@@ -81,7 +81,7 @@ class SagaAdmin:
         refusal = _refusal(state, saga_id)
         if refusal is not None or state is None:
             return Action(False, refusal or "no saga", state=state)
-        now = now_ms()
+        now = self._orch.clock()
         with self._store.tracking() as written:
             resends = await self._log.touch(entity_id, state, now)
         if resends == 0:
@@ -125,7 +125,7 @@ class SagaAdmin:
         self, entity_id: str, messages: list[Outgoing], detail: str, state: SagaState
     ) -> Action:
         # From now on the sweeper follows the saga again, whatever its index entry said.
-        await self._log.index_add(entity_id, now_ms() + self._orch.step_timeout_ms)
+        await self._log.index_add(entity_id, self._orch.clock() + self._orch.step_timeout_ms)
         await self._bus.publish(messages)
         sent = [f"{type(message).__name__} on {topic}" for topic, message in messages]
         return Action(True, detail, sent, await self._log.read(entity_id))

@@ -75,10 +75,20 @@ class TurnedBack:
 class SagaLog:
     """Reads and compare-and-sets the saga state of ``definition``'s entities in ``store``."""
 
-    def __init__(self, store: Store, definition: SagaDefinition) -> None:
+    def __init__(
+        self,
+        store: Store,
+        definition: SagaDefinition,
+        *,
+        rng: random.Random | None = None,
+        index_shards: int = INDEX_SHARDS,
+    ) -> None:
         store.load_scripts(Path(__file__).parent / "lua")
         self._store = store
         self._def = definition
+        self._rng = random.Random() if rng is None else rng
+        """New saga ids' random part, and the index scores' tie-breaking fractions."""
+        self.index_shards = index_shards
         self._near: dict[str, list[int]] = {}
         """Master name -> the index shards it keeps (forgotten when a call finds it moved)."""
 
@@ -132,11 +142,11 @@ class SagaLog:
         indexed = ["", ""]
         if index is not None:
             shard, due = index
-            indexed = [self.shard_key(shard), repr(due + random.random())]
+            indexed = [self.shard_key(shard), repr(due + self._rng.random())]
         return [
             "start" if start else "check",
             entity_id,
-            f"{random.getrandbits(32):08x}",
+            f"{self._rng.getrandbits(32):08x}",
             now,
             deadline,
             self._def.done_field,
@@ -249,7 +259,7 @@ class SagaLog:
         return f"saga:inflight:{{{self._def.name}:{shard}}}"
 
     def shard_of(self, entity_id: str) -> int:
-        return zlib.crc32(entity_id.encode()) % INDEX_SHARDS
+        return zlib.crc32(entity_id.encode()) % self.index_shards
 
     def shard_near(self, entity_id: str) -> int | None:
         """An index shard kept by the master of the entity's key (so both can be written in one
@@ -260,7 +270,7 @@ class SagaLog:
         if near is None:
             near = self._near[master] = [
                 shard
-                for shard in range(INDEX_SHARDS)
+                for shard in range(self.index_shards)
                 if cluster.get_node_from_key(self.shard_key(shard)).name == master
             ]
         return near[zlib.crc32(entity_id.encode()) % len(near)] if near else None
@@ -273,7 +283,7 @@ class SagaLog:
         The write is tracked, so whoever replicates the saga's start replicates it too; with
         ``durable`` it is on a replica when this returns."""
         key = self.shard_key(self.shard_of(entity_id) if shard is None else shard)
-        score = due + random.random()
+        score = due + self._rng.random()
 
         async def add() -> None:
             await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))

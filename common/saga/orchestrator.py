@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 SLOW_START_GRACE_MS = 60_000
 """Longer than any start can take: Redis calls give up after REDIS_OP_TIMEOUT_MS (and
 ``durable`` retries for as long again)."""
+
+
+Clock = Callable[[], int]
+"""Milliseconds since the epoch (the wall clock in production, a test's clock in tests)."""
 
 
 def now_ms() -> int:
@@ -48,15 +52,23 @@ class Started:
 
 
 class Orchestrator:
-    """The saga machinery for one ``SagaDefinition``; ``log`` keeps the state."""
+    """The saga machinery for one ``SagaDefinition``; ``log`` keeps the state, ``clock`` tells
+    the time to every part that reads it (the sweeper, the operator's actions)."""
 
     def __init__(
-        self, definition: SagaDefinition, log: SagaLog, *, step_timeout_ms: int, deadline_ms: int
+        self,
+        definition: SagaDefinition,
+        log: SagaLog,
+        *,
+        step_timeout_ms: int,
+        deadline_ms: int,
+        clock: Clock = now_ms,
     ) -> None:
         self.definition = definition
         self.log = log
         self.step_timeout_ms = step_timeout_ms
         self.deadline_ms = deadline_ms
+        self.clock = clock
 
     async def start(self, entity_id: str, trace_id: str = "") -> Started:
         """Start a saga for ``entity_id`` unless one is live or the entity is done.
@@ -65,14 +77,14 @@ class Orchestrator:
         finds a live saga, whatever crashes after this call: registered in the same step on
         the fast path, before the saga on the slow one.
         """
-        now = now_ms()
+        now = self.clock()
         due = now + self.step_timeout_ms
         deadline = now + self.deadline_ms
         found = await self.log.begin_indexed(entity_id, now=now, deadline=deadline, due=due)
         if found is None:  # the slow path: look first, so that a done order is not indexed
             found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
             if found[0] == "JOINED":
-                await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
+                await self.log.index_add(entity_id, self.clock() + self.step_timeout_ms)
             if found[0] == "READY":
                 found = await self._begin_one_by_one(entity_id, now, due)
         if found[0] == "TOO_BIG":
@@ -132,7 +144,7 @@ class Orchestrator:
             to = (SagaStatus.FAILED, -1) if index == 0 else (SagaStatus.COMPENSATING, index - 1)
         reason = getattr(message, "reason", "")
         moved = await self.log.move(
-            message.order_id, message.saga_id, frm, to, now=now_ms(), reason=reason
+            message.order_id, message.saga_id, frm, to, now=self.clock(), reason=reason
         )
         telemetry.saga_reply(self.definition, index, kind, to, moved is not None)
         if moved is None:
@@ -166,7 +178,8 @@ class Orchestrator:
         if state.status != SagaStatus.RUNNING:
             return []
         frm, at = (SagaStatus.RUNNING, state.step), (SagaStatus.COMPENSATING, state.step)
-        moved = await self.log.move(entity_id, state.saga_id, frm, at, now=now_ms(), reason=reason)
+        now = self.clock()
+        moved = await self.log.move(entity_id, state.saga_id, frm, at, now=now, reason=reason)
         if moved is None:
             return []
         telemetry.saga_aborted(self.definition, state.step, state.saga_id, reason)
@@ -182,7 +195,7 @@ class Orchestrator:
         """Replace the entities' own fields (their batch_init); a saga still running on one is
         turned back in the same step, so no saga begun before the reset finishes on it. Returns
         the compensations to send (of every live saga found), once the writes are replicated."""
-        turned = await self.log.reset(entities, now=now_ms(), reason=reason)
+        turned = await self.log.reset(entities, now=self.clock(), reason=reason)
         messages: list[Outgoing] = []
         for saga in turned:
             log.warning("saga %s turned back at step %s: %s", saga.saga_id, saga.step, reason)

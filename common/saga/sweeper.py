@@ -9,8 +9,7 @@ import logging
 
 from common.bus import Bus, Outgoing
 from common.observability import telemetry
-from common.saga.log import INDEX_SHARDS
-from common.saga.orchestrator import Orchestrator, now_ms
+from common.saga.orchestrator import Orchestrator
 from common.store import Store
 from common.tasks import cancel
 from common.terms import AbortReason, SagaStatus
@@ -71,9 +70,9 @@ class Sweeper:
             # in the producer, and a re-send would only queue behind them.
             return 0
         lease_ms = self._interval_ms * 4
-        now = now_ms()
+        now = self._orch.clock()
         due: list[tuple[int, str, float]] = []
-        for shard in range(INDEX_SHARDS):
+        for shard in range(self._log.index_shards):
             if await self._log.lease(shard, self._worker, lease_ms):
                 rows = await self._log.index_due(shard, now, self._batch)
                 due.extend((shard, entity, score) for entity, score in rows)

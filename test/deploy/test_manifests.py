@@ -928,7 +928,7 @@ def test_entrypoint_starts_hypercorn_with_uvloop(tmp_path: Path, service: str) -
     assert worker == f"WORKER_ID={service}-7"
     assert args == (
         f"--worker-class uvloop --workers 0 --bind 0.0.0.0:{PORT} --keep-alive 75"
-        f" --graceful-timeout 35 {service}.app:app"
+        f" --graceful-timeout 35 {service}.app:create_app()"
     )
 
 

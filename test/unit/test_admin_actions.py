@@ -30,6 +30,7 @@ class FakeLog:
         self.sagas: dict[str, SagaState] = {}
         self.indexed: dict[str, int] = {}
         self.before_touch: Any = None  # a race to run between the read and the touch
+        self.index_shards = 16
 
     def put(self, entity: str, status: str, step: int, *, started: int = 0) -> SagaState:
         state = SagaState(f"{entity}:1:aa", status, step, started, 10**13, 0, SNAPSHOT, "", started)

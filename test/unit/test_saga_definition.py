@@ -27,9 +27,8 @@ from common.messages import (
     encode,
 )
 from common.saga.definition import SagaRun
-from common.saga.log import SagaLog
-from common.saga.orchestrator import Orchestrator
 from common.terms import SagaStatus
+from order.bootstrap import checkout_orchestrator
 from order.orders import MAX_ORDER_LINE_BYTES, MAX_ORDER_LINES
 from order.saga import CHECKOUT, order_key
 from test.unit.fake_lua import cjson_encode
@@ -84,11 +83,8 @@ def test_an_empty_order_reserves_nothing() -> None:
 
 
 def test_next_messages_follow_the_log() -> None:
-    orchestrator = Orchestrator(
-        CHECKOUT,
-        SagaLog(FakeStore(FakeRedis()), CHECKOUT),  # type: ignore[arg-type]
-        step_timeout_ms=1000,
-        deadline_ms=5000,
+    orchestrator = checkout_orchestrator(
+        FakeStore(FakeRedis()), step_timeout_ms=1000, deadline_ms=5000
     )
     run = a_run()
     assert orchestrator.handlers().keys() == CHECKOUT.replies.keys()

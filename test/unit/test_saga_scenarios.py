@@ -24,11 +24,10 @@ from common.messages import (
     StockUpdateRequested,
     encode,
 )
-from common.saga.log import SagaLog
-from common.saga.orchestrator import SLOW_START_GRACE_MS, Orchestrator, Outcome
+from common.saga.orchestrator import SLOW_START_GRACE_MS, Outcome
 from common.saga.sweeper import Sweeper
 from common.terms import ITEMS
-from order.saga import CHECKOUT, order_key
+from order.saga import order_key
 from stock.handlers import handlers as stock_handlers
 from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import MASTERS, FakeRedis, master_of
@@ -43,6 +42,7 @@ from test.unit.scenario_kit import (
     fresh_ids,
     given,
     one_unpaid_order,
+    orchestrator_over,
     until,
 )
 
@@ -58,8 +58,8 @@ async def test_a_started_saga_stays_indexed_across_a_failover(
     store = FakeStore(redis, node_aware=True)
     store.one_round_trip = one_round_trip
     store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
+    orchestrator = orchestrator_over(store, clock)
+    log = orchestrator.log
     # An order whose index shard lives on another master than the order itself.
     order_id = next(
         o
@@ -364,8 +364,8 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     store = FakeStore(redis, hold, node_aware=True)
     store.load_scripts(LUA_DIR)
     store.one_round_trip = False  # the one-by-one start (slot map moved, script not loaded...)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
+    orchestrator = orchestrator_over(store, clock)
+    log = orchestrator.log
     order_id = next(
         o
         for o in fresh_ids("o")
