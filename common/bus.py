@@ -155,11 +155,12 @@ class Bus:
     async def _replace(self, broken: AIOKafkaProducer, error: BaseException) -> None:
         """Swap ``broken`` for a new producer (with a new producer id), once."""
         async with self._replacing:
-            if self._producer is not broken:
+            current = self._producer
+            if current is not broken or current is None:
                 return  # replaced already
             log.warning("producer failed (%r): replacing it", error)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(broken.stop(), 5)
+                await asyncio.wait_for(current.stop(), 5)
             producer = AIOKafkaProducer(**producer_options(self._settings))
             await _retry_forever(producer.start, "producer start")
             self._producer = producer
@@ -344,7 +345,8 @@ class ConsumerLoop:
         """The next batch, or an empty one when ``stop`` cut the wait short."""
         self._fetching = True
         try:
-            return await consumer.getmany(timeout_ms=1000)
+            batch: Batch = await consumer.getmany(timeout_ms=1000)
+            return batch
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not self._leaving or task is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from common.errors import NotFound, Refused
 from common.observability import telemetry
-from common.store import Store
+from common.store import Arg, Store
 from common.terms import LedgerKind, Taken
 
 __all__ = ["BALANCE_LIMIT", "LUA_DIR", "Ledger", "Taken"]
@@ -61,7 +61,7 @@ class Ledger:
         Done at most once per ``request_id``: a retry returns the first outcome."""
         key = self.key(entity_id)
         request = f"{key}:rq:{request_id}"
-        args = [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
+        args: list[Arg] = [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
         status, value = await self._store.durable(
             lambda: self._store.script("adjust", [key, request], args)
         )
@@ -78,7 +78,7 @@ class Ledger:
         """Take ``amount`` for ``saga_id`` (begun at ``started``, ms) unless already done,
         refused, or fenced off by a reset of the entity since; idempotent."""
         key = self.key(entity_id)
-        args = [self.field, amount, OP_RECORD_TTL_S, started]
+        args: list[Arg] = [self.field, amount, OP_RECORD_TTL_S, started]
         result = await self._store.script("take", [key, f"{key}:op:{saga_id}"], args)
         taken = Taken(result.decode()[0])
         telemetry.took(self._kind, taken)
@@ -88,7 +88,7 @@ class Ledger:
         """Give back what ``saga_id`` took (nothing if a reset fenced it off), or make sure it
         never takes; idempotent."""
         key = self.key(entity_id)
-        args = [self.field, OP_RECORD_TTL_S, started]
+        args: list[Arg] = [self.field, OP_RECORD_TTL_S, started]
         before = await self._store.script("restore", [key, f"{key}:op:{saga_id}"], args)
         telemetry.restored(self._kind, before)
 

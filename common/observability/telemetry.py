@@ -32,12 +32,15 @@ _notable_types: dict[type, bool] = {}
 
 
 class _Step(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
 
 class _Definition(Protocol):
-    name: str
-    steps: tuple[Any, ...]
+    @property
+    def name(self) -> str: ...
+    @property
+    def steps(self) -> tuple[_Step, ...]: ...
 
 
 def configure(settings: Settings) -> None:

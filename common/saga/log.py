@@ -14,7 +14,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from common.saga.definition import SagaDefinition, SagaRun
-from common.store import Store
+from common.store import Arg, ScriptCall, Store
 from common.terms import ENDED, LIVE
 
 INDEX_SHARDS = 16
@@ -123,7 +123,7 @@ class SagaLog:
         args = self._begin_args(
             entity_id, start=True, now=now, deadline=deadline, index=(shard, due)
         )
-        replies = await self._store.on_master_of(key, [("script", "saga_begin", [key], args)])
+        replies = await self._store.on_master_of(key, [ScriptCall("saga_begin", [key], args)])
         if replies is None:
             self._near.clear()  # the slot map may have moved
             return None
@@ -169,7 +169,7 @@ class SagaLog:
         turned back (if it did), or None if it was not at ``frm``. A move to an end also drops
         the index entry the saga's start made, when the start could make it beside the saga."""
         shard = self.shard_near(entity_id) if to[0] in ENDED else None
-        args = [saga_id, frm[0], frm[1], to[0], to[1], now, reason, self._def.done_field]
+        args: list[Arg] = [saga_id, frm[0], frm[1], to[0], to[1], now, reason, self._def.done_field]
         key = self._def.entity_key(entity_id)
         index = "" if shard is None else self.shard_key(shard)
         try:
@@ -264,14 +264,13 @@ class SagaLog:
     def shard_near(self, entity_id: str) -> int | None:
         """An index shard kept by the master of the entity's key (so both can be written in one
         step), chosen by the entity's hash among that master's shards."""
-        cluster = self._store.cluster
-        master = cluster.get_node_from_key(self._def.entity_key(entity_id)).name
+        master = self._store.master_name(self._def.entity_key(entity_id))
         near = self._near.get(master)
         if near is None:
             near = self._near[master] = [
                 shard
                 for shard in range(self.index_shards)
-                if cluster.get_node_from_key(self.shard_key(shard)).name == master
+                if self._store.master_name(self.shard_key(shard)) == master
             ]
         return near[zlib.crc32(entity_id.encode()) % len(near)] if near else None
 
