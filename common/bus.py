@@ -33,6 +33,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
+from common.effects import Effects
 from common.errors import Unavailable
 from common.kafka_options import consumer_options, producer_options
 from common.messages import Message, decode, encode
@@ -451,16 +452,11 @@ class ConsumerLoop:
             return out
 
         keys = self._decode(batch)
-        if self._store is None:
+        async with Effects(self._store, self._bus) as fx:
             results = await asyncio.gather(*(run_key(m) for m in keys))
-        else:
-            with self._store.tracking() as written:
-                results = await asyncio.gather(*(run_key(m) for m in keys))
-            await self._store.replicate(written)
-        outgoing = [out for result in results for out in result]
-        await self._bus.publish(outgoing)
+            fx.send(out for result in results for out in result)
         if self._after_publish is not None:
-            self._after_publish(outgoing)
+            self._after_publish(fx.sent)
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -12,6 +12,7 @@ import logging
 from functools import partial
 
 from common.bus import Bus
+from common.effects import Effects
 from common.errors import NotFound, Refused, Unavailable
 from common.observability import telemetry
 from common.saga.log import SagaState
@@ -145,13 +146,9 @@ class Checkout:
 
     async def _turn_back(self, order_id: str, state: SagaState) -> None:
         """Abort the running saga (nothing, if it moved since ``state`` was read)."""
-        with self._store.tracking() as written:
-            messages = await self._orch.abort(order_id, state, AbortReason.CHECKOUT_TIMEOUT)
-        await self._store.replicate(written)
-        try:
-            await self._bus.publish(messages)
-        except Exception as exc:  # the sweeper re-sends the compensation
-            log.warning("publishing abort of %s failed (%r)", state.saga_id, exc)
+        # A failed publish is only logged: the sweeper re-sends the compensation.
+        async with Effects(self._store, self._bus, best_effort=True) as fx:
+            fx.send(await self._orch.abort(order_id, state, AbortReason.CHECKOUT_TIMEOUT))
 
 
 def verdict_of(state: SagaState | None, saga_id: str) -> Verdict | None:

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from common.bus import Bus, Outgoing
+from common.effects import Effects
 from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator
 from common.store import Store
@@ -81,14 +82,14 @@ class SagaAdmin:
         refusal = _refusal(state, saga_id)
         if refusal is not None or state is None:
             return Action(False, refusal or "no saga", state=state)
-        now = self._orch.clock()
-        with self._store.tracking() as written:
-            resends = await self._log.touch(entity_id, state, now)
-        if resends == 0:
-            return Action(False, "the saga moved while we looked: read it again", state=state)
-        await self._store.replicate(written)
-        messages = self._orch.next_messages(state.run(entity_id), (state.status, state.step))
-        return await self._send(entity_id, messages, f"re-sent (re-send {resends})", state)
+        async with Effects(self._store, self._bus) as fx:
+            resends = await self._log.touch(entity_id, state, self._orch.clock())
+            if resends == 0:
+                fx.cancel()
+                return Action(False, "the saga moved while we looked: read it again", state=state)
+            fx.send(self._orch.next_messages(state.run(entity_id), (state.status, state.step)))
+            await self._follow(entity_id)
+        return await self._sent(entity_id, fx.sent, f"re-sent (re-send {resends})")
 
     async def abort(self, entity_id: str, saga_id: str | None = None, reason: str = "") -> Action:
         """Turn a running saga back through its compensations (the current step's included:
@@ -102,12 +103,14 @@ class SagaAdmin:
             action = await self.retry(entity_id, state.saga_id)
             detail = f"already turning back: its compensation {action.detail}"
             return Action(action.done, detail, action.sent, action.state)
-        with self._store.tracking() as written:
+        async with Effects(self._store, self._bus) as fx:
             messages = await self._orch.abort(entity_id, state, reason or AbortReason.OPERATOR)
-        if not messages:
-            return Action(False, "the saga moved while we looked: read it again", state=state)
-        await self._store.replicate(written)
-        return await self._send(entity_id, messages, "turned back", state)
+            if not messages:
+                fx.cancel()
+                return Action(False, "the saga moved while we looked: read it again", state=state)
+            fx.send(messages)
+            await self._follow(entity_id)
+        return await self._sent(entity_id, fx.sent, "turned back")
 
     async def wait(self, entity_id: str, saga_id: str, timeout_s: float) -> SagaState | None:
         """The saga's state once it is no longer live (or after ``timeout_s``)."""
@@ -121,12 +124,11 @@ class SagaAdmin:
                 return state
             await asyncio.sleep(0.2)
 
-    async def _send(
-        self, entity_id: str, messages: list[Outgoing], detail: str, state: SagaState
-    ) -> Action:
-        # From now on the sweeper follows the saga again, whatever its index entry said.
+    async def _follow(self, entity_id: str) -> None:
+        """From now on the sweeper follows the saga again, whatever its index entry said."""
         await self._log.index_add(entity_id, self._orch.clock() + self._orch.step_timeout_ms)
-        await self._bus.publish(messages)
+
+    async def _sent(self, entity_id: str, messages: list[Outgoing], detail: str) -> Action:
         sent = [f"{type(message).__name__} on {topic}" for topic, message in messages]
         return Action(True, detail, sent, await self._log.read(entity_id))
 

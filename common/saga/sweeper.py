@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 from common.bus import Bus, Outgoing
+from common.effects import Effects
 from common.observability import telemetry
 from common.saga.orchestrator import Orchestrator
 from common.store import Store
@@ -78,14 +79,12 @@ class Sweeper:
                 due.extend((shard, entity, score) for entity, score in rows)
         if not due:
             return 0
-        with self._store.tracking() as written:
+        async with Effects(self._store, self._bus) as fx:
             results = await asyncio.gather(
                 *(self._check(shard, entity, score, now) for shard, entity, score in due)
             )
-        outgoing = [message for result in results for message in result]
-        await self._store.replicate(written)
-        await self._bus.publish(outgoing)
-        return len(outgoing)
+            fx.send(message for result in results for message in result)
+        return len(fx.sent)
 
     async def _check(self, shard: int, entity_id: str, score: float, now: int) -> list[Outgoing]:
         async with self._limit:

@@ -88,7 +88,7 @@ class FakeBus:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
 
-    async def publish(self, messages: Any) -> None:
+    async def publish(self, messages: Any, *, acknowledged: bool = True) -> None:
         self.sent.extend(messages)
 
 
