@@ -19,6 +19,7 @@ from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
 from common.saga.log import SagaLog
 from common.saga.orchestrator import Orchestrator
+from common.saga.sweeper import Sweeper
 from common.saga.waiters import Waiters
 from common.terms import ITEMS, USERS
 from order.bootstrap import checkout_orchestrator
@@ -130,6 +131,24 @@ def checkout_saga(redis: FakeRedis, hold: Hold) -> tuple[FakeStore, SagaLog, Orc
     store.load_scripts(LUA_DIR)
     orchestrator = orchestrator_over(store, redis.now_ms)
     return store, orchestrator.log, orchestrator
+
+
+def orchestrator_loop(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus) -> ConsumerLoop:
+    """The orchestrator's consumer loop over the fakes; the test hands it batches itself
+    (``_process``), so it subscribes to nothing."""
+    return ConsumerLoop(
+        name="orchestrator",
+        bus=bus,  # type: ignore[arg-type]
+        store=store,  # type: ignore[arg-type]
+        topics=[],
+        group_id="order",
+        handlers=orchestrator.handlers(),
+    )
+
+
+def sweeper_of(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus) -> Sweeper:
+    """A sweeper of worker ``order-0`` over the fakes; the test calls ``sweep`` itself."""
+    return Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
 
 
 def checkout_edge(

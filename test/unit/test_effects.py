@@ -15,11 +15,10 @@ from common.effects import Effects
 from common.errors import Unavailable
 from common.messages import StockUpdated, StockUpdateRequested
 from common.saga.admin import SagaAdmin
-from common.saga.sweeper import Sweeper
 from common.store import WriteMayBeLost
 from test.unit.fake_redis import FakeRedis
 from test.unit.fake_store import FakeStore
-from test.unit.scenario_kit import STEP_MS, Clock, Services, checkout_edge
+from test.unit.scenario_kit import STEP_MS, Clock, Services, checkout_edge, sweeper_of
 
 MESSAGE: Outgoing = ("STOCK", StockUpdateRequested(saga_id="o:1:a", order_id="o", items=()))
 
@@ -97,7 +96,7 @@ async def test_no_path_publishes_what_it_could_not_replicate(clock: Clock) -> No
         await svc.deliver("order")
     # The sweeper: a re-send is claimed, then refused by the barrier.
     clock.ms += 2 * STEP_MS
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     with pytest.raises(Unavailable):
         await sweeper.sweep()
     # The operator's retry and abort.
