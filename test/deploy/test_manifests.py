@@ -995,20 +995,22 @@ def test_grace_periods_let_running_checkouts_finish(
 SLOW_APP = """
 import asyncio
 
-from common.http import create_app
+from common.http import create_app as http_app
 
 
 async def nothing(_):
     return None
 
 
-app = create_app("order", startup=nothing, shutdown=nothing)
+def create_app():
+    app = http_app("order", startup=nothing, shutdown=nothing)
 
+    @app.post("/checkout/<seconds>")
+    async def checkout(seconds):
+        await asyncio.sleep(float(seconds))
+        return "paid"
 
-@app.post("/checkout/<seconds>")
-async def checkout(seconds):
-    await asyncio.sleep(float(seconds))
-    return "paid"
+    return app
 """
 
 
