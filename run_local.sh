@@ -226,7 +226,7 @@ generate_service() {
         # that a SIGKILL of the parent would leave behind, holding the port.
         program "$service-$k" 300 false $((graceful + 15)) \
             "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
---bind 127.0.0.1:$port --keep-alive 75 --graceful-timeout $graceful $service.app:app" \
+--bind 127.0.0.1:$port --keep-alive 75 --graceful-timeout $graceful $service.app:create_app()" \
             PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-$k" \
             REDIS_NODES="$(redis_nodes "$service")" \
             KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \

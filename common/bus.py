@@ -33,10 +33,11 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
-from common import telemetry
+from common.effects import Effects
 from common.errors import Unavailable
 from common.kafka_options import consumer_options, producer_options
 from common.messages import Message, decode, encode
+from common.observability import telemetry
 from common.settings import Settings
 from common.store import Store
 from common.tasks import cancel
@@ -155,11 +156,12 @@ class Bus:
     async def _replace(self, broken: AIOKafkaProducer, error: BaseException) -> None:
         """Swap ``broken`` for a new producer (with a new producer id), once."""
         async with self._replacing:
-            if self._producer is not broken:
+            current = self._producer
+            if current is not broken or current is None:
                 return  # replaced already
             log.warning("producer failed (%r): replacing it", error)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(broken.stop(), 5)
+                await asyncio.wait_for(current.stop(), 5)
             producer = AIOKafkaProducer(**producer_options(self._settings))
             await _retry_forever(producer.start, "producer start")
             self._producer = producer
@@ -344,7 +346,8 @@ class ConsumerLoop:
         """The next batch, or an empty one when ``stop`` cut the wait short."""
         self._fetching = True
         try:
-            return await consumer.getmany(timeout_ms=1000)
+            batch: Batch = await consumer.getmany(timeout_ms=1000)
+            return batch
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not self._leaving or task is None:
@@ -449,16 +452,11 @@ class ConsumerLoop:
             return out
 
         keys = self._decode(batch)
-        if self._store is None:
+        async with Effects(self._store, self._bus) as fx:
             results = await asyncio.gather(*(run_key(m) for m in keys))
-        else:
-            with self._store.tracking() as written:
-                results = await asyncio.gather(*(run_key(m) for m in keys))
-            await self._store.replicate(written)
-        outgoing = [out for result in results for out in result]
-        await self._bus.publish(outgoing)
+            fx.send(out for result in results for out in result)
         if self._after_publish is not None:
-            self._after_publish(outgoing)
+            self._after_publish(fx.sent)
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -8,12 +8,14 @@ on the entity's hash tag, so it is atomic and safe to retry.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from enum import Enum
 from pathlib import Path
 
-from common import telemetry
 from common.errors import NotFound, Refused
-from common.store import Store
+from common.observability import telemetry
+from common.store import Arg, Store
+from common.terms import LedgerKind, Taken
+
+__all__ = ["BALANCE_LIMIT", "LUA_DIR", "Ledger", "Taken"]
 
 LUA_DIR = Path(__file__).parent / "lua"
 # Balances stay below 2**53 so Lua, whose numbers are doubles, compares them exactly. Each
@@ -25,23 +27,13 @@ OP_RECORD_TTL_S = 7 * 24 * 3600
 REQUEST_RECORD_TTL_S = 3600
 
 
-class Taken(Enum):
-    """What ``take`` found or did: the participant's stored reply to one saga."""
-
-    TAKEN = "T"
-    SHORT = "S"
-    UNKNOWN = "U"
-    REFUSED = "X"  # compensated before (or instead of) the take
-    FENCED = "F"  # the entity was reset after the saga began (reset.lua)
-
-
 class Ledger:
-    """Entities ``{kind:id}`` with a counted ``field`` in ``store``."""
+    """Entities ``{prefix:id}`` of one ledger ``kind`` (its counted field) in ``store``."""
 
-    def __init__(self, store: Store, kind: str, field: str) -> None:
+    def __init__(self, store: Store, kind: LedgerKind) -> None:
         self._store = store
-        self._kind = kind
-        self.field = field
+        self._kind = kind.prefix
+        self.field = kind.field
 
     @property
     def store(self) -> Store:
@@ -69,7 +61,7 @@ class Ledger:
         Done at most once per ``request_id``: a retry returns the first outcome."""
         key = self.key(entity_id)
         request = f"{key}:rq:{request_id}"
-        args = [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
+        args: list[Arg] = [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
         status, value = await self._store.durable(
             lambda: self._store.script("adjust", [key, request], args)
         )
@@ -86,17 +78,17 @@ class Ledger:
         """Take ``amount`` for ``saga_id`` (begun at ``started``, ms) unless already done,
         refused, or fenced off by a reset of the entity since; idempotent."""
         key = self.key(entity_id)
-        args = [self.field, amount, OP_RECORD_TTL_S, started]
+        args: list[Arg] = [self.field, amount, OP_RECORD_TTL_S, started]
         result = await self._store.script("take", [key, f"{key}:op:{saga_id}"], args)
         taken = Taken(result.decode()[0])
-        telemetry.took(self._kind, taken.value)
+        telemetry.took(self._kind, taken)
         return taken
 
     async def restore(self, entity_id: str, saga_id: str, started: int) -> None:
         """Give back what ``saga_id`` took (nothing if a reset fenced it off), or make sure it
         never takes; idempotent."""
         key = self.key(entity_id)
-        args = [self.field, OP_RECORD_TTL_S, started]
+        args: list[Arg] = [self.field, OP_RECORD_TTL_S, started]
         before = await self._store.script("restore", [key, f"{key}:op:{saga_id}"], args)
         telemetry.restored(self._kind, before)
 

@@ -12,10 +12,10 @@ from typing import Protocol
 
 from quart import Quart
 
-from common import telemetry
 from common.bus import Bus, ConsumerLoop
 from common.http import create_app
-from common.monitoring import install
+from common.observability import telemetry
+from common.observability.monitoring import install
 from common.settings import Settings
 from common.store import Store
 
@@ -32,7 +32,8 @@ class Lifecycle(Protocol):
 
 
 def configure_logging(settings: Settings) -> None:
-    """JSON (or text) logs carrying saga and trace ids, and tracing (common/telemetry.py)."""
+    """JSON (or text) logs carrying saga and trace ids, and tracing
+    (common/observability/telemetry.py)."""
     telemetry.configure(settings)
 
 

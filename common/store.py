@@ -35,6 +35,19 @@ log = logging.getLogger(__name__)
 
 Arg = str | int | bytes
 
+
+
+class ScriptCall(NamedTuple):
+    """A registered script's call, in a list of commands for ``on_master_of``."""
+
+    name: str
+    keys: Sequence[str]
+    args: Sequence[Arg]
+
+
+Command = ScriptCall | Sequence[Arg]
+"""One command of ``on_master_of``: a script call, or a plain command and its arguments."""
+
 # A key written on two masters in one tracked block (see ``Store.wrote``).
 _FAILED_OVER = "<failed over>"
 
@@ -201,7 +214,14 @@ class Store:
             node = self.cluster.get_node_from_key(key)
         except RedisClusterException:
             return None
-        return None if node is None else _Node(node.name, node.host, node.port)
+        return None if node is None else _Node(node.name, node.host, int(node.port))
+
+    def master_name(self, key: str) -> str:
+        """The name (host:port) of the master serving ``key`` in the client's slot map."""
+        node = self.cluster.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no master serves {hash_tag(key)}")
+        return str(node.name)
 
     def wrote(self, key: str, node: str | None = None) -> None:
         """Record a write to ``key`` made outside ``script`` for the current ``tracking``;
@@ -212,16 +232,16 @@ class Store:
             # writes to one key that land on different masters mean a failover came between
             # them: the first may be gone, so replicate() must refuse (WriteMayBeLost).
             if node is None:
-                node = self.cluster.get_node_from_key(key).name
+                node = self.master_name(key)
             first = written.setdefault(key, node)
             if first != node:
                 written[key] = _FAILED_OVER
 
-    async def on_master_of(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any] | None:
-        """Run ``commands`` (each all in slots of ``key``'s master) in order on one connection to
+    async def on_master_of(self, key: str, commands: Sequence[Command]) -> list[Any] | None:
+        r"""Run ``commands`` (each all in slots of ``key``'s master) in order on one connection to
         that master, then a replication barrier on the same connection: one round trip for
         writes that are durable when it returns. Script calls are given as
-        ``("script", name, keys, args)``. Returns the replies, or None when the slot map moved
+        ``ScriptCall``\ s. Returns the replies, or None when the slot map moved
         or a script was missing (the caller then takes the ordinary path)."""
         try:
             return await self._on_master_of(key, commands)
@@ -231,7 +251,7 @@ class Store:
             log.info("one-round-trip path failed (%r); taking the ordinary path", exc)
             return None
 
-    async def _on_master_of(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any] | None:
+    async def _on_master_of(self, key: str, commands: Sequence[Command]) -> list[Any] | None:
         want = self._settings.redis_wait_replicas
         node = self._master_of(key)
         if node is None:
@@ -240,10 +260,10 @@ class Store:
         # this turn sends that master): the barrier's WAIT follows every write before it.
         sent: list[asyncio.Future[Any]] = []
         for command in commands:
-            if command[0] == "script":
-                _, name, keys, args = command
-                sha = self._scripts[str(name)][1]
-                packed: tuple[Arg, ...] = ("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            if isinstance(command, ScriptCall):
+                sha = self._scripts[command.name][1]
+                keys, args = command.keys, command.args
+                packed: tuple[Arg, ...] = ("EVALSHA", sha, len(keys), *keys, *args)
             else:
                 packed = tuple(command)
             sent.append(self._batch.run(node, packed, raw=True))
@@ -328,7 +348,7 @@ class Store:
         i = 0
         while len(keys) < len(masters) and i < 100_000:
             key = f"{{barrier:{i}}}"
-            keys.setdefault(self.cluster.get_node_from_key(key).name, key)
+            keys.setdefault(self.master_name(key), key)
             i += 1
         await self.replicate({key: node for node, key in keys.items()})
 

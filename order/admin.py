@@ -31,13 +31,9 @@ import sys
 import time
 from typing import Any
 
-from common.bus import Bus
-from common.ledger import LUA_DIR
 from common.saga.admin import Action, SagaAdmin
-from common.saga.log import SagaLog
-from common.saga.orchestrator import Orchestrator, now_ms
 from common.settings import Settings, load_settings
-from common.store import Store
+from order.bootstrap import build
 from order.history import Participants, describe
 from order.saga import CHECKOUT
 
@@ -60,16 +56,12 @@ class Tool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         order_nodes = settings.order_redis_nodes or settings.redis_nodes
-        self.store = Store(dataclasses.replace(settings, redis_nodes=order_nodes), LUA_DIR)
-        self.orchestrator = Orchestrator(
-            CHECKOUT,
-            SagaLog(self.store, CHECKOUT),
-            step_timeout_ms=settings.saga_step_timeout_ms,
-            deadline_ms=settings.saga_deadline_ms,
-        )
-        self.bus = Bus(settings)
+        order = build(dataclasses.replace(settings, redis_nodes=order_nodes))
+        self.store = order.store
+        self.orchestrator = order.orchestrator
+        self.bus = order.bus
         self.admin = SagaAdmin(self.orchestrator, self.store, self.bus)
-        self.participants = Participants(settings)
+        self.participants = Participants(settings, order.orchestrator.clock)
         self._bus_started = False
 
     async def __aenter__(self) -> Tool:
@@ -98,7 +90,7 @@ async def show(tool: Tool, args: argparse.Namespace) -> int:
 
 
 async def stuck(tool: Tool, args: argparse.Namespace) -> int:
-    now = now_ms()
+    now = tool.orchestrator.clock()
     rows = await tool.admin.stuck(args.older_than, now=now)
     rows = rows[: args.limit]
     steps = [step.name for step in CHECKOUT.steps]

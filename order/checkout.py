@@ -11,13 +11,15 @@ import asyncio
 import logging
 from functools import partial
 
-from common import telemetry
 from common.bus import Bus
+from common.effects import Effects
 from common.errors import NotFound, Refused, Unavailable
-from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaState
+from common.observability import telemetry
+from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator, Outcome, Started
 from common.saga.waiters import Verdict, Waiters
 from common.store import Store
+from common.terms import AbortReason, SagaStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class Checkout:
             raise Refused(f"order {order_id!r} not paid: {reason or 'checkout failed'}")
 
     async def _begin(self, order_id: str, answer_by: float) -> Started:
-        trace_id = ""  # the saga's own: derived from its id (common/tracing.py)
+        trace_id = ""  # the saga's own: derived from its id (common/observability/tracing.py)
         # The saga's start is replicated before its first command goes out (or re-run, if a
         # failover may have erased it: the start then finds its own saga, or starts anew).
         started = await self._start(order_id, trace_id, answer_by)
@@ -121,7 +123,7 @@ class Checkout:
                 verdict = verdict_of(state, saga_id)
                 if verdict is not None:
                     return verdict
-                if state is not None and state.status == RUNNING:
+                if state is not None and state.status == SagaStatus.RUNNING:
                     await self._turn_back(order_id, state)
                     continue  # read what that did (or what moved the saga meanwhile)
             except Unavailable as exc:
@@ -132,7 +134,8 @@ class Checkout:
             verdict = await self._waiters.wait(saga_id, poll, min(left, _ROUND_S))
             if verdict is not None:
                 return verdict
-        if state is not None and state.saga_id == saga_id and state.status == COMPENSATING:
+        ours = state is not None and state.saga_id == saga_id
+        if ours and state is not None and state.status == SagaStatus.COMPENSATING:
             # Not paid, and it never will be, but its compensation did not finish within the
             # answer budget (a participant unreachable all along): what it holds is given back
             # when the participant returns. Any other answer would be less true (a 5xx counts
@@ -143,13 +146,9 @@ class Checkout:
 
     async def _turn_back(self, order_id: str, state: SagaState) -> None:
         """Abort the running saga (nothing, if it moved since ``state`` was read)."""
-        with self._store.tracking() as written:
-            messages = await self._orch.abort(order_id, state, "checkout timed out")
-        await self._store.replicate(written)
-        try:
-            await self._bus.publish(messages)
-        except Exception as exc:  # the sweeper re-sends the compensation
-            log.warning("publishing abort of %s failed (%r)", state.saga_id, exc)
+        # A failed publish is only logged: the sweeper re-sends the compensation.
+        async with Effects(self._store, self._bus, best_effort=True) as fx:
+            fx.send(await self._orch.abort(order_id, state, AbortReason.CHECKOUT_TIMEOUT))
 
 
 def verdict_of(state: SagaState | None, saga_id: str) -> Verdict | None:
@@ -160,9 +159,9 @@ def verdict_of(state: SagaState | None, saga_id: str) -> Verdict | None:
         # Ours ended and another began: ours paid the order (and a reset came since), or the
         # order tells the truth.
         return (state.done_by == saga_id or state.done, "checkout failed")
-    if state.status == SUCCEEDED:
+    if state.status == SagaStatus.SUCCEEDED:
         return (True, "")
-    if state.status == FAILED:
+    if state.status == SagaStatus.FAILED:
         return (False, state.reason)
     return None
 

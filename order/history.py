@@ -15,33 +15,35 @@ import json
 from typing import Any
 
 from common.ledger import OP_RECORD_TTL_S, Ledger
-from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaState
-from common.saga.orchestrator import Orchestrator, now_ms
+from common.observability.tracing import trace_id_for
+from common.saga.log import SagaState
+from common.saga.orchestrator import Clock, Orchestrator, now_ms
 from common.settings import Settings
 from common.store import Store
-from common.tracing import trace_id_for
+from common.terms import ITEMS, TAKEN_PREFIX, USERS, SagaStatus, Taken
 from order.saga import CHECKOUT, order_key
 
 _RECORD_MEANING = {
-    "T": "took {n}",
-    "S": "refused: short",
-    "U": "refused: unknown",
-    "X": "gave back / barred (compensated)",
-    "F": "fenced: reset (batch_init) after the saga began; holds nothing",
+    Taken.TAKEN.value: "took {n}",
+    Taken.SHORT.value: "refused: short",
+    Taken.UNKNOWN.value: "refused: unknown",
+    Taken.REFUSED.value: "gave back / barred (compensated)",
+    Taken.FENCED.value: "fenced: reset (batch_init) after the saga began; holds nothing",
 }
 
 
 class Participants:
     """Read access to the stock and payment clusters, when their addresses are configured."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock = now_ms) -> None:
+        self._clock = clock
         self._stores: dict[str, Store] = {}
         for kind, nodes in (
-            ("item", settings.stock_redis_nodes),
-            ("user", settings.payment_redis_nodes),
+            (ITEMS, settings.stock_redis_nodes),
+            (USERS, settings.payment_redis_nodes),
         ):
             if nodes:
-                self._stores[kind] = Store(dataclasses.replace(settings, redis_nodes=nodes))
+                self._stores[kind.prefix] = Store(dataclasses.replace(settings, redis_nodes=nodes))
         self._started: set[str] = set()
 
     def configured(self, kind: str) -> bool:
@@ -56,8 +58,9 @@ class Participants:
         if kind not in self._started:
             await store.start()
             self._started.add(kind)
-        field = "stock" if kind == "item" else "credit"
-        key = Ledger(store, kind, field).key(entity_id)
+        ledger = Ledger(store, ITEMS if kind == ITEMS.prefix else USERS)
+        field = ledger.field
+        key = ledger.key(entity_id)
         op = f"{key}:op:{saga_id}"
         raw, ttl_ms, balance, epoch = await store.retrying(
             lambda: _read(store, op, key, field)  # one call per cluster node, retried
@@ -65,7 +68,7 @@ class Participants:
         record = raw.decode() if raw is not None else None
         written = None
         if record is not None and ttl_ms > 0:  # written when its TTL was full
-            written = now_ms() - (OP_RECORD_TTL_S * 1000 - ttl_ms)
+            written = self._clock() - (OP_RECORD_TTL_S * 1000 - ttl_ms)
         return {
             "entity": entity_id,
             "record": record,
@@ -94,14 +97,14 @@ def _meaning(record: str | None) -> str:
     if record is None:
         return "no record: not asked yet, or its command not processed yet"
     text = _RECORD_MEANING.get(record[0], record)
-    return text.format(n=record[2:]) if record.startswith("T:") else text
+    return text.format(n=record[2:]) if record.startswith(TAKEN_PREFIX) else text
 
 
 async def describe(
     store: Store, orchestrator: Orchestrator, participants: Participants, order_id: str
 ) -> dict[str, Any]:
     """Everything ``show`` prints, as a JSON-able dict."""
-    now = now_ms()
+    now = orchestrator.clock()
     key = order_key(order_id)
     fields = ["user_id", "items", "total_cost", "paid", "saga_attempt", "reset_at"]
     values = await store.hmget(key, fields)
@@ -160,8 +163,8 @@ async def _records(
     for item, quantity in snapshot_items:
         quantities[str(item)] = quantities.get(str(item), 0) + int(quantity)
     for side, kind, entities in (
-        ("stock", "item", list(quantities)),
-        ("payment", "user", [state.snapshot.get("user_id", "")]),
+        (ITEMS.service, ITEMS.prefix, list(quantities)),
+        (USERS.service, USERS.prefix, [state.snapshot.get("user_id", "")]),
     ):
         if not participants.configured(kind):
             history.append((None, f"{side}: records not read ({side.upper()}_REDIS_NODES unset)"))
@@ -180,7 +183,7 @@ async def _records(
         )
     if state.resends:
         history.append((None, f"{state.resends} re-send(s) of the current step since that move"))
-    if state.live and now >= state.deadline and state.status == RUNNING:
+    if state.live and now >= state.deadline and state.status == SagaStatus.RUNNING:
         history.append((None, "past its deadline: the sweeper turns it back"))
     timed = sorted((e for e in history if e[0] is not None), key=lambda e: e[0] or 0.0)
     untimed = [e for e in history if e[0] is None]
@@ -193,7 +196,7 @@ def _judge(report: dict[str, Any], state: SagaState, steps: list[str]) -> None:
     payment = report["records"]["payment"]
 
     def took(record: dict[str, Any]) -> bool:
-        return (record["record"] or "").startswith("T:")
+        return (record["record"] or "").startswith(TAKEN_PREFIX)
 
     def held(record: dict[str, Any]) -> bool:  # a reset since took it away (see take.lua)
         reset_at = record["reset_at_ms"]
@@ -208,7 +211,7 @@ def _judge(report: dict[str, Any], state: SagaState, steps: list[str]) -> None:
     problems: list[str] = report["problems"]
     order = report["order"]
     reset_since = (order["reset_at_ms"] or 0) >= state.started  # batch_init came after it
-    if state.status == SUCCEEDED:
+    if state.status == SagaStatus.SUCCEEDED:
         if not order["paid"] and not reset_since:
             problems.append("saga succeeded but the order is not paid")
         if stock and not all(took(r) for r in stock):
@@ -216,11 +219,11 @@ def _judge(report: dict[str, Any], state: SagaState, steps: list[str]) -> None:
         total = int(state.snapshot.get("total_cost") or 0)
         if payment and charged != total:
             problems.append(f"saga succeeded but {charged} charged, not {total}")
-    elif state.status == FAILED:
+    elif state.status == SagaStatus.FAILED:
         if order["paid"]:
             problems.append("saga failed but the order is paid")
         if held_stock or held_credit:
             problems.append("saga failed but still holds stock or credit")
-    elif state.status == COMPENSATING and state.step < len(steps) - 1 and held_credit:
+    elif state.status == SagaStatus.COMPENSATING and state.step < len(steps) - 1 and held_credit:
         problems.append("compensating before the payment step but credit is held")
     report["consistent"] = not problems

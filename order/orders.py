@@ -13,7 +13,7 @@ from common.bus import Bus
 from common.errors import NotFound, Refused
 from common.ledger import BALANCE_LIMIT, REQUEST_RECORD_TTL_S
 from common.saga.orchestrator import Orchestrator
-from common.store import Store
+from common.store import Arg, Store
 from order.saga import order_key
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Orders:
     async def create(self, order_id: str, user_id: str) -> str:
         """A new order (kept if it exists: a retried create); its id once replicated."""
         key = order_key(order_id)
-        fields = ["user_id", user_id, "items", "[]", "total_cost", 0, "paid", 0]
+        fields: list[Arg] = ["user_id", user_id, "items", "[]", "total_cost", 0, "paid", 0]
         await self._store.durable(lambda: self._store.script("create", [key], fields))
         return order_id
 
@@ -75,7 +75,7 @@ class Orders:
         order is paid or checking out, or when the line would take it past its bound."""
         key = order_key(order_id)
         request = f"{key}:rq:{request_id}"
-        args = [
+        args: list[Arg] = [
             item_id,
             quantity,
             price,

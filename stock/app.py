@@ -1,69 +1,59 @@
-"""Stock's HTTP edge (paths as the gateway forwards them, without ``/stock``) and its wiring."""
+"""Stock's HTTP edge (paths as the gateway forwards them, without ``/stock``); its wiring is the
+participant's (common/participant.py)."""
 
 from __future__ import annotations
 
-from quart import Response
+from quart import Quart, Response
 
-from common.bus import Bus, ConsumerLoop
+from common.bus import Bus
 from common.errors import BadRequest
 from common.http import json_response, new_entity_id, parse_number, request_id
-from common.ledger import LUA_DIR, Ledger
 from common.messages import STOCK
-from common.service import Runtime
-from common.settings import load_settings
+from common.participant import MAX_BATCH, build_participant
+from common.settings import Settings, load_settings
 from common.store import Store
+from common.terms import ITEMS
 from stock.handlers import handlers
 
-MAX_BATCH = 1_000_000
 
-settings = load_settings()
-store = Store(settings, LUA_DIR)
-bus = Bus(settings)
-items = Ledger(store, "item", "stock")
-runtime = Runtime(settings, store, bus)
-runtime.components.append(
-    ConsumerLoop(
-        name="stock",
-        bus=bus,
-        store=store,
-        topics=[STOCK],
-        group_id="stock",
-        handlers=handlers(items),
+def create_app(
+    settings: Settings | None = None, *, store: Store | None = None, bus: Bus | None = None
+) -> Quart:
+    """Stock's app: the item ledger, its STOCK consumer, and the routes below."""
+    stock = build_participant(
+        settings or load_settings(), ITEMS, STOCK, handlers, store=store, bus=bus
     )
-)
-app = runtime.app("stock")
+    items = stock.ledger
+    app = stock.runtime.app(ITEMS.service)
 
+    @app.post("/item/create/<price>")
+    async def create_item(price: str) -> Response:
+        fields = {"stock": 0, "price": parse_number(price, "price")}
+        item_id = await items.create(new_entity_id(request_id()), fields)
+        return json_response({"item_id": item_id})
 
-@app.post("/item/create/<price>")
-async def create_item(price: str) -> Response:
-    fields = {"stock": 0, "price": parse_number(price, "price")}
-    item_id = await items.create(new_entity_id(request_id()), fields)
-    return json_response({"item_id": item_id})
+    @app.post("/batch_init/<n>/<starting_stock>/<item_price>")
+    async def batch_init(n: str, starting_stock: str, item_price: str) -> Response:
+        count = parse_number(n, "n")
+        if count > MAX_BATCH:
+            raise BadRequest(f"n must be at most {MAX_BATCH}")
+        stock = parse_number(starting_stock, "starting_stock")
+        price = parse_number(item_price, "item_price")
+        await items.batch_init(count, {"stock": stock, "price": price})
+        return json_response({"msg": f"{count} items with stock {stock} at price {price}"})
 
+    @app.get("/find/<item_id>")
+    async def find_item(item_id: str) -> Response:
+        return json_response(await items.find(item_id, ("stock", "price")))
 
-@app.post("/batch_init/<n>/<starting_stock>/<item_price>")
-async def batch_init(n: str, starting_stock: str, item_price: str) -> Response:
-    count = parse_number(n, "n")
-    if count > MAX_BATCH:
-        raise BadRequest(f"n must be at most {MAX_BATCH}")
-    stock = parse_number(starting_stock, "starting_stock")
-    price = parse_number(item_price, "item_price")
-    await items.batch_init(count, {"stock": stock, "price": price})
-    return json_response({"msg": f"{count} items with stock {stock} at price {price}"})
+    @app.post("/add/<item_id>/<amount>")
+    async def add_stock(item_id: str, amount: str) -> Response:
+        stock = await items.adjust(item_id, parse_number(amount, "amount"), request_id())
+        return json_response({"item_id": item_id, "stock": stock})
 
+    @app.post("/subtract/<item_id>/<amount>")
+    async def remove_stock(item_id: str, amount: str) -> Response:
+        stock = await items.adjust(item_id, -parse_number(amount, "amount"), request_id())
+        return json_response({"item_id": item_id, "stock": stock})
 
-@app.get("/find/<item_id>")
-async def find_item(item_id: str) -> Response:
-    return json_response(await items.find(item_id, ("stock", "price")))
-
-
-@app.post("/add/<item_id>/<amount>")
-async def add_stock(item_id: str, amount: str) -> Response:
-    stock = await items.adjust(item_id, parse_number(amount, "amount"), request_id())
-    return json_response({"item_id": item_id, "stock": stock})
-
-
-@app.post("/subtract/<item_id>/<amount>")
-async def remove_stock(item_id: str, amount: str) -> Response:
-    stock = await items.adjust(item_id, -parse_number(amount, "amount"), request_id())
-    return json_response({"item_id": item_id, "stock": stock})
+    return app

@@ -55,7 +55,7 @@ def _name(cmdline: list[str], comm: str) -> str:
         return "tansu (broker)"
     if "hypercorn" in text:
         worker = re.search(r"--bind \S+:(\d+)", text)
-        app = re.search(r"(\w+)\.app:app", text)
+        app = re.search(r"(\w+)\.app:", text)
         return f"hypercorn {app.group(1) if app else '?'} :{worker.group(1) if worker else '?'}"
     if "gunicorn" in text:
         port = re.search(r"-b \S+:(\d+)", text)

@@ -13,11 +13,11 @@ import asyncio
 from dataclasses import dataclass, field
 
 from common.bus import Bus, Outgoing
-from common.saga.log import COMPENSATING, INDEX_SHARDS, RUNNING, SagaState
-from common.saga.orchestrator import Orchestrator, now_ms
+from common.effects import Effects
+from common.saga.log import SagaState
+from common.saga.orchestrator import Orchestrator
 from common.store import Store
-
-OPERATOR = "aborted by operator"
+from common.terms import LIVE, AbortReason, SagaStatus
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ class SagaAdmin:
 
     async def stuck(self, older_than_ms: int, *, now: int | None = None) -> list[Stuck]:
         """Live sagas that began at least ``older_than_ms`` ago, oldest first."""
-        now = now_ms() if now is None else now
+        now = self._orch.clock() if now is None else now
         entries: dict[str, float] = {}
-        for shard in range(INDEX_SHARDS):
+        for shard in range(self._log.index_shards):
             key = self._log.shard_key(shard)
             rows = await self._store.retrying(
                 lambda key=key: self._store.cluster.zrange(key, 0, -1, withscores=True)
@@ -82,14 +82,14 @@ class SagaAdmin:
         refusal = _refusal(state, saga_id)
         if refusal is not None or state is None:
             return Action(False, refusal or "no saga", state=state)
-        now = now_ms()
-        with self._store.tracking() as written:
-            resends = await self._log.touch(entity_id, state, now)
-        if resends == 0:
-            return Action(False, "the saga moved while we looked: read it again", state=state)
-        await self._store.replicate(written)
-        messages = self._orch.next_messages(state.run(entity_id), (state.status, state.step))
-        return await self._send(entity_id, messages, f"re-sent (re-send {resends})", state)
+        async with Effects(self._store, self._bus) as fx:
+            resends = await self._log.touch(entity_id, state, self._orch.clock())
+            if resends == 0:
+                fx.cancel()
+                return Action(False, "the saga moved while we looked: read it again", state=state)
+            fx.send(self._orch.next_messages(state.run(entity_id), (state.status, state.step)))
+            await self._follow(entity_id)
+        return await self._sent(entity_id, fx.sent, f"re-sent (re-send {resends})")
 
     async def abort(self, entity_id: str, saga_id: str | None = None, reason: str = "") -> Action:
         """Turn a running saga back through its compensations (the current step's included:
@@ -99,16 +99,18 @@ class SagaAdmin:
         refusal = _refusal(state, saga_id)
         if refusal is not None or state is None:
             return Action(False, refusal or "no saga", state=state)
-        if state.status == COMPENSATING:
+        if state.status == SagaStatus.COMPENSATING:
             action = await self.retry(entity_id, state.saga_id)
             detail = f"already turning back: its compensation {action.detail}"
             return Action(action.done, detail, action.sent, action.state)
-        with self._store.tracking() as written:
-            messages = await self._orch.abort(entity_id, state, reason or OPERATOR)
-        if not messages:
-            return Action(False, "the saga moved while we looked: read it again", state=state)
-        await self._store.replicate(written)
-        return await self._send(entity_id, messages, "turned back", state)
+        async with Effects(self._store, self._bus) as fx:
+            messages = await self._orch.abort(entity_id, state, reason or AbortReason.OPERATOR)
+            if not messages:
+                fx.cancel()
+                return Action(False, "the saga moved while we looked: read it again", state=state)
+            fx.send(messages)
+            await self._follow(entity_id)
+        return await self._sent(entity_id, fx.sent, "turned back")
 
     async def wait(self, entity_id: str, saga_id: str, timeout_s: float) -> SagaState | None:
         """The saga's state once it is no longer live (or after ``timeout_s``)."""
@@ -122,12 +124,11 @@ class SagaAdmin:
                 return state
             await asyncio.sleep(0.2)
 
-    async def _send(
-        self, entity_id: str, messages: list[Outgoing], detail: str, state: SagaState
-    ) -> Action:
-        # From now on the sweeper follows the saga again, whatever its index entry said.
-        await self._log.index_add(entity_id, now_ms() + self._orch.step_timeout_ms)
-        await self._bus.publish(messages)
+    async def _follow(self, entity_id: str) -> None:
+        """From now on the sweeper follows the saga again, whatever its index entry said."""
+        await self._log.index_add(entity_id, self._orch.clock() + self._orch.step_timeout_ms)
+
+    async def _sent(self, entity_id: str, messages: list[Outgoing], detail: str) -> Action:
         sent = [f"{type(message).__name__} on {topic}" for topic, message in messages]
         return Action(True, detail, sent, await self._log.read(entity_id))
 
@@ -142,6 +143,6 @@ def _refusal(state: SagaState | None, saga_id: str | None) -> str | None:
             f"saga {state.saga_id} is {state.status}: nothing to do "
             "(checking the order out again starts a new saga)"
         )
-    if state.status not in (RUNNING, COMPENSATING):
+    if state.status not in LIVE:
         return f"saga {state.saga_id} is in an unknown state {state.status!r}"
     return None

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.messages import MAX_MESSAGE_BYTES, Message, SagaIds
-from common.tracing import trace_id_for
+from common.observability.tracing import trace_id_for
+from common.terms import ReplyKind
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class SagaRun:
     started: int = 0  # when the saga began (ms since the epoch)
 
     def __post_init__(self) -> None:
-        if not self.trace_id:  # a re-send, an abort: the saga's own trace (common/tracing.py)
+        # A re-send, an abort: the saga's own trace (common/observability/tracing.py).
+        if not self.trace_id:
             object.__setattr__(self, "trace_id", trace_id_for(self.saga_id))
 
     @property
@@ -80,14 +82,14 @@ class SagaDefinition:
     outcome: Callable[[SagaRun, bool, str], Message]
     entity_key: Callable[[str], str]
     max_snapshot_bytes: int = MAX_MESSAGE_BYTES - 16 * 1024
-    replies: dict[type[Message], tuple[int, str]] = field(init=False, repr=False)
+    replies: dict[type[Message], tuple[int, ReplyKind]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        replies: dict[type[Message], tuple[int, str]] = {}
+        replies: dict[type[Message], tuple[int, ReplyKind]] = {}
         for index, step in enumerate(self.steps):
-            replies[step.succeeded] = (index, "succeeded")
-            replies[step.failed] = (index, "failed")
-            replies[step.compensated] = (index, "compensated")
+            replies[step.succeeded] = (index, ReplyKind.SUCCEEDED)
+            replies[step.failed] = (index, ReplyKind.FAILED)
+            replies[step.compensated] = (index, ReplyKind.COMPENSATED)
         object.__setattr__(self, "replies", replies)
 
     @property

@@ -14,14 +14,8 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from common.saga.definition import SagaDefinition, SagaRun
-from common.store import Store
-
-RUNNING = "running"
-COMPENSATING = "compensating"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-LIVE = (RUNNING, COMPENSATING)
-ENDED = (SUCCEEDED, FAILED)
+from common.store import Arg, ScriptCall, Store
+from common.terms import ENDED, LIVE
 
 INDEX_SHARDS = 16
 _FIELDS = (
@@ -81,10 +75,20 @@ class TurnedBack:
 class SagaLog:
     """Reads and compare-and-sets the saga state of ``definition``'s entities in ``store``."""
 
-    def __init__(self, store: Store, definition: SagaDefinition) -> None:
+    def __init__(
+        self,
+        store: Store,
+        definition: SagaDefinition,
+        *,
+        rng: random.Random | None = None,
+        index_shards: int = INDEX_SHARDS,
+    ) -> None:
         store.load_scripts(Path(__file__).parent / "lua")
         self._store = store
         self._def = definition
+        self._rng = random.Random() if rng is None else rng
+        """New saga ids' random part, and the index scores' tie-breaking fractions."""
+        self.index_shards = index_shards
         self._near: dict[str, list[int]] = {}
         """Master name -> the index shards it keeps (forgotten when a call finds it moved)."""
 
@@ -119,7 +123,7 @@ class SagaLog:
         args = self._begin_args(
             entity_id, start=True, now=now, deadline=deadline, index=(shard, due)
         )
-        replies = await self._store.on_master_of(key, [("script", "saga_begin", [key], args)])
+        replies = await self._store.on_master_of(key, [ScriptCall("saga_begin", [key], args)])
         if replies is None:
             self._near.clear()  # the slot map may have moved
             return None
@@ -138,11 +142,11 @@ class SagaLog:
         indexed = ["", ""]
         if index is not None:
             shard, due = index
-            indexed = [self.shard_key(shard), repr(due + random.random())]
+            indexed = [self.shard_key(shard), repr(due + self._rng.random())]
         return [
             "start" if start else "check",
             entity_id,
-            f"{random.getrandbits(32):08x}",
+            f"{self._rng.getrandbits(32):08x}",
             now,
             deadline,
             self._def.done_field,
@@ -165,7 +169,7 @@ class SagaLog:
         turned back (if it did), or None if it was not at ``frm``. A move to an end also drops
         the index entry the saga's start made, when the start could make it beside the saga."""
         shard = self.shard_near(entity_id) if to[0] in ENDED else None
-        args = [saga_id, frm[0], frm[1], to[0], to[1], now, reason, self._def.done_field]
+        args: list[Arg] = [saga_id, frm[0], frm[1], to[0], to[1], now, reason, self._def.done_field]
         key = self._def.entity_key(entity_id)
         index = "" if shard is None else self.shard_key(shard)
         try:
@@ -255,19 +259,18 @@ class SagaLog:
         return f"saga:inflight:{{{self._def.name}:{shard}}}"
 
     def shard_of(self, entity_id: str) -> int:
-        return zlib.crc32(entity_id.encode()) % INDEX_SHARDS
+        return zlib.crc32(entity_id.encode()) % self.index_shards
 
     def shard_near(self, entity_id: str) -> int | None:
         """An index shard kept by the master of the entity's key (so both can be written in one
         step), chosen by the entity's hash among that master's shards."""
-        cluster = self._store.cluster
-        master = cluster.get_node_from_key(self._def.entity_key(entity_id)).name
+        master = self._store.master_name(self._def.entity_key(entity_id))
         near = self._near.get(master)
         if near is None:
             near = self._near[master] = [
                 shard
-                for shard in range(INDEX_SHARDS)
-                if cluster.get_node_from_key(self.shard_key(shard)).name == master
+                for shard in range(self.index_shards)
+                if self._store.master_name(self.shard_key(shard)) == master
             ]
         return near[zlib.crc32(entity_id.encode()) % len(near)] if near else None
 
@@ -279,7 +282,7 @@ class SagaLog:
         The write is tracked, so whoever replicates the saga's start replicates it too; with
         ``durable`` it is on a replica when this returns."""
         key = self.shard_key(self.shard_of(entity_id) if shard is None else shard)
-        score = due + random.random()
+        score = due + self._rng.random()
 
         async def add() -> None:
             await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))

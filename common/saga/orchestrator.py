@@ -7,22 +7,27 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from common import telemetry
 from common.bus import Handler, Outgoing
 from common.messages import Message
+from common.observability import telemetry
 from common.saga.definition import SagaDefinition, SagaRun
-from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaLog, SagaState
+from common.saga.log import SagaLog, SagaState
+from common.terms import ReplyKind, SagaStatus
 
 log = logging.getLogger(__name__)
 
 SLOW_START_GRACE_MS = 60_000
 """Longer than any start can take: Redis calls give up after REDIS_OP_TIMEOUT_MS (and
 ``durable`` retries for as long again)."""
+
+
+Clock = Callable[[], int]
+"""Milliseconds since the epoch (the wall clock in production, a test's clock in tests)."""
 
 
 def now_ms() -> int:
@@ -47,15 +52,23 @@ class Started:
 
 
 class Orchestrator:
-    """The saga machinery for one ``SagaDefinition``; ``log`` keeps the state."""
+    """The saga machinery for one ``SagaDefinition``; ``log`` keeps the state, ``clock`` tells
+    the time to every part that reads it (the sweeper, the operator's actions)."""
 
     def __init__(
-        self, definition: SagaDefinition, log: SagaLog, *, step_timeout_ms: int, deadline_ms: int
+        self,
+        definition: SagaDefinition,
+        log: SagaLog,
+        *,
+        step_timeout_ms: int,
+        deadline_ms: int,
+        clock: Clock = now_ms,
     ) -> None:
         self.definition = definition
         self.log = log
         self.step_timeout_ms = step_timeout_ms
         self.deadline_ms = deadline_ms
+        self.clock = clock
 
     async def start(self, entity_id: str, trace_id: str = "") -> Started:
         """Start a saga for ``entity_id`` unless one is live or the entity is done.
@@ -64,14 +77,14 @@ class Orchestrator:
         finds a live saga, whatever crashes after this call: registered in the same step on
         the fast path, before the saga on the slow one.
         """
-        now = now_ms()
+        now = self.clock()
         due = now + self.step_timeout_ms
         deadline = now + self.deadline_ms
         found = await self.log.begin_indexed(entity_id, now=now, deadline=deadline, due=due)
         if found is None:  # the slow path: look first, so that a done order is not indexed
             found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
             if found[0] == "JOINED":
-                await self.log.index_add(entity_id, now_ms() + self.step_timeout_ms)
+                await self.log.index_add(entity_id, self.clock() + self.step_timeout_ms)
             if found[0] == "READY":
                 found = await self._begin_one_by_one(entity_id, now, due)
         if found[0] == "TOO_BIG":
@@ -120,18 +133,18 @@ class Orchestrator:
         """Move the saga for a participant's reply; returns what to send next."""
         index, kind = self.definition.replies[type(message)]
         last = len(self.definition.steps) - 1
-        if kind == "succeeded":
-            frm = (RUNNING, index)
-            to = (SUCCEEDED, index) if index == last else (RUNNING, index + 1)
-        elif kind == "failed":
-            frm = (RUNNING, index)
-            to = (FAILED, -1) if index == 0 else (COMPENSATING, index - 1)
+        if kind is ReplyKind.SUCCEEDED:
+            frm = (SagaStatus.RUNNING, index)
+            to = (SagaStatus.SUCCEEDED, index) if index == last else (SagaStatus.RUNNING, index + 1)
+        elif kind is ReplyKind.FAILED:
+            frm = (SagaStatus.RUNNING, index)
+            to = (SagaStatus.FAILED, -1) if index == 0 else (SagaStatus.COMPENSATING, index - 1)
         else:
-            frm = (COMPENSATING, index)
-            to = (FAILED, -1) if index == 0 else (COMPENSATING, index - 1)
+            frm = (SagaStatus.COMPENSATING, index)
+            to = (SagaStatus.FAILED, -1) if index == 0 else (SagaStatus.COMPENSATING, index - 1)
         reason = getattr(message, "reason", "")
         moved = await self.log.move(
-            message.order_id, message.saga_id, frm, to, now=now_ms(), reason=reason
+            message.order_id, message.saga_id, frm, to, now=self.clock(), reason=reason
         )
         telemetry.saga_reply(self.definition, index, kind, to, moved is not None)
         if moved is None:
@@ -150,24 +163,23 @@ class Orchestrator:
     def next_messages(self, run: SagaRun, at: tuple[str, int], reason: str = "") -> list[Outgoing]:
         """What the log says to send for a saga standing at ``at`` (status, step)."""
         status, index = at
-        if status == RUNNING:
+        if status == SagaStatus.RUNNING:
             step = self.definition.steps[index]
             return [(step.topic, step.command(run))]
-        if status == COMPENSATING:
+        if status == SagaStatus.COMPENSATING:
             step = self.definition.steps[index]
             return [(step.topic, step.compensation(run))]
-        paid = status == SUCCEEDED
+        paid = status == SagaStatus.SUCCEEDED
         return [(self.definition.outcome_topic, self.definition.outcome(run, paid, reason))]
 
     async def abort(self, entity_id: str, state: SagaState, reason: str) -> list[Outgoing]:
         """Turn a running saga back: compensate its current step (which may or may not have
         taken effect; the participant's tombstone settles it) and every step before."""
-        if state.status != RUNNING:
+        if state.status != SagaStatus.RUNNING:
             return []
-        at = (COMPENSATING, state.step)
-        moved = await self.log.move(
-            entity_id, state.saga_id, (RUNNING, state.step), at, now=now_ms(), reason=reason
-        )
+        frm, at = (SagaStatus.RUNNING, state.step), (SagaStatus.COMPENSATING, state.step)
+        now = self.clock()
+        moved = await self.log.move(entity_id, state.saga_id, frm, at, now=now, reason=reason)
         if moved is None:
             return []
         telemetry.saga_aborted(self.definition, state.step, state.saga_id, reason)
@@ -183,7 +195,7 @@ class Orchestrator:
         """Replace the entities' own fields (their batch_init); a saga still running on one is
         turned back in the same step, so no saga begun before the reset finishes on it. Returns
         the compensations to send (of every live saga found), once the writes are replicated."""
-        turned = await self.log.reset(entities, now=now_ms(), reason=reason)
+        turned = await self.log.reset(entities, now=self.clock(), reason=reason)
         messages: list[Outgoing] = []
         for saga in turned:
             log.warning("saga %s turned back at step %s: %s", saga.saga_id, saga.step, reason)
@@ -193,5 +205,5 @@ class Orchestrator:
                 snapshot=saga.snapshot,
                 started=saga.started,
             )
-            messages += self.next_messages(run, (COMPENSATING, saga.step))
+            messages += self.next_messages(run, (SagaStatus.COMPENSATING, saga.step))
         return messages

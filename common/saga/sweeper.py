@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common import telemetry
 from common.bus import Bus, Outgoing
-from common.saga.log import INDEX_SHARDS, RUNNING
-from common.saga.orchestrator import Orchestrator, now_ms
+from common.effects import Effects
+from common.observability import telemetry
+from common.saga.orchestrator import Orchestrator
 from common.store import Store
 from common.tasks import cancel
+from common.terms import AbortReason, SagaStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,14 @@ class Sweeper:
             # in the producer, and a re-send would only queue behind them.
             return 0
         lease_ms = self._interval_ms * 4
-        now = now_ms()
+        now = self._orch.clock()
         # All shards at once: the calls to one master go out in one pipeline.
         leased = await asyncio.gather(
             *(
                 self._log.lease_due(
                     shard, self._worker, lease_ms=lease_ms, now=now, limit=self._batch
                 )
-                for shard in range(INDEX_SHARDS)
+                for shard in range(self._log.index_shards)
             )
         )
         due = [
@@ -87,14 +88,12 @@ class Sweeper:
         ]
         if not due:
             return 0
-        with self._store.tracking() as written:
+        async with Effects(self._store, self._bus) as fx:
             results = await asyncio.gather(
                 *(self._check(shard, entity, score, now) for shard, entity, score in due)
             )
-        outgoing = [message for result in results for message in result]
-        await self._store.replicate(written)
-        await self._bus.publish(outgoing)
-        return len(outgoing)
+            fx.send(message for result in results for message in result)
+        return len(fx.sent)
 
     async def _check(self, shard: int, entity_id: str, score: float, now: int) -> list[Outgoing]:
         async with self._limit:
@@ -109,11 +108,11 @@ class Sweeper:
             if now - state.updated < step_timeout:
                 await self._log.index_reschedule(entity_id, state.updated + step_timeout, shard)
                 return []
-            if state.status == RUNNING and now >= state.deadline:
+            if state.status == SagaStatus.RUNNING and now >= state.deadline:
                 self.aborts += 1
                 telemetry.swept(self._orch.definition.name, "abort", state.saga_id)
                 await self._log.index_reschedule(entity_id, now + step_timeout, shard)
-                return await self._orch.abort(entity_id, state, "deadline passed")
+                return await self._orch.abort(entity_id, state, AbortReason.DEADLINE)
             resends = await self._log.touch(entity_id, state, now)
             if resends == 0:
                 return []

@@ -52,4 +52,4 @@ exec hypercorn \
     --keep-alive 75 \
     --graceful-timeout "$graceful_s" \
     "$@" \
-    "${SERVICE_NAME}.app:app"
+    "${SERVICE_NAME}.app:create_app()"

@@ -894,7 +894,7 @@ def test_entrypoint_starts_hypercorn_with_uvloop(tmp_path: Path, service: str) -
     assert worker == f"WORKER_ID={service}-7"
     assert args == (
         f"--worker-class uvloop --workers 0 --bind 0.0.0.0:{PORT} --keep-alive 75"
-        f" --graceful-timeout 35 {service}.app:app"
+        f" --graceful-timeout 35 {service}.app:create_app()"
     )
 
 
@@ -961,20 +961,22 @@ def test_grace_periods_let_running_checkouts_finish(
 SLOW_APP = """
 import asyncio
 
-from common.http import create_app
+from common.http import create_app as http_app
 
 
 async def nothing(_):
     return None
 
 
-app = create_app("order", startup=nothing, shutdown=nothing)
+def create_app():
+    app = http_app("order", startup=nothing, shutdown=nothing)
 
+    @app.post("/checkout/<seconds>")
+    async def checkout(seconds):
+        await asyncio.sleep(float(seconds))
+        return "paid"
 
-@app.post("/checkout/<seconds>")
-async def checkout(seconds):
-    await asyncio.sleep(float(seconds))
-    return "paid"
+    return app
 """
 
 

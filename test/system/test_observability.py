@@ -25,7 +25,7 @@ from common.messages import (
     decode,
     encode,
 )
-from common.tracing import header, parse_traceparent
+from common.observability.tracing import header, parse_traceparent
 from test.client import Api, until
 from test.conftest import Stack
 from test.system.ops import SERVICES, admin, delta, scrape, warm_up, workers

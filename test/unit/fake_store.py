@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from common.errors import Unavailable
-from common.store import Store
+from common.store import Command, ScriptCall, Store
 from test.unit.fake_lua import SCRIPTS
 from test.unit.fake_redis import IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
 
@@ -185,7 +185,11 @@ class FakeStore:
         else:
             written[key] = self.redis.node_of(key)
 
-    async def on_master_of(self, key: str, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
+    def master_name(self, key: str) -> str:
+        """As ``Store.master_name``: the node serving ``key``'s master now."""
+        return self.cluster.get_node_from_key(key).name
+
+    async def on_master_of(self, key: str, commands: Sequence[Command]) -> list[Any] | None:
         """As ``Store.on_master_of``: the commands run back to back on ``key``'s master, then a
         barrier on that connection. A failover before the barrier answers drops the connection
         (redis-py raises ConnectionError); None when a command's slot is on another master."""
@@ -196,8 +200,8 @@ class FakeStore:
         master, node = master_of(key), self.redis.node_of(key)
         replies: list[Any] = []
         for command in commands:
-            if command[0] == "script":
-                _, name, keys, args = command
+            if isinstance(command, ScriptCall):
+                name, keys, args = command
                 if any(master_of(k) != master for k in keys):
                     return None
                 try:

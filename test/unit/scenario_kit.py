@@ -19,10 +19,13 @@ from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
 from common.saga.log import SagaLog
 from common.saga.orchestrator import Orchestrator
+from common.saga.sweeper import Sweeper
 from common.saga.waiters import Waiters
+from common.terms import ITEMS, USERS
+from order.bootstrap import checkout_orchestrator
 from order.checkout import Checkout
 from order.orders import Orders
-from order.saga import CHECKOUT, order_key
+from order.saga import order_key
 from payment.handlers import handlers as payment_handlers
 from stock.handlers import handlers as stock_handlers
 from test.unit.fake_bus import FakeBus
@@ -113,13 +116,39 @@ async def until(condition: Callable[[], bool], task: asyncio.Task[Any]) -> None:
     raise AssertionError("condition never held")
 
 
+def orchestrator_over(store: FakeStore, clock: Callable[[], int]) -> Orchestrator:
+    """The checkout saga's orchestrator over ``store``, as order's composition root builds it,
+    reading ``clock``."""
+    return checkout_orchestrator(
+        store, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS, clock=clock
+    )
+
+
 def checkout_saga(redis: FakeRedis, hold: Hold) -> tuple[FakeStore, SagaLog, Orchestrator]:
-    """The checkout saga's store, log and orchestrator over ``redis``, gated by ``hold``."""
+    """The checkout saga's store, log and orchestrator over ``redis`` (and its clock), gated by
+    ``hold``."""
     store = FakeStore(redis, hold, node_aware=True)
     store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
-    return store, log, orchestrator
+    orchestrator = orchestrator_over(store, redis.now_ms)
+    return store, orchestrator.log, orchestrator
+
+
+def orchestrator_loop(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus) -> ConsumerLoop:
+    """The orchestrator's consumer loop over the fakes; the test hands it batches itself
+    (``_process``), so it subscribes to nothing."""
+    return ConsumerLoop(
+        name="orchestrator",
+        bus=bus,  # type: ignore[arg-type]
+        store=store,  # type: ignore[arg-type]
+        topics=[],
+        group_id="order",
+        handlers=orchestrator.handlers(),
+    )
+
+
+def sweeper_of(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus) -> Sweeper:
+    """A sweeper of worker ``order-0`` over the fakes; the test calls ``sweep`` itself."""
+    return Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
 
 
 def checkout_edge(
@@ -171,16 +200,15 @@ class Services:
     ``deliver`` runs what a group has not consumed yet, as its consumer would."""
 
     def __init__(self, now_ms: Callable[[], int] | None = None, gate: Gate = no_gate) -> None:
-        self.redis = {name: FakeRedis(now_ms or Clock()) for name in GROUPS}
+        clock = now_ms or Clock()
+        self.redis = {name: FakeRedis(clock) for name in GROUPS}
         self.stores = {name: FakeStore(r, gate, node_aware=True) for name, r in self.redis.items()}
         for store in self.stores.values():
             store.load_scripts(LUA_DIR)
-        self.log = SagaLog(self.stores["order"], CHECKOUT)  # type: ignore[arg-type]
-        self.orchestrator = Orchestrator(
-            CHECKOUT, self.log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS
-        )
-        self.items = Ledger(self.stores["stock"], "item", "stock")  # type: ignore[arg-type]
-        self.users = Ledger(self.stores["payment"], "user", "credit")  # type: ignore[arg-type]
+        self.orchestrator = orchestrator_over(self.stores["order"], clock)
+        self.log = self.orchestrator.log
+        self.items = Ledger(self.stores["stock"], ITEMS)  # type: ignore[arg-type]
+        self.users = Ledger(self.stores["payment"], USERS)  # type: ignore[arg-type]
         self.bus = FakeBus(groups=GROUPS)
         handlers = {
             "stock": stock_handlers(self.items),

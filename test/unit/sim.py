@@ -15,6 +15,7 @@ invariants of DESIGN.md. ``run_seed(seed)`` returns a ``Report`` whose ``trace``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from typing import Any
 
 from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
+from common.settings import load_settings
+from common.terms import ITEMS, USERS
 from test.unit.fake_bus import BusFaults, FakeBus
 from test.unit.fake_redis import DOWN, IN_SYNC, MASTERS, RESYNCING, FakeRedis
 from test.unit.fake_store import FakeStore
@@ -126,6 +129,15 @@ class World:
         self.stats: dict[str, int] = {}
         self.faulty = False
         self.park_calls = dict(knobs.park_calls)
+        self.ids = random.Random(f"ids-{seed}")
+        """The saga code's randomness (new saga ids, index scores), shared by every worker."""
+        self.settings = dataclasses.replace(
+            load_settings({}),
+            saga_step_timeout_ms=knobs.step_timeout_ms,
+            saga_deadline_ms=knobs.deadline_ms,
+            checkout_timeout_ms=knobs.checkout_timeout_ms,
+            checkout_answer_ms=knobs.checkout_answer_ms,
+        )
 
         def now() -> int:
             return self.loop.now_ms
@@ -148,8 +160,8 @@ class World:
         self.bus = FakeBus(
             self.gate, partitions=knobs.partitions, rng=self.rng, note=self.note, groups=GROUPS
         )
-        self.items = Ledger(self.stores["stock"], "item", "stock")  # type: ignore[arg-type]
-        self.users = Ledger(self.stores["payment"], "user", "credit")  # type: ignore[arg-type]
+        self.items = Ledger(self.stores["stock"], ITEMS)  # type: ignore[arg-type]
+        self.users = Ledger(self.stores["payment"], USERS)  # type: ignore[arg-type]
         self.participants = Participants(self)
         self.workers = {
             f"order-{i}": OrderWorker(self, f"order-{i}") for i in range(knobs.order_workers)

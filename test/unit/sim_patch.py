@@ -1,17 +1,12 @@
-"""Points the production code's clock, randomness and logs at one simulated world for a run."""
+"""Points the production code's logs at one simulated world for a run (its clock and randomness
+are passed in: see ``order/bootstrap.py``)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
-
-from common.saga import log as saga_log
-from common.saga import orchestrator as saga_orchestrator
-from common.saga import sweeper as saga_sweeper
 
 if TYPE_CHECKING:
     from test.unit.sim import World
@@ -19,21 +14,7 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def patched(world: World) -> Iterator[None]:
-    """Point the production code's clock, randomness and logs at ``world`` for one run."""
-    original_now = saga_orchestrator.now_ms
-    saved: list[tuple[object, str, object]] = []
-
-    def setattr_saved(target: object, name: str, value: object) -> None:
-        saved.append((target, name, getattr(target, name)))
-        setattr(target, name, value)
-
-    ours = ("common", "order", "stock", "payment")
-    for name, module in list(sys.modules.items()):
-        if name.partition(".")[0] in ours and getattr(module, "now_ms", None) is original_now:
-            setattr_saved(module, "now_ms", lambda: world.loop.now_ms)
-    setattr_saved(saga_log, "random", random.Random(f"ids-{world.seed}"))
-    setattr_saved(saga_log, "INDEX_SHARDS", world.knobs.index_shards)
-    setattr_saved(saga_sweeper, "INDEX_SHARDS", world.knobs.index_shards)
+    """Send the production code's warnings and errors to ``world``'s trace for one run."""
     handler = _TraceHandler(world)
     loggers = [logging.getLogger(name) for name in ("common", "order", "stock", "payment")]
     states = [(lg, lg.level, lg.propagate) for lg in loggers]
@@ -48,8 +29,6 @@ def patched(world: World) -> Iterator[None]:
             lg.removeHandler(handler)
             lg.setLevel(level)
             lg.propagate = propagate
-        for target, name, value in reversed(saved):
-            setattr(target, name, value)
 
 
 class _TraceHandler(logging.Handler):

@@ -1,31 +1,24 @@
 """The simulated processes: order workers (orchestrator, checkout edge, waiters, sweeper, outcome
-listener) and the stock and payment participants, wired as ``order/app.py``, ``stock/app.py``
-and ``payment/app.py`` wire them, but over the simulation's fakes."""
+listener) and the stock and payment participants, built by the services' own composition roots
+(``order/bootstrap.py``, ``common/participant.py``) over the simulation's fakes, clock and
+randomness."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from common.bus import ConsumerLoop, Outgoing
+from common.bus import ConsumerLoop
 from common.errors import Unavailable
-from common.messages import (
-    ORDER_STATUS_UPDATE,
-    PAYMENT,
-    PAYMENT_PROCESSING,
-    STOCK,
-    STOCK_PROCESSING,
-    CheckoutFinished,
-)
-from common.saga.log import SagaLog
-from common.saga.orchestrator import Orchestrator
-from common.saga.sweeper import Sweeper
+from common.messages import ORDER_STATUS_UPDATE, PAYMENT, STOCK
+from common.participant import build_participant
 from common.saga.waiters import Verdict, Waiters
-from order.checkout import Checkout
-from order.saga import CHECKOUT
+from common.terms import ITEMS, USERS
+from order.bootstrap import build
 from payment.handlers import handlers as payment_handlers
 from stock.handlers import handlers as stock_handlers
 from test.unit.sim_sched import Actor, current_actor
@@ -47,27 +40,18 @@ class NotingWaiters(Waiters):
 
 
 class Participants:
-    """The stock and payment services: stateless consumer loops over their own stores."""
+    """The stock and payment services: stateless consumer loops over their own stores, wired
+    by the participant helper as ``stock/app.py`` and ``payment/app.py`` wire them."""
 
     def __init__(self, world: World) -> None:
-        self.consumers = {
-            "stock": ConsumerLoop(
-                name="stock",
-                bus=world.bus,  # type: ignore[arg-type]
-                store=world.stores["stock"],  # type: ignore[arg-type]
-                topics=[STOCK],
-                group_id="stock",
-                handlers=stock_handlers(world.items),
-            ),
-            "payment": ConsumerLoop(
-                name="payment",
-                bus=world.bus,  # type: ignore[arg-type]
-                store=world.stores["payment"],  # type: ignore[arg-type]
-                topics=[PAYMENT],
-                group_id="payment",
-                handlers=payment_handlers(world.users),
-            ),
-        }
+        settings = world.settings
+        stock = build_participant(
+            settings, ITEMS, STOCK, stock_handlers, store=world.stores["stock"], bus=world.bus
+        )
+        payment = build_participant(
+            settings, USERS, PAYMENT, payment_handlers, store=world.stores["payment"], bus=world.bus
+        )
+        self.consumers = {"stock": stock.consumer, "payment": payment.consumer}
 
 
 class OrderWorker:
@@ -79,45 +63,26 @@ class OrderWorker:
         self.outcome_positions: dict[int, int] = {}
 
     def boot(self) -> None:
-        w, k = self.world, self.world.knobs
+        w = self.world
         if hasattr(self, "sweeper"):  # a restart: keep the old process's counts
             w.count("sweeper resends", self.sweeper.resends)
             w.count("sweeper aborts", self.sweeper.aborts)
-        store: Any = w.stores["order"]
-        self.log = SagaLog(store, CHECKOUT)
-        self.orchestrator = Orchestrator(
-            CHECKOUT, self.log, step_timeout_ms=k.step_timeout_ms, deadline_ms=k.deadline_ms
+        order = build(
+            dataclasses.replace(w.settings, worker_id=self.name),
+            store=w.stores["order"],
+            bus=w.bus,
+            waiters=NotingWaiters(),
+            clock=lambda: w.loop.now_ms,
+            rng=w.ids,
+            index_shards=w.knobs.index_shards,
         )
-        self.waiters = NotingWaiters()
-        bus: Any = w.bus
-        self.checkout = Checkout(
-            self.orchestrator,
-            store,
-            bus,
-            self.waiters,
-            timeout_ms=k.checkout_timeout_ms,
-            answer_ms=k.checkout_answer_ms,
-        )
-        self.sweeper = Sweeper(
-            self.orchestrator, store, bus, self.name, interval_ms=k.sweep_interval_ms
-        )
-        self.consumer = ConsumerLoop(
-            name=f"{self.name} orchestrator",
-            bus=bus,
-            store=store,
-            topics=[STOCK_PROCESSING, PAYMENT_PROCESSING],
-            group_id="order",
-            handlers=self.orchestrator.handlers(),
-            after_publish=self._wake_local_waiters,
-        )
-        self.outcomes = ConsumerLoop(
-            name=f"{self.name} outcomes",
-            bus=bus,
-            store=None,
-            topics=[ORDER_STATUS_UPDATE],
-            group_id=None,
-            handlers={CheckoutFinished: self._on_finished},
-        )
+        self.orchestrator = order.orchestrator
+        self.log = order.orchestrator.log
+        self.waiters = order.waiters
+        self.checkout = order.checkout
+        self.sweeper = order.sweeper
+        self.consumer = order.replies
+        self.outcomes = order.outcomes
         # A listener without a group starts at the end of each partition.
         self.outcome_positions = {
             p: len(w.bus.logs[(ORDER_STATUS_UPDATE, p)]) for p in range(w.bus.partitions)
@@ -125,16 +90,6 @@ class OrderWorker:
         w.sched.spawn(
             f"{self.name} sweeper", self.name, self._sweep_forever(), _report(w), background=True
         )
-
-    # --- as order/app.py ------------------------------------------------------------------------
-    def _wake_local_waiters(self, sent: Sequence[Outgoing]) -> None:
-        for _, message in sent:
-            if isinstance(message, CheckoutFinished):
-                self.waiters.resolve(message.saga_id, message.paid, message.reason)
-
-    async def _on_finished(self, message: CheckoutFinished) -> Sequence[Outgoing]:
-        self.waiters.resolve(message.saga_id, message.paid, message.reason)
-        return []
 
     async def _sweep_forever(self) -> None:
         """``Sweeper._run``: a round every interval; a failed round is retried by the next."""

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from common.saga.admin import OPERATOR, SagaAdmin
+from common.saga.admin import SagaAdmin
 from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator
+from common.terms import AbortReason
 from order.admin import parse_duration_ms, render
 from order.saga import CHECKOUT
 
@@ -29,6 +30,7 @@ class FakeLog:
         self.sagas: dict[str, SagaState] = {}
         self.indexed: dict[str, int] = {}
         self.before_touch: Any = None  # a race to run between the read and the touch
+        self.index_shards = 16
 
     def put(self, entity: str, status: str, step: int, *, started: int = 0) -> SagaState:
         state = SagaState(f"{entity}:1:aa", status, step, started, 10**13, 0, SNAPSHOT, "", started)
@@ -86,7 +88,7 @@ class FakeBus:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
 
-    async def publish(self, messages: Any) -> None:
+    async def publish(self, messages: Any, *, acknowledged: bool = True) -> None:
         self.sent.extend(messages)
 
 
@@ -135,7 +137,7 @@ async def test_abort_turns_back_through_the_current_step(parts: Any) -> None:
     action = await admin.abort("o", saga)
     assert action.done and kinds(bus) == ["PaymentCancelRequested"]
     state = log.sagas["o"]
-    assert (state.status, state.step, state.reason) == ("compensating", 1, OPERATOR)
+    assert (state.status, state.step, state.reason) == ("compensating", 1, AbortReason.OPERATOR)
     # A second abort finds it compensating: it re-sends that compensation, moves nothing.
     again = await admin.abort("o", saga)
     assert again.done and "already turning back" in again.detail

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -90,7 +91,7 @@ class FakeBus:
     def __init__(self) -> None:
         self.settings = load_settings({"WORKER_ID": "stock-1"})
 
-    async def publish(self, messages: list[Outgoing]) -> None:
+    async def publish(self, messages: Sequence[Outgoing], *, acknowledged: bool = True) -> None:
         pass
 
 

@@ -15,7 +15,6 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import TopicPartition
 
-from common.bus import ConsumerLoop
 from common.errors import Refused, Unavailable
 from common.ledger import BALANCE_LIMIT, Taken
 from common.messages import (
@@ -29,7 +28,6 @@ from common.messages import (
 )
 from common.saga.definition import SagaRun
 from common.saga.orchestrator import Outcome
-from common.saga.sweeper import Sweeper
 from common.saga.waiters import Verdict, Waiters
 from order.checkout import Checkout
 from order.orders import MAX_ORDER_LINE_BYTES, MAX_ORDER_LINES
@@ -48,6 +46,8 @@ from test.unit.scenario_kit import (
     fresh_ids,
     given,
     one_unpaid_order,
+    orchestrator_loop,
+    sweeper_of,
     until,
 )
 
@@ -70,14 +70,7 @@ async def test_hole1_a_paid_answer_on_the_slow_start_rests_on_a_replica(clock: C
     ids = {"saga_id": started.saga_id, "order_id": order_id}
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     bus = FakeBus()
-    consumer = ConsumerLoop(
-        name="orchestrator",
-        bus=bus,  # type: ignore[arg-type]
-        store=store,  # type: ignore[arg-type]
-        topics=[],
-        group_id="order",
-        handlers=orchestrator.handlers(),
-    )
+    consumer = orchestrator_loop(orchestrator, store, bus)
     # The payment's reply arrives late (past the deadline): the move to 'succeeded' is made on
     # the order's master, its barrier still pending.
     clock.ms += DEADLINE_MS
@@ -97,7 +90,7 @@ async def test_hole1_a_paid_answer_on_the_slow_start_rests_on_a_replica(clock: C
     redis.failover(master_of(order_key(order_id)))
     moving.cancel()
     # The sweeper finds the saga past its deadline and turns it back; the participants comply.
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     clock.ms += STEP_MS
     await sweeper.sweep()
     await store.durable(lambda: orchestrator.on_reply(PaymentCancelled(**ids)))
@@ -262,7 +255,7 @@ async def test_hole7_an_order_too_big_for_one_message_is_refused_before_its_saga
         answer_ms=300,
     )
     assert not await answered_paid(asyncio.create_task(checkout(order_id)))
-    sweeper = Sweeper(svc.orchestrator, svc.stores["order"], svc.bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(svc.orchestrator, svc.stores["order"], svc.bus)
     failed_rounds = []
     for _ in range(10):  # well past the step timeout and the deadline
         clock.ms += STEP_MS
@@ -298,7 +291,7 @@ async def test_hole7_an_order_whose_compensation_does_not_fit_holds_nothing(
     started = await svc.stores["order"].durable(lambda: svc.orchestrator.start(order_id))
     if started.commands:
         await svc.bus.publish(started.commands)
-    sweeper = Sweeper(svc.orchestrator, svc.stores["order"], svc.bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(svc.orchestrator, svc.stores["order"], svc.bus)
     for _ in range(10):  # the participants answer; the sweeper runs past the deadline
         for group in ("stock", "order", "payment"):
             with contextlib.suppress(MessageSizeTooLargeError):
@@ -364,7 +357,7 @@ async def test_hole7_add_item_keeps_an_order_within_its_bound() -> None:
 
 async def _quiet(svc: Services, clock: Clock) -> None:
     """Every message delivered and the sweeper run well past the deadline: nothing moves."""
-    sweeper = Sweeper(svc.orchestrator, svc.stores["order"], svc.bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(svc.orchestrator, svc.stores["order"], svc.bus)
     for _ in range(12):
         await svc.deliver()
         clock.ms += STEP_MS

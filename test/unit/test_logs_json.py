@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common import logs
+from common.observability import logs
 from common.settings import load_settings
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from common import metrics
+from common.observability import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "k8s" / "grafana" / "checkout-dashboard.json"

@@ -16,11 +16,12 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
-from common import logs, telemetry
 from common.http import create_app
 from common.messages import PaymentRequested, StockUpdated
-from common.monitoring import LagSampler, install
+from common.observability import logs, telemetry
+from common.observability.monitoring import LagSampler, install
 from common.settings import load_settings
+from common.terms import Taken
 from order.saga import CHECKOUT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,8 +105,8 @@ def test_ledger_takes_and_compensations() -> None:
         series("dedup_hits_total", service="order", kind="compensation"),
     )
     for letter in "TTS":
-        telemetry.took("item", letter)
-    telemetry.took("user", "X")
+        telemetry.took("item", Taken(letter))
+    telemetry.took("user", Taken.REFUSED)
     for before in (b"T:3", None, b"X", b"X", b"S"):
         telemetry.restored("item", before)
     assert moves("ledger_takes_total", ledger="item", result="taken") == 2
@@ -241,11 +242,14 @@ async def test_http_requests_are_counted_per_route_and_metrics_hide_behind_proxi
 def test_multiprocess_mode_sums_the_processes(tmp_path: Path) -> None:
     """With PROMETHEUS_MULTIPROC_DIR, two processes' counts are served as one sum."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    count = "from common import metrics; metrics.SAGA_FINISHED.labels('s', 'succeeded').inc(2)"
+    count = (
+        "from common.observability import metrics; "
+        "metrics.SAGA_FINISHED.labels('s', 'succeeded').inc(2)"
+    )
     for _ in range(2):
         subprocess.run([sys.executable, "-c", count], env=env, check=True, timeout=60)
     render = (
-        "from common import metrics; from common.settings import load_settings; "
+        "from common.observability import metrics; from common.settings import load_settings; "
         "print(metrics.render(load_settings())[0].decode())"
     )
     done = subprocess.run(

@@ -22,6 +22,7 @@ from common.messages import (
     StockUpdateFailed,
     StockUpdateRequested,
 )
+from common.terms import ITEMS, USERS
 from payment.handlers import cancel, charge
 from stock.handlers import merge_lines, release, reserve
 from test.unit.fake_redis import FakeRedis
@@ -52,8 +53,8 @@ class World:
         self.redis = FakeRedis()
         store = FakeStore(self.redis)
         store.load_scripts(LUA_DIR)
-        self.items = Ledger(store, "item", "stock")  # type: ignore[arg-type]
-        self.users = Ledger(store, "user", "credit")  # type: ignore[arg-type]
+        self.items = Ledger(store, ITEMS)  # type: ignore[arg-type]
+        self.users = Ledger(store, USERS)  # type: ignore[arg-type]
         self.store = store
 
     def item(self, stock: int) -> str:

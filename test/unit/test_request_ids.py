@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
+from quart import Quart
 
 import payment.app as payment_app
 import stock.app as stock_app
 from common.http import idempotency_key, new_entity_id
 from common.ledger import LUA_DIR, Ledger
+from common.settings import load_settings
+from common.terms import ITEMS, USERS
+from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import FakeRedis
 from test.unit.fake_store import FakeStore
 
@@ -65,71 +69,82 @@ def test_a_created_entity_id_never_is_a_request_id_a_client_chose() -> None:
 # --- the routes ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ledgers(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Ledger, Ledger]]:
-    """stock's and payment's ledgers replaced by ledgers over one FakeStore (the apps' clients are
+@dataclass(frozen=True)
+class Participants:
+    """stock's and payment's apps over one FakeStore, and their ledgers (the apps' clients are
     never started: the test client does not run the serving lifecycle)."""
+
+    stock: Quart
+    payment: Quart
+    items: Ledger
+    users: Ledger
+
+
+@pytest.fixture
+def apps() -> Participants:
     store = FakeStore(FakeRedis())
     store.load_scripts(LUA_DIR)
-    items = Ledger(store, "item", "stock")  # type: ignore[arg-type]
-    users = Ledger(store, "user", "credit")  # type: ignore[arg-type]
-    monkeypatch.setattr(stock_app, "items", items)
-    monkeypatch.setattr(payment_app, "users", users)
-    yield items, users
+    settings = load_settings({})
+    return Participants(
+        stock=stock_app.create_app(settings, store=store, bus=FakeBus()),
+        payment=payment_app.create_app(settings, store=store, bus=FakeBus()),
+        items=Ledger(store, ITEMS),
+        users=Ledger(store, USERS),
+    )
 
 
-async def post(app: object, path: str, request_id: str | None) -> tuple[int, dict[str, object]]:
-    client = app.test_client()  # type: ignore[attr-defined]
+async def post(app: Quart, path: str, request_id: str | None) -> tuple[int, dict[str, object]]:
+    client = app.test_client()
     headers = {} if request_id is None else {"X-Request-Id": request_id}
     reply = await client.post(path, headers=headers)
     return reply.status_code, await reply.get_json()
 
 
 async def test_subtract_with_one_dashed_uuid_twice_happens_once(
-    ledgers: tuple[Ledger, Ledger],
+    apps: Participants,
 ) -> None:
-    items, _ = ledgers
+    items = apps.items
     item = f"i{uuid.uuid4().hex[:8]}"
     await items.create(item, {"stock": 10, "price": 1})
     retried = str(uuid.uuid4())
     for _ in range(2):
-        assert await post(stock_app.app, f"/subtract/{item}/3", retried) == (
+        assert await post(apps.stock, f"/subtract/{item}/3", retried) == (
             200,
             {"item_id": item, "stock": 7},
         )
     for other in (str(uuid.uuid4()), str(uuid.uuid4())):
-        assert (await post(stock_app.app, f"/subtract/{item}/3", other))[0] == 200
+        assert (await post(apps.stock, f"/subtract/{item}/3", other))[0] == 200
     assert (await items.find(item, ("stock",)))["stock"] == 1
 
 
 async def test_pay_with_one_dashed_uuid_twice_happens_once(
-    ledgers: tuple[Ledger, Ledger],
+    apps: Participants,
 ) -> None:
-    _, users = ledgers
+    users = apps.users
     user = f"u{uuid.uuid4().hex[:8]}"
     await users.create(user, {"credit": 10})
     retried = str(uuid.uuid4())
     for _ in range(2):
-        assert (await post(payment_app.app, f"/pay/{user}/4", retried))[0] == 200
+        assert (await post(apps.payment, f"/pay/{user}/4", retried))[0] == 200
     assert (await users.find(user, ("credit",)))["credit"] == 6
-    assert (await post(payment_app.app, f"/pay/{user}/4", str(uuid.uuid4())))[0] == 200
+    assert (await post(apps.payment, f"/pay/{user}/4", str(uuid.uuid4())))[0] == 200
     assert (await users.find(user, ("credit",)))["credit"] == 2
     # Without any id (a direct call, not through a gateway) each request is its own.
-    assert (await post(payment_app.app, f"/pay/{user}/1", None))[0] == 200
-    assert (await post(payment_app.app, f"/pay/{user}/1", None))[0] == 200
+    assert (await post(apps.payment, f"/pay/{user}/1", None))[0] == 200
+    assert (await post(apps.payment, f"/pay/{user}/1", None))[0] == 200
     assert (await users.find(user, ("credit",)))["credit"] == 0
 
 
 async def test_a_retried_create_returns_the_same_new_entity(
-    ledgers: tuple[Ledger, Ledger],
+    apps: Participants,
 ) -> None:
-    _, users = ledgers
+    users = apps.users
     await users.create("0", {"credit": 500})  # as batch_init makes it
     for request_id in (str(uuid.uuid4()), "0"):
-        status, first = await post(payment_app.app, "/create_user", request_id)
+        status, first = await post(apps.payment, "/create_user", request_id)
         assert status == 200
-        assert await post(payment_app.app, "/create_user", request_id) == (200, first)
+        assert await post(apps.payment, "/create_user", request_id) == (200, first)
         assert first["user_id"] != "0"
         assert (await users.find(str(first["user_id"]), ("credit",)))["credit"] == 0
-    _, other = await post(payment_app.app, "/create_user", str(uuid.uuid4()))
+    _, other = await post(apps.payment, "/create_user", str(uuid.uuid4()))
     assert other != first

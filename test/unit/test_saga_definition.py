@@ -27,8 +27,8 @@ from common.messages import (
     encode,
 )
 from common.saga.definition import SagaRun
-from common.saga.log import COMPENSATING, FAILED, RUNNING, SUCCEEDED, SagaLog
-from common.saga.orchestrator import Orchestrator
+from common.terms import SagaStatus
+from order.bootstrap import checkout_orchestrator
 from order.orders import MAX_ORDER_LINE_BYTES, MAX_ORDER_LINES
 from order.saga import CHECKOUT, order_key
 from test.unit.fake_lua import cjson_encode
@@ -83,11 +83,8 @@ def test_an_empty_order_reserves_nothing() -> None:
 
 
 def test_next_messages_follow_the_log() -> None:
-    orchestrator = Orchestrator(
-        CHECKOUT,
-        SagaLog(FakeStore(FakeRedis()), CHECKOUT),  # type: ignore[arg-type]
-        step_timeout_ms=1000,
-        deadline_ms=5000,
+    orchestrator = checkout_orchestrator(
+        FakeStore(FakeRedis()), step_timeout_ms=1000, deadline_ms=5000
     )
     run = a_run()
     assert orchestrator.handlers().keys() == CHECKOUT.replies.keys()
@@ -95,12 +92,12 @@ def test_next_messages_follow_the_log() -> None:
     def sent(at: tuple[str, int], reason: str = "") -> list[tuple[str, type]]:
         return [(t, type(m)) for t, m in orchestrator.next_messages(run, at, reason)]
 
-    assert sent((RUNNING, 0)) == [(STOCK, StockUpdateRequested)]
-    assert sent((RUNNING, 1)) == [(PAYMENT, PaymentRequested)]
-    assert sent((COMPENSATING, 1)) == [(PAYMENT, PaymentCancelRequested)]
-    assert sent((COMPENSATING, 0)) == [(STOCK, StockCompensationRequested)]
-    assert sent((SUCCEEDED, 1)) == [(ORDER_STATUS_UPDATE, CheckoutFinished)]
-    (_, outcome), *_ = orchestrator.next_messages(run, (FAILED, -1), "no credit")
+    assert sent((SagaStatus.RUNNING, 0)) == [(STOCK, StockUpdateRequested)]
+    assert sent((SagaStatus.RUNNING, 1)) == [(PAYMENT, PaymentRequested)]
+    assert sent((SagaStatus.COMPENSATING, 1)) == [(PAYMENT, PaymentCancelRequested)]
+    assert sent((SagaStatus.COMPENSATING, 0)) == [(STOCK, StockCompensationRequested)]
+    assert sent((SagaStatus.SUCCEEDED, 1)) == [(ORDER_STATUS_UPDATE, CheckoutFinished)]
+    (_, outcome), *_ = orchestrator.next_messages(run, (SagaStatus.FAILED, -1), "no credit")
     assert outcome == CheckoutFinished(
         saga_id=run.saga_id,
         order_id=run.entity_id,

@@ -24,10 +24,9 @@ from common.messages import (
     StockUpdateRequested,
     encode,
 )
-from common.saga.log import SagaLog
-from common.saga.orchestrator import SLOW_START_GRACE_MS, Orchestrator, Outcome
-from common.saga.sweeper import Sweeper
-from order.saga import CHECKOUT, order_key
+from common.saga.orchestrator import SLOW_START_GRACE_MS, Outcome
+from common.terms import ITEMS
+from order.saga import order_key
 from stock.handlers import handlers as stock_handlers
 from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import MASTERS, FakeRedis, master_of
@@ -42,6 +41,9 @@ from test.unit.scenario_kit import (
     fresh_ids,
     given,
     one_unpaid_order,
+    orchestrator_loop,
+    orchestrator_over,
+    sweeper_of,
     until,
 )
 
@@ -57,8 +59,8 @@ async def test_a_started_saga_stays_indexed_across_a_failover(
     store = FakeStore(redis, node_aware=True)
     store.one_round_trip = one_round_trip
     store.load_scripts(LUA_DIR)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
+    orchestrator = orchestrator_over(store, clock)
+    log = orchestrator.log
     # An order whose index shard lives on another master than the order itself.
     order_id = next(
         o
@@ -81,7 +83,7 @@ async def test_a_started_saga_stays_indexed_across_a_failover(
     given(state is not None and state.status == "running", "the saga survived")
 
     bus = FakeBus()
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     for _ in range(20):  # well past the step timeout and the deadline
         clock.ms += STEP_MS
         await sweeper.sweep()
@@ -93,7 +95,7 @@ async def test_a_stale_reservation_does_not_revoke_a_confirmed_one() -> None:
     # first_node_wins: the barrier as it should be (see test_store), to show this bug apart.
     store = FakeStore(redis, hold, node_aware=True, first_node_wins=True)
     store.load_scripts(LUA_DIR)
-    items = Ledger(store, "item", "stock")  # type: ignore[arg-type]
+    items = Ledger(store, ITEMS)  # type: ignore[arg-type]
     ids = fresh_ids("i")
     plenty = next(ids)
     scarce = next(i for i in ids if master_of(items.key(i)) != master_of(items.key(plenty)))
@@ -219,14 +221,7 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     # The payment's reply arrives late (past the deadline); the orchestrator's move to
     # 'succeeded' is made and about to be replicated.
     clock.ms += DEADLINE_MS
-    consumer = ConsumerLoop(
-        name="orchestrator",
-        bus=bus,  # type: ignore[arg-type]
-        store=store,  # type: ignore[arg-type]
-        topics=[],
-        group_id="order",
-        handlers=orchestrator.handlers(),
-    )
+    consumer = orchestrator_loop(orchestrator, store, bus)
     reply = PaymentCompleted(**ids)
     bus.append("PAYMENT_PROCESSING", order_id.encode(), encode(reply))
     (topic, partition), *_ = [k for k, entries in bus.logs.items() if entries]
@@ -239,7 +234,7 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     redis.failover(master_of(order_key(order_id)))
     moving.cancel()  # its barrier would refuse; the batch will be read again, later
     # Meanwhile the sweeper finds the saga past its deadline, and turns it back.
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     clock.ms += STEP_MS
     await sweeper.sweep()
     await store.durable(lambda: orchestrator.on_reply(PaymentCancelled(**ids)))
@@ -260,7 +255,7 @@ async def test_a_slow_start_then_a_crash_leaves_the_saga_indexed(clock: Clock) -
     order_id = one_unpaid_order(redis)
     store.one_round_trip = False  # the entry and the saga one by one, if the code can do both
     bus = FakeBus()
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     # The start registers the order, then its saga_begin stalls (a failover under way: the
     # client retries for seconds), past the step timeout.
     begin, reindex = asyncio.Event(), asyncio.Event()
@@ -305,14 +300,7 @@ async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     redis.replicate(range(MASTERS))  # the index entry too: this is not the first bug again
     bus = FakeBus()
-    consumer = ConsumerLoop(
-        name="orchestrator",
-        bus=bus,  # type: ignore[arg-type]
-        store=store,  # type: ignore[arg-type]
-        topics=[],
-        group_id="order",
-        handlers=orchestrator.handlers(),
-    )
+    consumer = orchestrator_loop(orchestrator, store, bus)
     bus.append("PAYMENT_PROCESSING", order_id.encode(), encode(PaymentCompleted(**ids)))
     (topic, partition), *_ = [k for k, entries in bus.logs.items() if entries]
     batch = {TopicPartition(topic, partition): bus.records(topic, partition, 0, 1)}
@@ -320,7 +308,7 @@ async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock
     hold.rules[("O", "replicate")] = asyncio.Event()
     moving = asyncio.create_task(hold.run_as("O", consumer._process(batch)))
     await until(lambda: hold.parked.get("O", 0) >= 1, moving)
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     clock.ms += STEP_MS + 1
     await sweeper.sweep()  # finds the saga ended: drops its index entry
     # The order's master fails over; the order process dies; the broker comes back empty.
@@ -363,8 +351,8 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     store = FakeStore(redis, hold, node_aware=True)
     store.load_scripts(LUA_DIR)
     store.one_round_trip = False  # the one-by-one start (slot map moved, script not loaded...)
-    log = SagaLog(store, CHECKOUT)  # type: ignore[arg-type]
-    orchestrator = Orchestrator(CHECKOUT, log, step_timeout_ms=STEP_MS, deadline_ms=DEADLINE_MS)
+    orchestrator = orchestrator_over(store, clock)
+    log = orchestrator.log
     order_id = next(
         o
         for o in fresh_ids("o")
@@ -393,7 +381,7 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     if started.outcome is Outcome.STARTED:
         await bus.publish(started.commands)
     sent_before = len(bus.published)
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     for _ in range(20):  # well past the step timeout and the deadline
         clock.ms += STEP_MS
         await sweeper.sweep()
@@ -420,7 +408,7 @@ async def test_a_second_slow_start_does_not_push_the_live_saga_s_entry_away(cloc
     release.set()
     given((await second).outcome is Outcome.JOINED, "the second joins it")
     bus = FakeBus()  # the first command is lost: only the sweeper can move the saga
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     for _ in range(3):
         clock.ms += STEP_MS
         await sweeper.sweep()
@@ -455,7 +443,7 @@ async def test_a_slow_start_begins_no_saga_its_index_entry_could_lose(clock: Clo
     if state is None or not state.live:
         return  # no saga began: nothing to lose
     bus = FakeBus()
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     clock.ms += SLOW_START_GRACE_MS
     for _ in range(20):
         clock.ms += STEP_MS

@@ -20,7 +20,8 @@ from collections.abc import Callable
 import pytest
 
 from common import ledger
-from test.unit import fake_lua, fake_store, sim_procs
+from order import bootstrap as order_bootstrap
+from test.unit import fake_lua, fake_store
 from test.unit.fake_redis import RESYNCING, FakeRedis
 from test.unit.sim import Knobs, Report, run_seed
 
@@ -136,8 +137,8 @@ def _hole4_order_resets_wipe_live_sagas(monkeypatch: pytest.MonkeyPatch) -> Knob
 
 
 def _hole7_sagas_start_whatever_their_size(monkeypatch: pytest.MonkeyPatch) -> Knobs:
-    unbounded = dataclasses.replace(sim_procs.CHECKOUT, max_snapshot_bytes=10**9)
-    monkeypatch.setattr(sim_procs, "CHECKOUT", unbounded)
+    unbounded = dataclasses.replace(order_bootstrap.CHECKOUT, max_snapshot_bytes=10**9)
+    monkeypatch.setattr(order_bootstrap, "CHECKOUT", unbounded)
     return KNOBS
 
 

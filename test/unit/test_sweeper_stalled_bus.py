@@ -3,10 +3,16 @@ re-send stalled steps: their messages wait in the producer and go out when it is
 
 from __future__ import annotations
 
-from common.saga.sweeper import Sweeper
 from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import FakeRedis
-from test.unit.scenario_kit import STEP_MS, Clock, Hold, checkout_saga, one_unpaid_order
+from test.unit.scenario_kit import (
+    STEP_MS,
+    Clock,
+    Hold,
+    checkout_saga,
+    one_unpaid_order,
+    sweeper_of,
+)
 
 
 class StalledBus(FakeBus):
@@ -23,7 +29,7 @@ async def test_no_resends_while_the_broker_acknowledges_nothing(clock: Clock) ->
     store, _, orchestrator = checkout_saga(redis, hold)
     order_id = one_unpaid_order(redis)
     bus = StalledBus()
-    sweeper = Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    sweeper = sweeper_of(orchestrator, store, bus)
     await orchestrator.start(order_id)
     clock.ms += STEP_MS + 1  # the first command was never acknowledged: the step is stalled
     bus.waiting_s = STEP_MS / 1000

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from common import logs, telemetry, tracing
 from common.messages import StockUpdated, StockUpdateRequested
+from common.observability import logs, telemetry, tracing
 from common.saga import SagaRun
 from common.saga.log import SagaState
 from common.settings import load_settings

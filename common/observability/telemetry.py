@@ -13,8 +13,9 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Protocol
 
-from common import logs, metrics, tracing
+from common.observability import logs, metrics, tracing
 from common.settings import Settings
+from common.terms import ENDED, TAKEN_PREFIX, AbortReason, Restored, SagaStatus, Taken
 
 log = logging.getLogger("checkout.trace")
 
@@ -25,18 +26,21 @@ _children: dict[tuple[Any, ...], Any] = {}
 # The saga the current HTTP request started: (saga name, perf_counter at start, its span).
 _begun: ContextVar[tuple[str, float, Any] | None] = ContextVar("saga_begun", default=None)
 
-_ABORT_REASONS = frozenset({"deadline passed", "checkout timed out", "aborted by operator"})
+_ABORT_REASONS = frozenset(AbortReason)
 _NOTABLE_WORDS = ("Fail", "Compensat", "Cancel")
 _notable_types: dict[type, bool] = {}
 
 
 class _Step(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
 
 class _Definition(Protocol):
-    name: str
-    steps: tuple[Any, ...]
+    @property
+    def name(self) -> str: ...
+    @property
+    def steps(self) -> tuple[_Step, ...]: ...
 
 
 def configure(settings: Settings) -> None:
@@ -147,16 +151,16 @@ def saga_reply(
     name = definition.name
     _child(metrics.SAGA_REPLIES, name, definition.steps[index].name, kind).inc()
     status, step = to
-    if status == "compensating":
+    if status == SagaStatus.COMPENSATING:
         _child(metrics.SAGA_COMPENSATIONS, name, definition.steps[step].name).inc()
-    elif status in ("succeeded", "failed"):
+    elif status in ENDED:
         _child(metrics.SAGA_FINISHED, name, status).inc()
 
 
 def saga_aborted(definition: _Definition, step: int, saga_id: str, reason: str) -> None:
     """A running saga was turned back at ``step`` (its compensation is being sent)."""
     logs.bind(saga_id, tracing.trace_id_for(saga_id))
-    label = reason if reason in _ABORT_REASONS else "other"
+    label = reason if reason in _ABORT_REASONS else AbortReason.OTHER
     _child(metrics.SAGA_ABORTS, definition.name, label).inc()
     _child(metrics.SAGA_COMPENSATIONS, definition.name, definition.steps[step].name).inc()
 
@@ -190,7 +194,7 @@ def saga_answered(paid: bool) -> None:
         return
     _begun.set(None)
     saga, started, span = begun
-    outcome = "succeeded" if paid else "failed"
+    outcome = SagaStatus.SUCCEEDED if paid else SagaStatus.FAILED
     _child(metrics.SAGA_DURATION, saga, outcome).observe(time.perf_counter() - started)
     tracing.end_span(span)
 
@@ -204,23 +208,20 @@ def request_done() -> None:
 
 
 # --- the ledger (stock, payment) ---------------------------------------------------------------
-_TAKE_RESULTS = {"T": "taken", "S": "short", "U": "unknown", "X": "refused", "F": "fenced"}
-
-
-def took(ledger: str, result: str) -> None:
-    """A take answered ``result`` (the first letter of its operation record)."""
-    _child(metrics.LEDGER_TAKES, ledger, _TAKE_RESULTS.get(result, result)).inc()
+def took(ledger: str, result: Taken) -> None:
+    """A take answered ``result`` (its operation record's code)."""
+    _child(metrics.LEDGER_TAKES, ledger, result.label).inc()
 
 
 def restored(ledger: str, before: bytes | None) -> None:
     """A compensation found the operation record ``before`` (restore.lua's reply)."""
     if before is None:
-        result = "tombstoned"
-    elif before.startswith(b"T:"):
-        result = "refunded"
-    elif before == b"X":
-        result = "repeated"
+        result = Restored.TOMBSTONED
+    elif before.startswith(TAKEN_PREFIX.encode()):
+        result = Restored.REFUNDED
+    elif before == Taken.REFUSED.value.encode():
+        result = Restored.REPEATED
         _child(metrics.DEDUP_HITS, _service, "compensation").inc()
     else:
-        result = "nothing"
+        result = Restored.NOTHING
     _child(metrics.LEDGER_COMPENSATIONS, ledger, result).inc()
