@@ -56,9 +56,10 @@ Handler = Callable[[Any], Awaitable[Sequence[Outgoing]]]
 COMMIT_INTERVAL_S = 0.2
 """Offsets are committed at most this often: each commit is a broker round trip, and one
 missed only means a redelivery of what the handlers have already done (which they ignore)."""
-TOPIC_CHECK_S = 2.0
-BATCH_RETRY_MAX_S = 1.0
+TOPIC_CHECK_S = 5.0
 """How often the topics are looked for: a broker that came back empty has none."""
+BATCH_RETRY_MAX_S = 1.0
+"""The longest wait between two tries of a failed batch."""
 STOP_TIMEOUT_S = 5.0
 """How long a group member's graceful stop (the batch in hand, its commit, leaving the group)
 may take before the loop is cancelled; a redelivery to the next owner covers what that cuts."""
