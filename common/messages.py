@@ -8,7 +8,7 @@ in one partition, in order.
 
 from __future__ import annotations
 
-from typing import Final, TypedDict
+from typing import ClassVar, Final, TypedDict
 
 import msgspec
 
@@ -46,6 +46,14 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=T
     trace_id: str = ""
     started: int = 0
 
+    NOTABLE: ClassVar[bool] = False
+    """Logged when sent even with LOG_MESSAGES off: failures, compensations (not on the wire)."""
+
+    @property
+    def notable(self) -> bool:
+        """Whether sending this message is worth a log line whatever LOG_MESSAGES says."""
+        return self.NOTABLE
+
     def reply_ids(self) -> SagaIds:
         """The ids a reply to this message carries (same saga, key, trace and start)."""
         return {
@@ -69,6 +77,8 @@ class StockUpdateRequested(Message, frozen=True, kw_only=True, tag=True):
 class StockCompensationRequested(Message, frozen=True, kw_only=True, tag=True):
     """Give back what the saga reserved; if it reserved nothing, refuse it from now on."""
 
+    NOTABLE = True
+
     items: Lines
 
 
@@ -80,11 +90,15 @@ class StockUpdated(Message, frozen=True, kw_only=True, tag=True):
 class StockUpdateFailed(Message, frozen=True, kw_only=True, tag=True):
     """Nothing is reserved (lines already taken were given back)."""
 
+    NOTABLE = True
+
     reason: str
 
 
 class StockCompensated(Message, frozen=True, kw_only=True, tag=True):
     """The saga holds no stock, and never will."""
+
+    NOTABLE = True
 
 
 # --- PAYMENT: commands to payment ---------------------------------------------------------------
@@ -98,6 +112,8 @@ class PaymentRequested(Message, frozen=True, kw_only=True, tag=True):
 class PaymentCancelRequested(Message, frozen=True, kw_only=True, tag=True):
     """Refund the saga's charge if it happened; refuse the charge from now on if not."""
 
+    NOTABLE = True
+
     user_id: str
     amount: int
 
@@ -110,11 +126,15 @@ class PaymentCompleted(Message, frozen=True, kw_only=True, tag=True):
 class PaymentFailed(Message, frozen=True, kw_only=True, tag=True):
     """The user was not charged."""
 
+    NOTABLE = True
+
     reason: str
 
 
 class PaymentCancelled(Message, frozen=True, kw_only=True, tag=True):
     """The saga holds no money of the user, and never will."""
+
+    NOTABLE = True
 
 
 # --- ORDER_STATUS_UPDATE: outcomes, read by every order worker ----------------------------------
@@ -123,6 +143,10 @@ class CheckoutFinished(Message, frozen=True, kw_only=True, tag=True):
 
     paid: bool
     reason: str = ""
+
+    @property
+    def notable(self) -> bool:
+        return not self.paid
 
 
 StockCommand = StockUpdateRequested | StockCompensationRequested
