@@ -39,19 +39,13 @@ from common.kafka_options import consumer_options, producer_options
 from common.messages import Message, decode, encode
 from common.observability import telemetry
 from common.settings import Settings
-from common.store import Store
 from common.tasks import cancel
 from common.topics import Topics
+from common.types import Handler, MessageBus, Outgoing, Storage
 
 log = logging.getLogger(__name__)
 
-Outgoing = tuple[str, Message]
-"""A message to publish and its topic; the key is always the message's order id."""
-
 Batch = dict[TopicPartition, list[ConsumerRecord]]
-
-Handler = Callable[[Any], Awaitable[Sequence[Outgoing]]]
-"""``async def handle(message) -> replies``; dependencies are bound with functools.partial."""
 
 COMMIT_INTERVAL_S = 0.2
 """Offsets are committed at most this often: each commit is a broker round trip, and one
@@ -197,8 +191,8 @@ class ConsumerLoop:
         self,
         *,
         name: str,
-        bus: Bus,
-        store: Store | None,
+        bus: MessageBus,
+        store: Storage | None,
         topics: Sequence[str],
         group_id: str | None,
         handlers: Mapping[type, Handler],

@@ -56,12 +56,13 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=T
 
     def reply_ids(self) -> SagaIds:
         """The ids a reply to this message carries (same saga, key, trace and start)."""
-        return {
-            "saga_id": self.saga_id,
-            "order_id": self.order_id,
-            "trace_id": self.trace_id,
-            "started": self.started,
-        }
+        return saga_ids(self.saga_id, self.order_id, self.trace_id, self.started)
+
+
+def saga_ids(saga_id: str, entity_id: str, trace_id: str = "", started: int = 0) -> SagaIds:
+    """The fields every message of saga ``saga_id`` of ``entity_id`` carries (the entity is
+    an order: the wire calls it ``order_id``)."""
+    return {"saga_id": saga_id, "order_id": entity_id, "trace_id": trace_id, "started": started}
 
 
 Lines = tuple[tuple[str, int], ...]

@@ -12,12 +12,12 @@ from typing import Protocol
 
 from quart import Quart
 
-from common.bus import Bus, ConsumerLoop
+from common.bus import ConsumerLoop
 from common.http import create_app
 from common.observability import telemetry
 from common.observability.monitoring import install
 from common.settings import Settings
-from common.store import Store
+from common.types import MessageBus, Storage
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class Runtime:
     """A service's clients, started in list order and stopped in reverse."""
 
     settings: Settings
-    store: Store
-    bus: Bus
+    store: Storage
+    bus: MessageBus
     components: list[Lifecycle] = field(default_factory=list)
 
     def app(self, name: str, extra: Sequence[Lifecycle] = ()) -> Quart:

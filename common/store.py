@@ -30,29 +30,15 @@ from redis.exceptions import (
 
 from common.errors import Unavailable
 from common.settings import Settings
+from common.types import Arg, Command, ScriptCall, Written
 
 log = logging.getLogger(__name__)
-
-Arg = str | int | bytes
-
-
-
-class ScriptCall(NamedTuple):
-    """A registered script's call, in a list of commands for ``on_master_of``."""
-
-    name: str
-    keys: Sequence[str]
-    args: Sequence[Arg]
-
-
-Command = ScriptCall | Sequence[Arg]
-"""One command of ``on_master_of``: a script call, or a plain command and its arguments."""
 
 # A key written on two masters in one tracked block (see ``Store.wrote``).
 _FAILED_OVER = "<failed over>"
 
 # The keys written by scripts in the current context (see ``Store.tracking``).
-_written: ContextVar[dict[str, str] | None] = ContextVar("written", default=None)
+_written: ContextVar[Written | None] = ContextVar("written", default=None)
 T = TypeVar("T")
 
 
@@ -140,10 +126,10 @@ class Store:
                 delay = min(delay * 2, 0.5)
 
     @contextlib.contextmanager
-    def tracking(self) -> Iterator[dict[str, str]]:
+    def tracking(self) -> Iterator[Written]:
         """Collect the keys that scripts write inside the block (and in tasks it spawns), with
         the master that took each write, so the caller can ``replicate`` them before acting."""
-        written: dict[str, str] = {}
+        written: Written = {}
         token = _written.set(written)
         try:
             yield written
@@ -207,6 +193,15 @@ class Store:
             with contextlib.suppress(RedisError, OSError):
                 return list(await self._batch.run(node, ("HMGET", key, *fields)))
         return list(await self.retrying(lambda: self.cluster.hmget(key, list(fields))))
+
+    async def zadd(self, key: str, mapping: Mapping[str, float], *, xx: bool = False) -> int:
+        """ZADD (``xx``: only members already there), retrying; not tracked as a write."""
+        return int(await self.retrying(lambda: self.cluster.zadd(key, dict(mapping), xx=xx)))
+
+    async def zrange_scored(self, key: str) -> list[tuple[bytes, float]]:
+        """Every member of the sorted set ``key`` with its score, lowest first, retrying."""
+        rows = await self.retrying(lambda: self.cluster.zrange(key, 0, -1, withscores=True))
+        return [(member, float(score)) for member, score in rows]
 
     def _master_of(self, key: str) -> _Node | None:
         """The master serving ``key`` in the client's slot map (None while it has none)."""

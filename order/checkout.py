@@ -11,15 +11,14 @@ import asyncio
 import logging
 from functools import partial
 
-from common.bus import Bus
 from common.effects import Effects
 from common.errors import NotFound, Refused, Unavailable
 from common.observability import telemetry
 from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator, Outcome, Started
 from common.saga.waiters import Verdict, Waiters
-from common.store import Store
 from common.terms import AbortReason, SagaStatus
+from common.types import Publisher, Storage
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,8 @@ class Checkout:
     def __init__(
         self,
         orchestrator: Orchestrator,
-        store: Store,
-        bus: Bus,
+        store: Storage,
+        bus: Publisher,
         waiters: Waiters,
         *,
         timeout_ms: int,

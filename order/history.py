@@ -21,6 +21,7 @@ from common.saga.orchestrator import Clock, Orchestrator, now_ms
 from common.settings import Settings
 from common.store import Store
 from common.terms import ITEMS, TAKEN_PREFIX, USERS, SagaStatus, Taken
+from common.types import Storage
 from order.saga import CHECKOUT, order_key
 
 _RECORD_MEANING = {
@@ -101,7 +102,7 @@ def _meaning(record: str | None) -> str:
 
 
 async def describe(
-    store: Store, orchestrator: Orchestrator, participants: Participants, order_id: str
+    store: Storage, orchestrator: Orchestrator, participants: Participants, order_id: str
 ) -> dict[str, Any]:
     """Everything ``show`` prints, as a JSON-able dict."""
     now = orchestrator.clock()

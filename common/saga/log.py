@@ -14,8 +14,8 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from common.saga.definition import SagaDefinition, SagaRun
-from common.store import Arg, ScriptCall, Store
 from common.terms import ENDED, LIVE
+from common.types import Arg, ScriptCall, Storage
 
 INDEX_SHARDS = 16
 _FIELDS = (
@@ -77,7 +77,7 @@ class SagaLog:
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         definition: SagaDefinition,
         *,
         rng: random.Random | None = None,
@@ -285,14 +285,14 @@ class SagaLog:
         score = due + self._rng.random()
 
         async def add() -> None:
-            await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))
+            await self._store.zadd(key, {entity_id: score})
             self._store.wrote(key)
 
         await (self._store.durable(add) if durable else add())
 
     async def index_reschedule(self, entity_id: str, due: int, shard: int) -> None:
         key = self.shard_key(shard)
-        await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: due}, xx=True))
+        await self._store.zadd(key, {entity_id: due}, xx=True)
 
     async def index_drop(self, entity_id: str, score: float, shard: int) -> None:
         """Remove the entry unless a new saga re-registered the entity after it was read."""

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from common.bus import Handler, Outgoing
 from common.messages import Message
 from common.observability import telemetry
 from common.saga.definition import SagaDefinition, SagaRun
 from common.saga.log import SagaLog, SagaState
 from common.terms import ReplyKind, SagaStatus
+from common.types import Handler, Outgoing
 
 log = logging.getLogger(__name__)
 

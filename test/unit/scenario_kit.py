@@ -127,7 +127,7 @@ def orchestrator_over(store: FakeStore, clock: Callable[[], int]) -> Orchestrato
 def checkout_saga(redis: FakeRedis, hold: Hold) -> tuple[FakeStore, SagaLog, Orchestrator]:
     """The checkout saga's store, log and orchestrator over ``redis`` (and its clock), gated by
     ``hold``."""
-    store = FakeStore(redis, hold, node_aware=True)
+    store = FakeStore(redis, hold)
     store.load_scripts(LUA_DIR)
     orchestrator = orchestrator_over(store, redis.now_ms)
     return store, orchestrator.log, orchestrator
@@ -138,8 +138,8 @@ def orchestrator_loop(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus
     (``_process``), so it subscribes to nothing."""
     return ConsumerLoop(
         name="orchestrator",
-        bus=bus,  # type: ignore[arg-type]
-        store=store,  # type: ignore[arg-type]
+        bus=bus,
+        store=store,
         topics=[],
         group_id="order",
         handlers=orchestrator.handlers(),
@@ -148,7 +148,7 @@ def orchestrator_loop(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus
 
 def sweeper_of(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus) -> Sweeper:
     """A sweeper of worker ``order-0`` over the fakes; the test calls ``sweep`` itself."""
-    return Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    return Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)
 
 
 def checkout_edge(
@@ -163,8 +163,8 @@ def checkout_edge(
     and answering by ``answer_ms`` (default: half a second later)."""
     return Checkout(
         orchestrator,
-        store,  # type: ignore[arg-type]
-        bus or FakeBus(),  # type: ignore[arg-type]
+        store,
+        bus or FakeBus(),
         Waiters(poll_interval_s=0.005),
         timeout_ms=timeout_ms,
         answer_ms=timeout_ms + 500 if answer_ms is None else answer_ms,
@@ -202,13 +202,13 @@ class Services:
     def __init__(self, now_ms: Callable[[], int] | None = None, gate: Gate = no_gate) -> None:
         clock = now_ms or Clock()
         self.redis = {name: FakeRedis(clock) for name in GROUPS}
-        self.stores = {name: FakeStore(r, gate, node_aware=True) for name, r in self.redis.items()}
+        self.stores = {name: FakeStore(r, gate) for name, r in self.redis.items()}
         for store in self.stores.values():
             store.load_scripts(LUA_DIR)
         self.orchestrator = orchestrator_over(self.stores["order"], clock)
         self.log = self.orchestrator.log
-        self.items = Ledger(self.stores["stock"], ITEMS)  # type: ignore[arg-type]
-        self.users = Ledger(self.stores["payment"], USERS)  # type: ignore[arg-type]
+        self.items = Ledger(self.stores["stock"], ITEMS)
+        self.users = Ledger(self.stores["payment"], USERS)
         self.bus = FakeBus(groups=GROUPS)
         handlers = {
             "stock": stock_handlers(self.items),
@@ -218,8 +218,8 @@ class Services:
         self.consumers = {
             name: ConsumerLoop(
                 name=name,
-                bus=self.bus,  # type: ignore[arg-type]
-                store=self.stores[name],  # type: ignore[arg-type]
+                bus=self.bus,
+                store=self.stores[name],
                 topics=list(topics),
                 group_id=name,
                 handlers=handlers[name],
@@ -230,7 +230,7 @@ class Services:
     def orders(self) -> Orders:
         """The order service's ``Orders`` over its store."""
         self.stores["order"].load_scripts(ORDER_LUA)
-        return Orders(self.stores["order"], self.orchestrator, self.bus)  # type: ignore[arg-type]
+        return Orders(self.stores["order"], self.orchestrator, self.bus)
 
     async def batch_init(self, n: int, *, stock: int, credit: int, price: int = 1) -> None:
         """The three batch_init routes, in the benchmark's order: items, users, then orders

@@ -10,6 +10,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
@@ -25,6 +26,7 @@ from common.messages import (
     StockCompensated,
     StockUpdated,
     encode,
+    saga_ids,
 )
 from common.saga.definition import SagaRun
 from common.saga.orchestrator import Outcome
@@ -67,7 +69,7 @@ async def test_hole1_a_paid_answer_on_the_slow_start_rests_on_a_replica(clock: C
     store, log, orchestrator = checkout_saga(redis, hold)
     order_id = one_unpaid_order(redis)
     started = await store.durable(lambda: orchestrator.start(order_id))
-    ids = {"saga_id": started.saga_id, "order_id": order_id}
+    ids = saga_ids(started.saga_id, order_id)
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     bus = FakeBus()
     consumer = orchestrator_loop(orchestrator, store, bus)
@@ -135,15 +137,15 @@ async def test_hole2_a_saga_that_succeeded_is_never_answered_not_paid() -> None:
     waiters = CountingWaiters(caught_up_after_the_decision_waited)
     checkout = Checkout(
         orchestrator,
-        store,  # type: ignore[arg-type]
-        bus,  # type: ignore[arg-type]
+        store,
+        bus,
         waiters,
         timeout_ms=50,
         answer_ms=30_000,
     )
     answer = asyncio.create_task(checkout(order_id))
     await until(lambda: bool(bus.published), answer)
-    ids = {"saga_id": bus.published[0][1].saga_id, "order_id": order_id}
+    ids = saga_ids(bus.published[0][1].saga_id, order_id)
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     redis.replica_back(master)  # from now on no durable read of the order passes
     await until(lambda: waiters.ended >= 1, answer)  # timed out: deciding
@@ -163,8 +165,8 @@ async def test_hole3_a_not_paid_answer_waits_for_the_compensation() -> None:
     waiters = CountingWaiters()
     checkout = Checkout(
         svc.orchestrator,
-        svc.stores["order"],  # type: ignore[arg-type]
-        svc.bus,  # type: ignore[arg-type]
+        svc.stores["order"],
+        svc.bus,
         waiters,
         timeout_ms=50,
         answer_ms=30_000,
@@ -248,8 +250,8 @@ async def test_hole7_an_order_too_big_for_one_message_is_refused_before_its_saga
     order_id = svc.order(svc.user(credit=10**6), lines, total=len(lines))
     checkout = Checkout(
         svc.orchestrator,
-        svc.stores["order"],  # type: ignore[arg-type]
-        svc.bus,  # type: ignore[arg-type]
+        svc.stores["order"],
+        svc.bus,
         Waiters(poll_interval_s=0.005),
         timeout_ms=50,
         answer_ms=300,
@@ -382,8 +384,8 @@ async def test_hole4_an_order_reset_under_a_live_saga_turns_it_back(clock: Clock
     answer = asyncio.create_task(
         Checkout(
             svc.orchestrator,
-            svc.stores["order"],  # type: ignore[arg-type]
-            svc.bus,  # type: ignore[arg-type]
+            svc.stores["order"],
+            svc.bus,
             Waiters(poll_interval_s=0.005),
             timeout_ms=30_000,
             answer_ms=31_000,
@@ -453,7 +455,7 @@ async def test_hole4_a_rerun_of_the_benchmark_s_init_leaves_every_entity_as_it_s
     await svc.batch_init(n, stock=10, credit=10)
     clock.ms += 1000
     for order_id in map(str, range(n)):
-        started = await svc.stores["order"].durable(lambda o=order_id: svc.orchestrator.start(o))
+        started = await svc.stores["order"].durable(partial(svc.orchestrator.start, order_id))
         await svc.bus.publish(started.commands)
     await svc.deliver("stock")  # every saga reserved
     await svc.deliver("order")

@@ -25,6 +25,7 @@ from common.messages import (
     StockUpdateFailed,
     StockUpdateRequested,
     encode,
+    saga_ids,
 )
 from common.saga.definition import SagaRun
 from common.terms import SagaStatus
@@ -66,7 +67,7 @@ def test_the_pivot_is_the_charge_and_paid_is_the_done_field() -> None:
 
 def test_commands_and_compensations_are_built_from_the_snapshot() -> None:
     run = a_run()
-    ids = {"saga_id": run.saga_id, "order_id": run.entity_id, "trace_id": run.trace_id}
+    ids = saga_ids(run.saga_id, run.entity_id, run.trace_id)
     lines = (("i1", 2), ("i2", 1), ("i1", 1))
     reserve, charge = CHECKOUT.steps
     assert (reserve.topic, charge.topic) == (STOCK, PAYMENT)
