@@ -120,7 +120,7 @@ class Bus:
         try:
             futures = [
                 await producer.send(
-                    topic, encode(msg), key=msg.order_id.encode(), headers=telemetry.headers(msg)
+                    topic, encode(msg), key=msg.entity_id.encode(), headers=telemetry.headers(msg)
                 )
                 for topic, msg in messages
             ]

@@ -54,6 +54,12 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=T
         """Whether sending this message is worth a log line whatever LOG_MESSAGES says."""
         return self.NOTABLE
 
+    @property
+    def entity_id(self) -> str:
+        """The entity whose saga this is, and the partition key: the generic saga code's name
+        for ``order_id`` (the wire's, kept so that every version reads every message)."""
+        return self.order_id
+
     def reply_ids(self) -> SagaIds:
         """The ids a reply to this message carries (same saga, key, trace and start)."""
         return saga_ids(self.saga_id, self.order_id, self.trace_id, self.started)

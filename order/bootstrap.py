@@ -23,6 +23,7 @@ from common.messages import (
 from common.saga.log import INDEX_SHARDS, SagaLog
 from common.saga.orchestrator import Clock, Orchestrator, now_ms
 from common.saga.sweeper import Sweeper
+from common.saga.verdict import Verdicts
 from common.saga.waiters import Waiters
 from common.service import Runtime
 from common.settings import Settings
@@ -97,7 +98,7 @@ def build(
         rng=rng,
         index_shards=index_shards,
     )
-    checkout = Checkout(
+    verdicts = Verdicts(
         orchestrator,
         store,
         bus,
@@ -139,7 +140,7 @@ def build(
         orchestrator=orchestrator,
         orders=Orders(store, orchestrator, bus),
         waiters=waiters,
-        checkout=checkout,
+        checkout=Checkout(verdicts),
         stock=stock,
         replies=replies,
         outcomes=outcomes,

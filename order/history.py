@@ -131,7 +131,7 @@ async def describe(
         "attempts": int(attempts or 0),
         "reset_at_ms": int(reset_at) if reset_at else None,
     }
-    state = await orchestrator.log.read(order_id)
+    state = await orchestrator.read(order_id)
     if state is None or not state.saga_id:
         return report
     steps = [step.name for step in CHECKOUT.steps]

@@ -106,7 +106,7 @@ class FakeBus:
             return
         await self._gate("publish " + ", ".join(describe(m) for _, m in messages))
         for topic, message in messages:
-            key, payload = message.order_id.encode(), encode(message)
+            key, payload = message.entity_id.encode(), encode(message)
             # As AIOKafkaProducer.send: a record larger than max_request_size is refused there
             # and then (the messages before it in this call were sent).
             size = record_size(key, payload)

@@ -20,6 +20,7 @@ from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
 from common.saga.log import SagaLog
 from common.saga.orchestrator import Orchestrator
 from common.saga.sweeper import Sweeper
+from common.saga.verdict import Verdicts
 from common.saga.waiters import Waiters
 from common.terms import ITEMS, USERS
 from order.bootstrap import checkout_orchestrator
@@ -156,19 +157,22 @@ def checkout_edge(
     store: FakeStore,
     *,
     bus: FakeBus | None = None,
+    waiters: Waiters | None = None,
     timeout_ms: int = 40,
     answer_ms: int | None = None,
 ) -> Checkout:
-    """The HTTP side of checkout over the fakes, polling often, timing out after ``timeout_ms``
-    and answering by ``answer_ms`` (default: half a second later)."""
-    return Checkout(
+    """The HTTP side of checkout over the fakes, polling often (unless ``waiters`` are given),
+    timing out after ``timeout_ms`` and answering by ``answer_ms`` (default: half a second
+    later)."""
+    verdicts = Verdicts(
         orchestrator,
         store,
         bus or FakeBus(),
-        Waiters(poll_interval_s=0.005),
+        waiters or Waiters(poll_interval_s=0.005),
         timeout_ms=timeout_ms,
         answer_ms=timeout_ms + 500 if answer_ms is None else answer_ms,
     )
+    return Checkout(verdicts)
 
 
 def one_unpaid_order(redis: FakeRedis, *, user: str = "u1", total: int = 3) -> str:
@@ -226,6 +230,19 @@ class Services:
             )
             for name, topics in GROUPS.items()
         }
+
+    def checkout_edge(
+        self, *, waiters: Waiters | None = None, timeout_ms: int = 40, answer_ms: int | None = None
+    ) -> Checkout:
+        """``checkout_edge`` over the order service's store and the bus."""
+        return checkout_edge(
+            self.orchestrator,
+            self.stores["order"],
+            bus=self.bus,
+            waiters=waiters,
+            timeout_ms=timeout_ms,
+            answer_ms=answer_ms,
+        )
 
     def orders(self) -> Orders:
         """The order service's ``Orders`` over its store."""

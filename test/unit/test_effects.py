@@ -20,7 +20,7 @@ from common.store import WriteMayBeLost
 from common.types import Outgoing, Written
 from test.unit.fake_redis import FakeRedis
 from test.unit.fake_store import FakeStore
-from test.unit.scenario_kit import STEP_MS, Clock, Services, checkout_edge, sweeper_of
+from test.unit.scenario_kit import STEP_MS, Clock, Services, sweeper_of
 
 MESSAGE: Outgoing = ("STOCK", StockUpdateRequested(saga_id="o:1:a", order_id="o", items=()))
 
@@ -119,7 +119,7 @@ async def test_a_timed_out_checkout_does_not_publish_an_unreplicated_abort(
     svc = Services(clock)
     order_id = svc.order(svc.user(10), [(svc.item(5), 1)], total=1)
     store, bus = svc.stores["order"], svc.bus
-    checkout = checkout_edge(svc.orchestrator, store, bus=bus, timeout_ms=10, answer_ms=300)
+    checkout = svc.checkout_edge(timeout_ms=10, answer_ms=300)
     replicate = store.replicate
     aborting = False
 
