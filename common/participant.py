@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from common.bus import Bus, ConsumerLoop
+from common.bus import Bus
+from common.consumer import ConsumerLoop
 from common.ledger import LUA_DIR, Ledger
 from common.service import Runtime
 from common.settings import Settings

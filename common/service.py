@@ -12,7 +12,7 @@ from typing import Protocol
 
 from quart import Quart
 
-from common.bus import ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.http import create_app
 from common.observability import telemetry
 from common.observability.monitoring import install
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 PART_STOP_S = 15.0
 """The most one part's stop may take before shutdown moves on to the next (a consumer loop's
-graceful stop is bounded well inside this; see common/bus.py)."""
+graceful stop is bounded well inside this; see common/consumer.py)."""
 
 
 class Lifecycle(Protocol):

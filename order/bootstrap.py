@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from common.bus import Bus, ConsumerLoop
+from common.bus import Bus
+from common.consumer import ConsumerLoop
 from common.ledger import LUA_DIR
 from common.messages import (
     ORDER_STATUS_UPDATE,

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from common.bus import ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
 from common.saga.log import SagaLog

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from common.bus import ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.errors import Unavailable
 from common.messages import ORDER_STATUS_UPDATE, PAYMENT, STOCK
 from common.participant import build_participant

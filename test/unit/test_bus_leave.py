@@ -16,8 +16,8 @@ from aiokafka.client import AIOKafkaClient, ConnectionGroup
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from common import bus as bus_module
-from common.bus import ConsumerLoop
+from common import consumer as consumer_module
+from common.consumer import ConsumerLoop
 from common.messages import STOCK, StockUpdateRequested, encode
 from common.settings import Settings, load_settings
 from common.types import Outgoing
@@ -113,7 +113,7 @@ class FakeBus:
 
 def make_loop(monkeypatch: pytest.MonkeyPatch, group_id: str | None, handled: list[str]) -> Any:
     FakeConsumer.events = []
-    monkeypatch.setattr(bus_module, "AIOKafkaConsumer", FakeConsumer)
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", FakeConsumer)
 
     async def handle(message: StockUpdateRequested) -> list[Outgoing]:
         FakeConsumer.events.append(("handling", message.order_id))

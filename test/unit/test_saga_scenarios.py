@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka.structs import TopicPartition
 
-from common.bus import ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.errors import Refused, Unavailable
 from common.ledger import LUA_DIR, Ledger
 from common.messages import (
