@@ -16,8 +16,8 @@ from typing import Any
 
 from common.ledger import OP_RECORD_TTL_S, Ledger
 from common.observability.tracing import trace_id_for
-from common.saga.log import SagaState
 from common.saga.orchestrator import Clock, Orchestrator, now_ms
+from common.saga.state import SagaState
 from common.settings import Settings
 from common.store import Store
 from common.terms import ITEMS, TAKEN_PREFIX, USERS, SagaStatus, Taken

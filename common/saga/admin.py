@@ -13,8 +13,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 from common.effects import Effects
-from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator
+from common.saga.state import SagaState
 from common.terms import LIVE, AbortReason, SagaStatus
 from common.types import Outgoing, Publisher, Storage
 

@@ -7,14 +7,14 @@ import json
 import random
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from common.saga.definition import SagaDefinition, SagaRun
-from common.terms import ENDED, LIVE
+from common.saga.definition import SagaDefinition
+from common.saga.state import SagaState, TurnedBack
+from common.terms import ENDED
 from common.types import Arg, ScriptCall, Storage
 
 INDEX_SHARDS = 16
@@ -30,46 +30,6 @@ _FIELDS = (
     "saga_started",
     "saga_done_by",
 )
-
-
-@dataclass(frozen=True)
-class SagaState:
-    """Where one saga stands."""
-
-    saga_id: str
-    status: str
-    step: int
-    updated: int
-    deadline: int
-    resends: int
-    snapshot: dict[str, str]
-    reason: str
-    started: int
-    done_by: str = ""  # the saga that last made the entity done (kept across a reset)
-    done: bool = False  # the entity's done field (an order's ``paid``) now
-
-    @property
-    def live(self) -> bool:
-        return self.status in LIVE
-
-    def run(self, entity_id: str) -> SagaRun:
-        return SagaRun(
-            saga_id=self.saga_id,
-            entity_id=entity_id,
-            snapshot=self.snapshot,
-            started=self.started,
-        )
-
-
-@dataclass(frozen=True)
-class TurnedBack:
-    """A live saga an entity's reset found: turned back then, or already turning back."""
-
-    entity_id: str
-    saga_id: str
-    step: int
-    snapshot: dict[str, str]
-    started: int
 
 
 class SagaLog:

@@ -15,7 +15,8 @@ from typing import Any
 from common.messages import Message
 from common.observability import telemetry
 from common.saga.definition import SagaDefinition, SagaRun
-from common.saga.log import SagaLog, SagaState
+from common.saga.log import SagaLog
+from common.saga.state import SagaState
 from common.terms import ReplyKind, SagaStatus
 from common.types import Handler, Outgoing
 

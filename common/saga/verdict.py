@@ -17,8 +17,8 @@ from functools import partial
 from common.effects import Effects
 from common.errors import Unavailable
 from common.observability import telemetry
-from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator, Outcome, Started
+from common.saga.state import SagaState
 from common.saga.waiters import Verdict, Waiters
 from common.terms import AbortReason, SagaStatus
 from common.types import Publisher, Storage

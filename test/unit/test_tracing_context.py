@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from common.messages import StockUpdated, StockUpdateRequested
 from common.observability import logs, telemetry, tracing
 from common.saga import SagaRun
-from common.saga.log import SagaState
+from common.saga.state import SagaState
 from common.settings import load_settings
 from order.saga import CHECKOUT
 
