@@ -30,7 +30,7 @@ from order.saga import order_key
 from payment.handlers import handlers as payment_handlers
 from stock.handlers import handlers as stock_handlers
 from test.unit.fake_bus import FakeBus
-from test.unit.fake_redis import MASTERS, FakeRedis
+from test.unit.fake_redis import MASTERS, FakeRedis, master_of
 from test.unit.fake_store import FakeStore, Gate, no_gate
 
 STEP_MS, DEADLINE_MS = 2000, 10_000
@@ -175,9 +175,11 @@ def checkout_edge(
     return Checkout(verdicts)
 
 
-def one_unpaid_order(redis: FakeRedis, *, user: str = "u1", total: int = 3) -> str:
-    """A fresh one-line order of ``user``, replicated everywhere."""
-    order_id = next(fresh_ids("o"))
+def one_unpaid_order(
+    redis: FakeRedis, *, user: str = "u1", total: int = 3, order_id: str = ""
+) -> str:
+    """A one-line order of ``user`` (a fresh id unless given), replicated everywhere."""
+    order_id = order_id or next(fresh_ids("o"))
     redis.hset(
         order_key(order_id),
         {
@@ -310,3 +312,14 @@ class Services:
                 await self.consumers[group]._process({TopicPartition(topic, partition): records})
                 self.bus.commit(group, topic, partition, end, self.bus.epoch)
                 handled += end - start
+
+
+def order_apart_from_its_shard(redis: FakeRedis, log: SagaLog) -> str:
+    """``one_unpaid_order`` of an id whose in-flight index shard lives on another master than
+    the order itself (so a failover can take one and not the other)."""
+    order_id = next(
+        o
+        for o in fresh_ids("o")
+        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
+    )
+    return one_unpaid_order(redis, order_id=order_id)

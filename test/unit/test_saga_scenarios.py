@@ -44,6 +44,7 @@ from test.unit.scenario_kit import (
     one_unpaid_order,
     orchestrator_loop,
     orchestrator_over,
+    order_apart_from_its_shard,
     sweeper_of,
     until,
 )
@@ -62,17 +63,7 @@ async def test_a_started_saga_stays_indexed_across_a_failover(
     store.load_scripts(LUA_DIR)
     orchestrator = orchestrator_over(store, clock)
     log = orchestrator.log
-    # An order whose index shard lives on another master than the order itself.
-    order_id = next(
-        o
-        for o in fresh_ids("o")
-        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
-    )
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    order_id = order_apart_from_its_shard(redis, log)
 
     # Checkout._start: the start, replicated (the saga's state is now safe on a replica).
     started = await store.durable(lambda: orchestrator.start(order_id))
@@ -354,16 +345,7 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     store.one_round_trip = False  # the one-by-one start (slot map moved, script not loaded...)
     orchestrator = orchestrator_over(store, clock)
     log = orchestrator.log
-    order_id = next(
-        o
-        for o in fresh_ids("o")
-        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
-    )
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    order_id = order_apart_from_its_shard(redis, log)
     # Checkout._start: the start under durable(); the index shard's master fails over before
     # the barrier, so durable() runs the start again.
     release = asyncio.Event()
