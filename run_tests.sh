@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one check command, for people and CI: installs what is missing, then runs
-#   1. ruff check ., then mypy (strict, on common/ and the services)
+#   1. ruff check ., then mypy (strict, on common/, the services and test/unit with its fakes)
 #   2. unit tests (test/unit, no I/O)
 #   3. on a fresh local stack of its own: test/integration, test/system,
 #      test/run_consistency_test.py, test/faults
@@ -123,7 +123,7 @@ main() {
     section "ruff check"
     step ruff "$VENV_DIR/bin/ruff" check .
 
-    section "mypy (strict: common, order, stock, payment; see pyproject.toml)"
+    section "mypy (strict: common, order, stock, payment, test/unit; see pyproject.toml)"
     step mypy "$PYTHON" -m mypy
 
     pytest_dir test/unit "$@"

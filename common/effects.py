@@ -16,25 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
 
-from common.store import Store
-
-if TYPE_CHECKING:
-    from common.bus import Outgoing
+from common.types import Outgoing, Publisher, Replicating, Written
 
 log = logging.getLogger(__name__)
-
-
-class Publisher(Protocol):
-    """What ``Effects`` needs of the bus."""
-
-    async def publish(
-        self, messages: Sequence[Outgoing], *, acknowledged: bool = True
-    ) -> None: ...
-
 
 class Effects:
     """Tracks the writes of one block, replicates them on exit, then publishes what was sent.
@@ -46,7 +33,7 @@ class Effects:
 
     def __init__(
         self,
-        store: Store | None,
+        store: Replicating | None,
         bus: Publisher,
         *,
         acknowledged: bool = True,
@@ -57,7 +44,7 @@ class Effects:
         self._acknowledged = acknowledged
         self._best_effort = best_effort
         self._tracking: contextlib.ExitStack | None = None
-        self._written: dict[str, str] = {}
+        self._written: Written = {}
         self._outgoing: list[Outgoing] = []
         self._cancelled = False
 

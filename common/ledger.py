@@ -12,8 +12,8 @@ from pathlib import Path
 
 from common.errors import NotFound, Refused
 from common.observability import telemetry
-from common.store import Arg, Store
 from common.terms import LedgerKind, Taken
+from common.types import Arg, Storage
 
 __all__ = ["BALANCE_LIMIT", "LUA_DIR", "Ledger", "Taken"]
 
@@ -30,13 +30,13 @@ REQUEST_RECORD_TTL_S = 3600
 class Ledger:
     """Entities ``{prefix:id}`` of one ledger ``kind`` (its counted field) in ``store``."""
 
-    def __init__(self, store: Store, kind: LedgerKind) -> None:
+    def __init__(self, store: Storage, kind: LedgerKind) -> None:
         self._store = store
         self._kind = kind.prefix
         self.field = kind.field
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Storage:
         return self._store
 
     def key(self, entity_id: str) -> str:

@@ -8,7 +8,7 @@ in one partition, in order.
 
 from __future__ import annotations
 
-from typing import Final, TypedDict
+from typing import ClassVar, Final, TypedDict
 
 import msgspec
 
@@ -46,14 +46,29 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=T
     trace_id: str = ""
     started: int = 0
 
+    NOTABLE: ClassVar[bool] = False
+    """Logged when sent even with LOG_MESSAGES off: failures, compensations (not on the wire)."""
+
+    @property
+    def notable(self) -> bool:
+        """Whether sending this message is worth a log line whatever LOG_MESSAGES says."""
+        return self.NOTABLE
+
+    @property
+    def entity_id(self) -> str:
+        """The entity whose saga this is, and the partition key: the generic saga code's name
+        for ``order_id`` (the wire's, kept so that every version reads every message)."""
+        return self.order_id
+
     def reply_ids(self) -> SagaIds:
         """The ids a reply to this message carries (same saga, key, trace and start)."""
-        return {
-            "saga_id": self.saga_id,
-            "order_id": self.order_id,
-            "trace_id": self.trace_id,
-            "started": self.started,
-        }
+        return saga_ids(self.saga_id, self.order_id, self.trace_id, self.started)
+
+
+def saga_ids(saga_id: str, entity_id: str, trace_id: str = "", started: int = 0) -> SagaIds:
+    """The fields every message of saga ``saga_id`` of ``entity_id`` carries (the entity is
+    an order: the wire calls it ``order_id``)."""
+    return {"saga_id": saga_id, "order_id": entity_id, "trace_id": trace_id, "started": started}
 
 
 Lines = tuple[tuple[str, int], ...]
@@ -69,6 +84,8 @@ class StockUpdateRequested(Message, frozen=True, kw_only=True, tag=True):
 class StockCompensationRequested(Message, frozen=True, kw_only=True, tag=True):
     """Give back what the saga reserved; if it reserved nothing, refuse it from now on."""
 
+    NOTABLE = True
+
     items: Lines
 
 
@@ -80,11 +97,15 @@ class StockUpdated(Message, frozen=True, kw_only=True, tag=True):
 class StockUpdateFailed(Message, frozen=True, kw_only=True, tag=True):
     """Nothing is reserved (lines already taken were given back)."""
 
+    NOTABLE = True
+
     reason: str
 
 
 class StockCompensated(Message, frozen=True, kw_only=True, tag=True):
     """The saga holds no stock, and never will."""
+
+    NOTABLE = True
 
 
 # --- PAYMENT: commands to payment ---------------------------------------------------------------
@@ -98,6 +119,8 @@ class PaymentRequested(Message, frozen=True, kw_only=True, tag=True):
 class PaymentCancelRequested(Message, frozen=True, kw_only=True, tag=True):
     """Refund the saga's charge if it happened; refuse the charge from now on if not."""
 
+    NOTABLE = True
+
     user_id: str
     amount: int
 
@@ -110,11 +133,15 @@ class PaymentCompleted(Message, frozen=True, kw_only=True, tag=True):
 class PaymentFailed(Message, frozen=True, kw_only=True, tag=True):
     """The user was not charged."""
 
+    NOTABLE = True
+
     reason: str
 
 
 class PaymentCancelled(Message, frozen=True, kw_only=True, tag=True):
     """The saga holds no money of the user, and never will."""
+
+    NOTABLE = True
 
 
 # --- ORDER_STATUS_UPDATE: outcomes, read by every order worker ----------------------------------
@@ -123,6 +150,10 @@ class CheckoutFinished(Message, frozen=True, kw_only=True, tag=True):
 
     paid: bool
     reason: str = ""
+
+    @property
+    def notable(self) -> bool:
+        return not self.paid
 
 
 StockCommand = StockUpdateRequested | StockCompensationRequested

@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from common.bus import Bus, ConsumerLoop, Handler
+from common.bus import Bus
+from common.consumer import ConsumerLoop
 from common.ledger import LUA_DIR, Ledger
 from common.service import Runtime
 from common.settings import Settings
 from common.store import Store
 from common.terms import LedgerKind
+from common.types import Handler, MessageBus, Storage
 
 MAX_BATCH = 1_000_000
 """The most entities one ``batch_init`` may create."""
@@ -33,8 +35,8 @@ def build_participant(
     topic: str,
     handlers: Callable[[Ledger], Mapping[type, Handler]],
     *,
-    store: Store | None = None,
-    bus: Bus | None = None,
+    store: Storage | None = None,
+    bus: MessageBus | None = None,
 ) -> Participant:
     """The ledger of ``kind`` and a runtime that consumes ``topic`` (in the consumer group named
     after the service) with ``handlers(ledger)``. Nothing connects until the app serves."""

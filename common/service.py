@@ -12,18 +12,18 @@ from typing import Protocol
 
 from quart import Quart
 
-from common.bus import Bus, ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.http import create_app
 from common.observability import telemetry
 from common.observability.monitoring import install
 from common.settings import Settings
-from common.store import Store
+from common.types import MessageBus, Storage
 
 log = logging.getLogger(__name__)
 
 PART_STOP_S = 15.0
 """The most one part's stop may take before shutdown moves on to the next (a consumer loop's
-graceful stop is bounded well inside this; see common/bus.py)."""
+graceful stop is bounded well inside this; see common/consumer.py)."""
 
 
 class Lifecycle(Protocol):
@@ -42,8 +42,8 @@ class Runtime:
     """A service's clients, started in list order and stopped in reverse."""
 
     settings: Settings
-    store: Store
-    bus: Bus
+    store: Storage
+    bus: MessageBus
     components: list[Lifecycle] = field(default_factory=list)
 
     def app(self, name: str, extra: Sequence[Lifecycle] = ()) -> Quart:

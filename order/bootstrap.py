@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from common.bus import Bus, ConsumerLoop, Outgoing
+from common.bus import Bus
+from common.consumer import ConsumerLoop
 from common.ledger import LUA_DIR
 from common.messages import (
     ORDER_STATUS_UPDATE,
@@ -23,10 +24,12 @@ from common.messages import (
 from common.saga.log import INDEX_SHARDS, SagaLog
 from common.saga.orchestrator import Clock, Orchestrator, now_ms
 from common.saga.sweeper import Sweeper
+from common.saga.verdict import Verdicts
 from common.saga.waiters import Waiters
 from common.service import Runtime
 from common.settings import Settings
 from common.store import Store
+from common.types import MessageBus, Outgoing, Storage
 from order.checkout import Checkout
 from order.orders import Orders
 from order.saga import CHECKOUT
@@ -42,8 +45,8 @@ class OrderService:
     """One order worker's objects."""
 
     settings: Settings
-    store: Store
-    bus: Bus
+    store: Storage
+    bus: MessageBus
     orchestrator: Orchestrator
     orders: Orders
     waiters: Waiters
@@ -58,7 +61,7 @@ class OrderService:
 
 
 def checkout_orchestrator(
-    store: Store,
+    store: Storage,
     *,
     step_timeout_ms: int,
     deadline_ms: int,
@@ -76,8 +79,8 @@ def checkout_orchestrator(
 def build(
     settings: Settings,
     *,
-    store: Store | None = None,
-    bus: Bus | None = None,
+    store: Storage | None = None,
+    bus: MessageBus | None = None,
     waiters: Waiters | None = None,
     clock: Clock = now_ms,
     rng: random.Random | None = None,
@@ -96,7 +99,7 @@ def build(
         rng=rng,
         index_shards=index_shards,
     )
-    checkout = Checkout(
+    verdicts = Verdicts(
         orchestrator,
         store,
         bus,
@@ -138,7 +141,7 @@ def build(
         orchestrator=orchestrator,
         orders=Orders(store, orchestrator, bus),
         waiters=waiters,
-        checkout=checkout,
+        checkout=Checkout(verdicts),
         stock=stock,
         replies=replies,
         outcomes=outcomes,

@@ -1,172 +1,28 @@
-"""The HTTP side of checkout: start or join the order's saga, then answer only with its
-verdict: 200 once paid, 400 once not paid and nothing held. Never 5xx, never early.
-
-Two budgets: a saga still running ``timeout_ms`` after it began is turned back (its
-compensations give back what it holds), and the answer waits for the saga's end until
-``answer_ms`` after the request came in, which stays below the gateway's read timeout (60 s)."""
+"""The HTTP side of checkout: the checkout saga's verdict (``common/saga/verdict.py``: start or
+join the order's saga, turn it back past its timeout, wait for its end) told as HTTP: 200 once
+paid, 400 once not paid and nothing held, 404 for an unknown order. Never 5xx, never early."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from functools import partial
-
-from common.bus import Bus
-from common.effects import Effects
-from common.errors import NotFound, Refused, Unavailable
-from common.observability import telemetry
-from common.saga.log import SagaState
-from common.saga.orchestrator import Orchestrator, Outcome, Started
-from common.saga.waiters import Verdict, Waiters
-from common.store import Store
-from common.terms import AbortReason, SagaStatus
-
-log = logging.getLogger(__name__)
-
-_ROUND_S = 1.0
-"""How often a checkout past its timeout reads its saga again (and turns it back if it runs)."""
+from common.errors import NotFound, Refused
+from common.saga.orchestrator import Outcome
+from common.saga.verdict import Verdicts
 
 
 class Checkout:
     """``await checkout(order_id)`` returns when the order is paid, raises Refused if not."""
 
-    def __init__(
-        self,
-        orchestrator: Orchestrator,
-        store: Store,
-        bus: Bus,
-        waiters: Waiters,
-        *,
-        timeout_ms: int,
-        answer_ms: int,
-    ) -> None:
-        self._orch = orchestrator
-        self._store = store
-        self._bus = bus
-        self._waiters = waiters
-        self._timeout_s = timeout_ms / 1000
-        self._answer_s = max(answer_ms, timeout_ms) / 1000
+    def __init__(self, verdicts: Verdicts) -> None:
+        self._verdicts = verdicts
 
     async def __call__(self, order_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        answer_by = loop.time() + self._answer_s
-        # A client that hangs up (or a gateway that gives up on this worker) cancels this
-        # handler; the start and its first command are shielded from that, so a saga that
-        # began always moves on at once instead of waiting for the sweeper's re-send.
-        begin = asyncio.ensure_future(self._begin(order_id, answer_by))
-        begin.add_done_callback(_retrieve)
-        started = await asyncio.shield(begin)
-        telemetry.saga_begun(self._orch.definition.name, started.outcome.value, started.saga_id)
-        if started.outcome is Outcome.UNKNOWN:
+        answer = await self._verdicts(order_id)
+        if answer.outcome is Outcome.UNKNOWN:
             raise NotFound(f"order {order_id!r} not found")
-        if started.outcome is Outcome.DONE:
-            return
-        if started.outcome is Outcome.TOO_BIG:
+        if answer.outcome is Outcome.TOO_BIG:
             raise Refused(f"order {order_id!r} is too big to check out")
-        saga_id = started.saga_id
-        poll = partial(self._poll, order_id, saga_id)
-        forward_s = min(self._timeout_s, answer_by - loop.time())
-        verdict = await self._waiters.wait(saga_id, poll, forward_s)
-        if verdict is None:
-            verdict = await self._decide(order_id, saga_id, answer_by)
-        paid, reason = verdict
-        telemetry.saga_answered(paid)
+        if answer.verdict is None:  # Outcome.DONE: paid already
+            return
+        paid, reason = answer.verdict
         if not paid:
             raise Refused(f"order {order_id!r} not paid: {reason or 'checkout failed'}")
-
-    async def _begin(self, order_id: str, answer_by: float) -> Started:
-        trace_id = ""  # the saga's own: derived from its id (common/observability/tracing.py)
-        # The saga's start is replicated before its first command goes out (or re-run, if a
-        # failover may have erased it: the start then finds its own saga, or starts anew).
-        started = await self._start(order_id, trace_id, answer_by)
-        if started.outcome is Outcome.STARTED:
-            try:
-                await self._bus.publish(started.commands, acknowledged=False)
-            except Exception as exc:  # the saga is logged and indexed: the sweeper re-sends
-                log.warning(
-                    "publishing %s failed (%r); the sweeper will re-send", started.saga_id, exc
-                )
-        return started
-
-    async def _start(self, order_id: str, trace_id: str, answer_by: float) -> Started:
-        """Start or join the saga, retrying while the order's Redis is unavailable (a failover
-        takes seconds, a replica may be resyncing); only past the answer budget does
-        Unavailable reach the client (the start may then exist unreplicated: its outcome is
-        unknown)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                return await self._store.durable(lambda: self._orch.start(order_id, trace_id))
-            except Unavailable:
-                if loop.time() > answer_by:
-                    raise
-                await asyncio.sleep(0.2)
-
-    async def _poll(self, order_id: str, saga_id: str) -> Verdict | None:
-        try:
-            state = await self._orch.log.read(order_id)
-            if verdict_of(state, saga_id) is not None:
-                state = await self._orch.log.read_durably(order_id)  # an answer rests on it
-        except Unavailable:
-            return None  # keep waiting: the verdict may still arrive on the bus
-        return verdict_of(state, saga_id)
-
-    async def _decide(self, order_id: str, saga_id: str, answer_by: float) -> Verdict:
-        """Past the timeout: turn a still-running saga back (again if it moved meanwhile), then
-        wait for its end until ``answer_by``, so that a 400 means not paid and nothing held."""
-        loop = asyncio.get_running_loop()
-        poll = partial(self._poll, order_id, saga_id)
-        state: SagaState | None = None
-        while True:
-            try:
-                state = await self._orch.log.read_durably(order_id)
-                verdict = verdict_of(state, saga_id)
-                if verdict is not None:
-                    return verdict
-                if state is not None and state.status == SagaStatus.RUNNING:
-                    await self._turn_back(order_id, state)
-                    continue  # read what that did (or what moved the saga meanwhile)
-            except Unavailable as exc:
-                log.warning("deciding %s: %r", saga_id, exc)
-            left = answer_by - loop.time()
-            if left <= 0:
-                break
-            verdict = await self._waiters.wait(saga_id, poll, min(left, _ROUND_S))
-            if verdict is not None:
-                return verdict
-        ours = state is not None and state.saga_id == saga_id
-        if ours and state is not None and state.status == SagaStatus.COMPENSATING:
-            # Not paid, and it never will be, but its compensation did not finish within the
-            # answer budget (a participant unreachable all along): what it holds is given back
-            # when the participant returns. Any other answer would be less true (a 5xx counts
-            # as a success).
-            log.warning("saga %s still compensating at the answer budget: 400", saga_id)
-            return (False, "checkout timed out; its reservation is still being given back")
-        raise Unavailable(f"saga {saga_id} undecided after the answer budget")
-
-    async def _turn_back(self, order_id: str, state: SagaState) -> None:
-        """Abort the running saga (nothing, if it moved since ``state`` was read)."""
-        # A failed publish is only logged: the sweeper re-sends the compensation.
-        async with Effects(self._store, self._bus, best_effort=True) as fx:
-            fx.send(await self._orch.abort(order_id, state, AbortReason.CHECKOUT_TIMEOUT))
-
-
-def verdict_of(state: SagaState | None, saga_id: str) -> Verdict | None:
-    """What the saga log answers for ``saga_id``: None while the saga is live."""
-    if state is None:
-        return (False, "order vanished")
-    if state.saga_id != saga_id:
-        # Ours ended and another began: ours paid the order (and a reset came since), or the
-        # order tells the truth.
-        return (state.done_by == saga_id or state.done, "checkout failed")
-    if state.status == SagaStatus.SUCCEEDED:
-        return (True, "")
-    if state.status == SagaStatus.FAILED:
-        return (False, state.reason)
-    return None
-
-
-def _retrieve(task: asyncio.Future[Started]) -> None:
-    """Mark a shielded start's failure as seen: its handler, when still there, reports it."""
-    if not task.cancelled():
-        task.exception()

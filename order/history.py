@@ -16,11 +16,12 @@ from typing import Any
 
 from common.ledger import OP_RECORD_TTL_S, Ledger
 from common.observability.tracing import trace_id_for
-from common.saga.log import SagaState
 from common.saga.orchestrator import Clock, Orchestrator, now_ms
+from common.saga.state import SagaState
 from common.settings import Settings
 from common.store import Store
 from common.terms import ITEMS, TAKEN_PREFIX, USERS, SagaStatus, Taken
+from common.types import Storage
 from order.saga import CHECKOUT, order_key
 
 _RECORD_MEANING = {
@@ -101,7 +102,7 @@ def _meaning(record: str | None) -> str:
 
 
 async def describe(
-    store: Store, orchestrator: Orchestrator, participants: Participants, order_id: str
+    store: Storage, orchestrator: Orchestrator, participants: Participants, order_id: str
 ) -> dict[str, Any]:
     """Everything ``show`` prints, as a JSON-able dict."""
     now = orchestrator.clock()
@@ -130,7 +131,7 @@ async def describe(
         "attempts": int(attempts or 0),
         "reset_at_ms": int(reset_at) if reset_at else None,
     }
-    state = await orchestrator.log.read(order_id)
+    state = await orchestrator.read(order_id)
     if state is None or not state.saga_id:
         return report
     steps = [step.name for step in CHECKOUT.steps]

@@ -9,11 +9,10 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from common.bus import Bus
 from common.errors import NotFound, Refused
 from common.ledger import BALANCE_LIMIT, REQUEST_RECORD_TTL_S
 from common.saga.orchestrator import Orchestrator
-from common.store import Arg, Store
+from common.types import Arg, Publisher, Storage
 from order.saga import order_key
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ _ADD_ITEM_REFUSALS = {
 class Orders:
     """Creating, finding and filling orders; ``batch_init`` resets them under their sagas."""
 
-    def __init__(self, store: Store, checkout: Orchestrator, bus: Bus) -> None:
+    def __init__(self, store: Storage, checkout: Orchestrator, bus: Publisher) -> None:
         self._store = store
         self._checkout = checkout
         self._bus = bus

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from quart import Quart, Response
 
-from common.bus import Bus
 from common.errors import BadRequest
 from common.http import json_response, new_entity_id, parse_number, request_id
 from common.messages import PAYMENT
 from common.participant import MAX_BATCH, build_participant
 from common.settings import Settings, load_settings
-from common.store import Store
 from common.terms import USERS
+from common.types import MessageBus, Storage
 from payment.handlers import handlers
 
 
 def create_app(
-    settings: Settings | None = None, *, store: Store | None = None, bus: Bus | None = None
+    settings: Settings | None = None, *, store: Storage | None = None, bus: MessageBus | None = None
 ) -> Quart:
     """Payment's app: the user ledger, its PAYMENT consumer, and the routes below."""
     payment = build_participant(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from common.bus import Handler, Outgoing
 from common.ledger import Ledger, Taken
 from common.messages import (
     PAYMENT_PROCESSING,
@@ -15,6 +14,7 @@ from common.messages import (
     PaymentFailed,
     PaymentRequested,
 )
+from common.types import Handler, Outgoing
 
 _REASONS = {
     Taken.SHORT: "not enough credit",

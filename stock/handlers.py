@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Sequence
 from functools import partial
 
-from common.bus import Handler, Outgoing
 from common.ledger import Ledger, Taken
 from common.messages import (
     STOCK_PROCESSING,
@@ -18,6 +17,7 @@ from common.messages import (
     StockUpdateRequested,
     bounded_reason,
 )
+from common.types import Handler, Outgoing
 
 
 def merge_lines(lines: Lines) -> dict[str, int]:

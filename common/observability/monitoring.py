@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from aiokafka.errors import IllegalStateError, KafkaError
 from quart import Quart, Response, request
 
-from common.bus import ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.observability import logs, metrics, telemetry, tracing
 from common.settings import Settings
 from common.tasks import cancel

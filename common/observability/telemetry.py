@@ -27,8 +27,6 @@ _children: dict[tuple[Any, ...], Any] = {}
 _begun: ContextVar[tuple[str, float, Any] | None] = ContextVar("saga_begun", default=None)
 
 _ABORT_REASONS = frozenset(AbortReason)
-_NOTABLE_WORDS = ("Fail", "Compensat", "Cancel")
-_notable_types: dict[type, bool] = {}
 
 
 class _Step(Protocol):
@@ -73,7 +71,7 @@ def headers(message: Any) -> list[tuple[str, bytes]]:
     kind = type(message)
     _child(metrics.MESSAGES_PUBLISHED, _service, kind.__name__).inc()
     trace_id = tracing.trace_of(message)
-    if _log_messages or _notable(message):
+    if _log_messages or message.notable:
         log.info(
             "sent %s%s",
             kind.__name__,
@@ -83,15 +81,6 @@ def headers(message: Any) -> list[tuple[str, bytes]]:
     return [
         (tracing.TRACEPARENT, tracing.traceparent(trace_id, tracing.outgoing_span(message.saga_id)))
     ]
-
-
-def _notable(message: Any) -> bool:
-    """Failures, compensations and unpaid outcomes are logged even when LOG_MESSAGES is off."""
-    kind = type(message)
-    notable = _notable_types.get(kind)
-    if notable is None:
-        notable = _notable_types[kind] = any(w in kind.__name__ for w in _NOTABLE_WORDS)
-    return notable or getattr(message, "paid", True) is False
 
 
 def received(message: Any, record_headers: Any) -> None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from common.bus import Bus, Outgoing
 from common.effects import Effects
-from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator
-from common.store import Store
+from common.saga.state import SagaState
 from common.terms import LIVE, AbortReason, SagaStatus
+from common.types import Outgoing, Publisher, Storage
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class Action:
 class SagaAdmin:
     """Operator actions on the sagas of one orchestrator."""
 
-    def __init__(self, orchestrator: Orchestrator, store: Store, bus: Bus) -> None:
+    def __init__(self, orchestrator: Orchestrator, store: Storage, bus: Publisher) -> None:
         self._orch = orchestrator
         self._log = orchestrator.log
         self._store = store
@@ -57,10 +56,8 @@ class SagaAdmin:
         entries: dict[str, float] = {}
         for shard in range(self._log.index_shards):
             key = self._log.shard_key(shard)
-            rows = await self._store.retrying(
-                lambda key=key: self._store.cluster.zrange(key, 0, -1, withscores=True)
-            )
-            entries.update((member.decode(), float(score)) for member, score in rows)
+            rows = await self._store.zrange_scored(key)
+            entries.update((member.decode(), score) for member, score in rows)
         limit = asyncio.Semaphore(32)
 
         async def look(entity_id: str) -> SagaState | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.messages import MAX_MESSAGE_BYTES, Message, SagaIds
+from common.messages import MAX_MESSAGE_BYTES, Message, SagaIds, saga_ids
 from common.observability.tracing import trace_id_for
 from common.terms import ReplyKind
 
@@ -30,12 +30,7 @@ class SagaRun:
     @property
     def ids(self) -> SagaIds:
         """The fields every message of this saga carries."""
-        return {
-            "saga_id": self.saga_id,
-            "order_id": self.entity_id,
-            "trace_id": self.trace_id,
-            "started": self.started,
-        }
+        return saga_ids(self.saga_id, self.entity_id, self.trace_id, self.started)
 
     def json(self, name: str) -> Any:
         """A snapshotted field that holds JSON text."""

@@ -7,15 +7,15 @@ import json
 import random
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from common.saga.definition import SagaDefinition, SagaRun
-from common.store import Arg, ScriptCall, Store
-from common.terms import ENDED, LIVE
+from common.saga.definition import SagaDefinition
+from common.saga.state import SagaState, TurnedBack
+from common.terms import ENDED
+from common.types import Arg, ScriptCall, Storage
 
 INDEX_SHARDS = 16
 _FIELDS = (
@@ -32,52 +32,12 @@ _FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class SagaState:
-    """Where one saga stands."""
-
-    saga_id: str
-    status: str
-    step: int
-    updated: int
-    deadline: int
-    resends: int
-    snapshot: dict[str, str]
-    reason: str
-    started: int
-    done_by: str = ""  # the saga that last made the entity done (kept across a reset)
-    done: bool = False  # the entity's done field (an order's ``paid``) now
-
-    @property
-    def live(self) -> bool:
-        return self.status in LIVE
-
-    def run(self, entity_id: str) -> SagaRun:
-        return SagaRun(
-            saga_id=self.saga_id,
-            entity_id=entity_id,
-            snapshot=self.snapshot,
-            started=self.started,
-        )
-
-
-@dataclass(frozen=True)
-class TurnedBack:
-    """A live saga an entity's reset found: turned back then, or already turning back."""
-
-    entity_id: str
-    saga_id: str
-    step: int
-    snapshot: dict[str, str]
-    started: int
-
-
 class SagaLog:
     """Reads and compare-and-sets the saga state of ``definition``'s entities in ``store``."""
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         definition: SagaDefinition,
         *,
         rng: random.Random | None = None,
@@ -285,14 +245,14 @@ class SagaLog:
         score = due + self._rng.random()
 
         async def add() -> None:
-            await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: score}))
+            await self._store.zadd(key, {entity_id: score})
             self._store.wrote(key)
 
         await (self._store.durable(add) if durable else add())
 
     async def index_reschedule(self, entity_id: str, due: int, shard: int) -> None:
         key = self.shard_key(shard)
-        await self._store.retrying(lambda: self._store.cluster.zadd(key, {entity_id: due}, xx=True))
+        await self._store.zadd(key, {entity_id: due}, xx=True)
 
     async def index_drop(self, entity_id: str, score: float, shard: int) -> None:
         """Remove the entry unless a new saga re-registered the entity after it was read."""

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from common.bus import Handler, Outgoing
 from common.messages import Message
 from common.observability import telemetry
 from common.saga.definition import SagaDefinition, SagaRun
-from common.saga.log import SagaLog, SagaState
+from common.saga.log import SagaLog
+from common.saga.state import SagaState
 from common.terms import ReplyKind, SagaStatus
+from common.types import Handler, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Outcome(Enum):
 
     STARTED = "started"
     JOINED = "joined"  # a saga of this entity is live: wait for it
-    DONE = "done"  # the entity is already done (an order already paid)
+    DONE = "done"  # the entity is already done (e.g. an order already paid)
     UNKNOWN = "unknown"
     TOO_BIG = "too_big"  # not started: a message of the saga would not fit in a Kafka record
 
@@ -70,6 +71,14 @@ class Orchestrator:
         self.deadline_ms = deadline_ms
         self.clock = clock
 
+    async def read(self, entity_id: str) -> SagaState | None:
+        """Where the entity's saga stands (None for an unknown entity), as its master has it."""
+        return await self.log.read(entity_id)
+
+    async def read_durably(self, entity_id: str) -> SagaState | None:
+        """``read``, returned once a replica holds what was read: for an answer resting on it."""
+        return await self.log.read_durably(entity_id)
+
     async def start(self, entity_id: str, trace_id: str = "") -> Started:
         """Start a saga for ``entity_id`` unless one is live or the entity is done.
 
@@ -81,7 +90,7 @@ class Orchestrator:
         due = now + self.step_timeout_ms
         deadline = now + self.deadline_ms
         found = await self.log.begin_indexed(entity_id, now=now, deadline=deadline, due=due)
-        if found is None:  # the slow path: look first, so that a done order is not indexed
+        if found is None:  # the slow path: look first, so that a done entity is not indexed
             found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
             if found[0] == "JOINED":
                 await self.log.index_add(entity_id, self.clock() + self.step_timeout_ms)
@@ -144,7 +153,7 @@ class Orchestrator:
             to = (SagaStatus.FAILED, -1) if index == 0 else (SagaStatus.COMPENSATING, index - 1)
         reason = getattr(message, "reason", "")
         moved = await self.log.move(
-            message.order_id, message.saga_id, frm, to, now=self.clock(), reason=reason
+            message.entity_id, message.saga_id, frm, to, now=self.clock(), reason=reason
         )
         telemetry.saga_reply(self.definition, index, kind, to, moved is not None)
         if moved is None:
@@ -153,7 +162,7 @@ class Orchestrator:
         snapshot, reason = moved
         run = SagaRun(
             saga_id=message.saga_id,
-            entity_id=message.order_id,
+            entity_id=message.entity_id,
             snapshot=snapshot,
             trace_id=message.trace_id,
             started=message.started,  # every message of the saga carries its start

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common.bus import Bus, Outgoing
 from common.effects import Effects
 from common.observability import telemetry
 from common.saga.orchestrator import Orchestrator
-from common.store import Store
 from common.tasks import cancel
 from common.terms import AbortReason, SagaStatus
+from common.types import MessageBus, Outgoing, Storage
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,8 @@ class Sweeper:
     def __init__(
         self,
         orchestrator: Orchestrator,
-        store: Store,
-        bus: Bus,
+        store: Storage,
+        bus: MessageBus,
         worker_id: str,
         *,
         interval_ms: int,

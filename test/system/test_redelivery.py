@@ -12,26 +12,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from redis.asyncio.cluster import RedisCluster
 
-from common.messages import (
-    ORDER_STATUS_UPDATE,
-    PAYMENT,
-    PAYMENT_PROCESSING,
-    STOCK,
-    STOCK_PROCESSING,
-    CheckoutFinished,
-    Message,
-    PaymentCancelled,
-    PaymentCancelRequested,
-    PaymentCompleted,
-    PaymentFailed,
-    PaymentRequested,
-    StockCompensated,
-    StockCompensationRequested,
-    StockUpdated,
-    StockUpdateFailed,
-    StockUpdateRequested,
-    encode,
-)
+from common import messages as m
+from common.messages import Message, encode
 from test.client import Api, until
 from test.conftest import Stack
 
@@ -58,24 +40,24 @@ async def test_stock_commands_twice_and_reordered(api: Api, producer: AIOKafkaPr
     marker_item = await api.item(price=1, stock=10)
     key = uuid.uuid4().hex
     once = ids(key)
-    reserve = StockUpdateRequested(**once, items=((item, 3),))
-    await publish(producer, STOCK, reserve, reserve)
+    reserve = m.StockUpdateRequested(**once, items=((item, 3),))
+    await publish(producer, m.STOCK, reserve, reserve)
     # A compensation that arrives before its command leaves a tombstone: the command is refused.
     barred = ids(key)
     await publish(
         producer,
-        STOCK,
-        StockCompensationRequested(**barred, items=((item, 2),)),
-        StockUpdateRequested(**barred, items=((item, 2),)),
-        StockUpdateRequested(**barred, items=((item, 2),)),
+        m.STOCK,
+        m.StockCompensationRequested(**barred, items=((item, 2),)),
+        m.StockUpdateRequested(**barred, items=((item, 2),)),
+        m.StockUpdateRequested(**barred, items=((item, 2),)),
     )
-    await publish(producer, STOCK, StockUpdateRequested(**ids(key), items=((marker_item, 1),)))
+    await publish(producer, m.STOCK, m.StockUpdateRequested(**ids(key), items=((marker_item, 1),)))
     await until(lambda: _equals(api.stock(marker_item), 9))
     assert await api.stock(item) == 7
     # Compensating the first saga twice gives its 3 units back exactly once.
-    release = StockCompensationRequested(**once, items=((item, 3),))
-    await publish(producer, STOCK, release, release, reserve)
-    await publish(producer, STOCK, StockUpdateRequested(**ids(key), items=((marker_item, 1),)))
+    release = m.StockCompensationRequested(**once, items=((item, 3),))
+    await publish(producer, m.STOCK, release, release, reserve)
+    await publish(producer, m.STOCK, m.StockUpdateRequested(**ids(key), items=((marker_item, 1),)))
     await until(lambda: _equals(api.stock(marker_item), 8))
     assert await api.stock(item) == 10
 
@@ -85,21 +67,22 @@ async def test_payment_commands_twice_and_reordered(api: Api, producer: AIOKafka
     marker_user = await api.user(credit=10)
     key = uuid.uuid4().hex
     once = ids(key)
-    charge = PaymentRequested(**once, user_id=user, amount=4)
-    await publish(producer, PAYMENT, charge, charge)
+    charge = m.PaymentRequested(**once, user_id=user, amount=4)
+    await publish(producer, m.PAYMENT, charge, charge)
     barred = ids(key)
     await publish(
         producer,
-        PAYMENT,
-        PaymentCancelRequested(**barred, user_id=user, amount=5),
-        PaymentRequested(**barred, user_id=user, amount=5),
-        PaymentRequested(**ids(key), user_id=marker_user, amount=1),
+        m.PAYMENT,
+        m.PaymentCancelRequested(**barred, user_id=user, amount=5),
+        m.PaymentRequested(**barred, user_id=user, amount=5),
+        m.PaymentRequested(**ids(key), user_id=marker_user, amount=1),
     )
     await until(lambda: _equals(api.credit(marker_user), 9))
     assert await api.credit(user) == 6
-    cancel = PaymentCancelRequested(**once, user_id=user, amount=4)
-    await publish(producer, PAYMENT, cancel, cancel, charge)
-    await publish(producer, PAYMENT, PaymentRequested(**ids(key), user_id=marker_user, amount=1))
+    cancel = m.PaymentCancelRequested(**once, user_id=user, amount=4)
+    await publish(producer, m.PAYMENT, cancel, cancel, charge)
+    marker = m.PaymentRequested(**ids(key), user_id=marker_user, amount=1)
+    await publish(producer, m.PAYMENT, marker)
     await until(lambda: _equals(api.credit(marker_user), 8))
     assert await api.credit(user) == 10
 
@@ -122,19 +105,19 @@ async def test_replies_twice_change_nothing(
         base = {"saga_id": await saga_id_of(nodes, order_id), "order_id": order_id}
         await publish(
             producer,
-            STOCK_PROCESSING,
-            StockUpdated(**base),
-            StockUpdateFailed(**base, reason="replayed"),
-            StockCompensated(**base),
+            m.STOCK_PROCESSING,
+            m.StockUpdated(**base),
+            m.StockUpdateFailed(**base, reason="replayed"),
+            m.StockCompensated(**base),
         )
         await publish(
             producer,
-            PAYMENT_PROCESSING,
-            PaymentCompleted(**base),
-            PaymentFailed(**base, reason="replayed"),
-            PaymentCancelled(**base),
+            m.PAYMENT_PROCESSING,
+            m.PaymentCompleted(**base),
+            m.PaymentFailed(**base, reason="replayed"),
+            m.PaymentCancelled(**base),
         )
-        await publish(producer, ORDER_STATUS_UPDATE, CheckoutFinished(**base, paid=True))
+        await publish(producer, m.ORDER_STATUS_UPDATE, m.CheckoutFinished(**base, paid=True))
     # Markers: checkouts whose replies share the replays' partitions finish only after them.
     await api.ok("POST", f"/payment/add_funds/{poor}/1")
     assert (await api.post(f"/orders/checkout/{failed_order}")).status == 200
@@ -157,7 +140,7 @@ async def saga_id_of(nodes: str, order_id: str) -> str:
 async def order_on_partition_of(
     api: Api, producer: AIOKafkaProducer, user: str, item: str, other: str
 ) -> str:
-    partitions = sorted(await producer.partitions_for(STOCK_PROCESSING))
+    partitions = sorted(await producer.partitions_for(m.STOCK_PROCESSING))
 
     def partition(key: str) -> int:
         return partitions[(murmur2(key.encode()) & 0x7FFFFFFF) % len(partitions)]

@@ -19,6 +19,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
 from common.messages import ALL_TOPICS, Message, encode
+from common.settings import Settings, load_settings
+from common.types import Outgoing
 from test.unit.fake_store import Gate, no_gate
 
 
@@ -73,7 +75,19 @@ class FakeBus:
         self._gate = gate
         self._rng = rng or random.Random(0)
         self._note = note
+        self._settings = load_settings({})
         self.restart(initial=True)
+
+    @property
+    def settings(self) -> Settings:
+        """As ``Bus.settings``: the consumer options' source (no consumer is made here)."""
+        return self._settings
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
 
     def partition(self, key: bytes) -> int:
         return zlib.crc32(key) % self.partitions
@@ -84,7 +98,7 @@ class FakeBus:
         return 0.0
 
     async def publish(
-        self, messages: Sequence[tuple[str, Message]], *, acknowledged: bool = True
+        self, messages: Sequence[Outgoing], *, acknowledged: bool = True
     ) -> None:
         """As ``Bus.publish``: returns once the broker has every message (unless a fault hit;
         an unacknowledged send is one more chance of that, which the drop fault stands for)."""
@@ -92,7 +106,7 @@ class FakeBus:
             return
         await self._gate("publish " + ", ".join(describe(m) for _, m in messages))
         for topic, message in messages:
-            key, payload = message.order_id.encode(), encode(message)
+            key, payload = message.entity_id.encode(), encode(message)
             # As AIOKafkaProducer.send: a record larger than max_request_size is refused there
             # and then (the messages before it in this call were sent).
             size = record_size(key, payload)

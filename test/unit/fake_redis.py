@@ -165,7 +165,7 @@ class FakeRedis:
         return 1
 
     def hget(self, key: str, field: bytes) -> bytes | None:
-        return (self._kind(key, dict) or {}).get(field)  # type: ignore[no-any-return]
+        return (self._kind(key, dict) or {}).get(field)
 
     def hmget(self, key: str, fields: Sequence[bytes]) -> list[bytes | None]:
         h = self._kind(key, dict) or {}
@@ -188,7 +188,7 @@ class FakeRedis:
         return value
 
     def zscore(self, key: str, member: bytes) -> float | None:
-        return (self._kind(key, ZSet) or {}).get(member)  # type: ignore[no-any-return]
+        return (self._kind(key, ZSet) or {}).get(member)
 
     def zrem(self, key: str, member: bytes) -> int:
         z = self._kind(key, ZSet)

@@ -9,31 +9,22 @@ callers between calls. Its write tracking and replication barrier follow ``Store
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from common.errors import Unavailable
-from common.store import Command, ScriptCall, Store
+from common.store import WriteMayBeLost
+from common.types import Command, ScriptCall, Written
 from test.unit.fake_lua import SCRIPTS
 from test.unit.fake_redis import IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
 
-try:
-    from common.store import WriteMayBeLost
-except ImportError:  # a store without failover detection
-
-    class WriteMayBeLost(Unavailable):  # type: ignore[no-redef]
-        """Stand-in: the store in use never raises it."""
-
-
 Gate = Callable[[str], Awaitable[None]]
-Written = dict[str, str] | set[str]
+T = TypeVar("T")
 
 
 async def no_gate(label: str) -> None:
@@ -86,6 +77,11 @@ class FakeCluster:
         rows = self._redis.zrangebyscore(key, float(low), float(high), start or 0, num)
         return rows if withscores else [member for member, _ in rows]
 
+    async def zrange(self, key: str) -> list[tuple[bytes, float]]:
+        """Every member with its score (``ZRANGE key 0 -1 WITHSCORES``)."""
+        await self._gate(f"zrange {key}")
+        return self._redis.zrangebyscore(key, float("-inf"), float("inf"), 0, None)
+
 
 class FakeNode:
     """What ``RedisCluster.get_node_from_key`` returns: a name and its host and port."""
@@ -100,20 +96,16 @@ _written: ContextVar[Written | None] = ContextVar("fake_written", default=None)
 
 
 class FakeStore:
-    """Stands in for ``common.store.Store``; ``calls`` counts what was done, by name.
-
-    ``node_aware`` follows the real store: when it records which master took each tracked
-    write (and offers ``durable``), ``replicate`` raises ``WriteMayBeLost`` for a write whose
-    master failed over since, as the real barrier does. Otherwise ``replicate`` is a WAIT on
-    whichever node serves the key now, which also succeeds after a failover.
-    """
+    """Stands in for ``common.store.Store`` (both satisfy ``common.types.Storage``); ``calls``
+    counts what was done, by name. As the real store, it records which master took each
+    tracked write, and ``replicate`` raises ``WriteMayBeLost`` for a write whose master failed
+    over since."""
 
     def __init__(
         self,
         redis: FakeRedis,
         gate: Gate = no_gate,
         *,
-        node_aware: bool | None = None,
         first_node_wins: bool = True,
         observe: Callable[[str, Any], None] = lambda call, result: None,
     ) -> None:
@@ -126,7 +118,6 @@ class FakeStore:
         """True: a failover during ``on_master_of``'s barrier answers None rather than the
         ConnectionError redis-py raises (see test_saga_scenarios)."""
         self.cluster = FakeCluster(redis, gate)
-        self.node_aware = hasattr(Store, "durable") if node_aware is None else node_aware
         self.loaded: set[str] = set()
         self.calls: Counter[str] = Counter()
         self._gate = gate
@@ -148,9 +139,15 @@ class FakeStore:
     async def hmget(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
         return await self.cluster.hmget(key, list(fields))
 
+    async def zadd(self, key: str, mapping: Mapping[str, float], *, xx: bool = False) -> int:
+        return await self.cluster.zadd(key, mapping, xx=xx)
+
+    async def zrange_scored(self, key: str) -> list[tuple[bytes, float]]:
+        return await self.cluster.zrange(key)
+
     @contextlib.contextmanager
     def tracking(self) -> Iterator[Written]:
-        written: Written = {} if self.node_aware else set()
+        written: Written = {}
         token = _written.set(written)
         try:
             yield written
@@ -178,9 +175,7 @@ class FakeStore:
         written = _written.get()
         if written is None:
             return
-        if isinstance(written, set):
-            written.add(key)
-        elif self.first_node_wins:  # as Store does: a second master makes replicate refuse
+        if self.first_node_wins:  # as Store does: a second master makes replicate refuse
             written.setdefault(key, self.redis.node_of(key))
         else:
             written[key] = self.redis.node_of(key)
@@ -218,7 +213,7 @@ class FakeStore:
                     return None
                 replies.append(self.redis.zadd(str(zkey), {encode_arg(member): float(score)}))
             else:
-                raise NotImplementedError(f"on_master_of: {command[0]}")
+                raise NotImplementedError(f"on_master_of: {command[0]!r}")
         await self._gate(f"wait {key}")
         if self.redis.node_of(key) != node:
             if self.dropped_pipeline_is_none:
@@ -249,15 +244,13 @@ class FakeStore:
         await self.replicate_all()
         return replies
 
-    async def replicate(self, written: Iterable[str] | Mapping[str, str]) -> None:
+    async def replicate(self, written: Mapping[str, str]) -> None:
         keys = list(written)
         if not keys:
             return
         await self._gate("replicate")
         self.calls["replicate"] += 1
-        moved = []
-        if isinstance(written, Mapping):
-            moved = [k for k, node in written.items() if node != self.redis.node_of(k)]
+        moved = [k for k, node in written.items() if node != self.redis.node_of(k)]
         masters = {master_of(k) for k in keys if k not in moved}
         self._barrier(masters)
         if moved:
@@ -278,14 +271,16 @@ class FakeStore:
             self.calls["write_may_be_lost"] += 1
             raise WriteMayBeLost(f"no replica of masters {unacknowledged} acknowledged")
 
-    async def durable(self, action: Callable[[], Awaitable[Any]]) -> Any:
+    async def durable(self, action: Callable[[], Awaitable[T]]) -> T:
         """As ``Store.durable``: run ``action`` again while its writes may have been lost."""
-        for attempt in itertools.count():
+        attempts = 0
+        while True:
             with self.tracking() as written:
                 result = await action()
             try:
                 await self.replicate(written)
                 return result
             except WriteMayBeLost:
-                if attempt >= 5:
+                attempts += 1
+                if attempts > 5:
                     raise

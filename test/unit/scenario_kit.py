@@ -14,12 +14,13 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from common.bus import ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.ledger import LUA_DIR, Ledger
 from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
 from common.saga.log import SagaLog
 from common.saga.orchestrator import Orchestrator
 from common.saga.sweeper import Sweeper
+from common.saga.verdict import Verdicts
 from common.saga.waiters import Waiters
 from common.terms import ITEMS, USERS
 from order.bootstrap import checkout_orchestrator
@@ -29,7 +30,7 @@ from order.saga import order_key
 from payment.handlers import handlers as payment_handlers
 from stock.handlers import handlers as stock_handlers
 from test.unit.fake_bus import FakeBus
-from test.unit.fake_redis import MASTERS, FakeRedis
+from test.unit.fake_redis import MASTERS, FakeRedis, master_of
 from test.unit.fake_store import FakeStore, Gate, no_gate
 
 STEP_MS, DEADLINE_MS = 2000, 10_000
@@ -127,7 +128,7 @@ def orchestrator_over(store: FakeStore, clock: Callable[[], int]) -> Orchestrato
 def checkout_saga(redis: FakeRedis, hold: Hold) -> tuple[FakeStore, SagaLog, Orchestrator]:
     """The checkout saga's store, log and orchestrator over ``redis`` (and its clock), gated by
     ``hold``."""
-    store = FakeStore(redis, hold, node_aware=True)
+    store = FakeStore(redis, hold)
     store.load_scripts(LUA_DIR)
     orchestrator = orchestrator_over(store, redis.now_ms)
     return store, orchestrator.log, orchestrator
@@ -138,8 +139,8 @@ def orchestrator_loop(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus
     (``_process``), so it subscribes to nothing."""
     return ConsumerLoop(
         name="orchestrator",
-        bus=bus,  # type: ignore[arg-type]
-        store=store,  # type: ignore[arg-type]
+        bus=bus,
+        store=store,
         topics=[],
         group_id="order",
         handlers=orchestrator.handlers(),
@@ -148,7 +149,7 @@ def orchestrator_loop(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus
 
 def sweeper_of(orchestrator: Orchestrator, store: FakeStore, bus: FakeBus) -> Sweeper:
     """A sweeper of worker ``order-0`` over the fakes; the test calls ``sweep`` itself."""
-    return Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)  # type: ignore[arg-type]
+    return Sweeper(orchestrator, store, bus, "order-0", interval_ms=500)
 
 
 def checkout_edge(
@@ -156,24 +157,29 @@ def checkout_edge(
     store: FakeStore,
     *,
     bus: FakeBus | None = None,
+    waiters: Waiters | None = None,
     timeout_ms: int = 40,
     answer_ms: int | None = None,
 ) -> Checkout:
-    """The HTTP side of checkout over the fakes, polling often, timing out after ``timeout_ms``
-    and answering by ``answer_ms`` (default: half a second later)."""
-    return Checkout(
+    """The HTTP side of checkout over the fakes, polling often (unless ``waiters`` are given),
+    timing out after ``timeout_ms`` and answering by ``answer_ms`` (default: half a second
+    later)."""
+    verdicts = Verdicts(
         orchestrator,
-        store,  # type: ignore[arg-type]
-        bus or FakeBus(),  # type: ignore[arg-type]
-        Waiters(poll_interval_s=0.005),
+        store,
+        bus or FakeBus(),
+        waiters or Waiters(poll_interval_s=0.005),
         timeout_ms=timeout_ms,
         answer_ms=timeout_ms + 500 if answer_ms is None else answer_ms,
     )
+    return Checkout(verdicts)
 
 
-def one_unpaid_order(redis: FakeRedis, *, user: str = "u1", total: int = 3) -> str:
-    """A fresh one-line order of ``user``, replicated everywhere."""
-    order_id = next(fresh_ids("o"))
+def one_unpaid_order(
+    redis: FakeRedis, *, user: str = "u1", total: int = 3, order_id: str = ""
+) -> str:
+    """A one-line order of ``user`` (a fresh id unless given), replicated everywhere."""
+    order_id = order_id or next(fresh_ids("o"))
     redis.hset(
         order_key(order_id),
         {
@@ -202,13 +208,13 @@ class Services:
     def __init__(self, now_ms: Callable[[], int] | None = None, gate: Gate = no_gate) -> None:
         clock = now_ms or Clock()
         self.redis = {name: FakeRedis(clock) for name in GROUPS}
-        self.stores = {name: FakeStore(r, gate, node_aware=True) for name, r in self.redis.items()}
+        self.stores = {name: FakeStore(r, gate) for name, r in self.redis.items()}
         for store in self.stores.values():
             store.load_scripts(LUA_DIR)
         self.orchestrator = orchestrator_over(self.stores["order"], clock)
         self.log = self.orchestrator.log
-        self.items = Ledger(self.stores["stock"], ITEMS)  # type: ignore[arg-type]
-        self.users = Ledger(self.stores["payment"], USERS)  # type: ignore[arg-type]
+        self.items = Ledger(self.stores["stock"], ITEMS)
+        self.users = Ledger(self.stores["payment"], USERS)
         self.bus = FakeBus(groups=GROUPS)
         handlers = {
             "stock": stock_handlers(self.items),
@@ -218,8 +224,8 @@ class Services:
         self.consumers = {
             name: ConsumerLoop(
                 name=name,
-                bus=self.bus,  # type: ignore[arg-type]
-                store=self.stores[name],  # type: ignore[arg-type]
+                bus=self.bus,
+                store=self.stores[name],
                 topics=list(topics),
                 group_id=name,
                 handlers=handlers[name],
@@ -227,10 +233,23 @@ class Services:
             for name, topics in GROUPS.items()
         }
 
+    def checkout_edge(
+        self, *, waiters: Waiters | None = None, timeout_ms: int = 40, answer_ms: int | None = None
+    ) -> Checkout:
+        """``checkout_edge`` over the order service's store and the bus."""
+        return checkout_edge(
+            self.orchestrator,
+            self.stores["order"],
+            bus=self.bus,
+            waiters=waiters,
+            timeout_ms=timeout_ms,
+            answer_ms=answer_ms,
+        )
+
     def orders(self) -> Orders:
         """The order service's ``Orders`` over its store."""
         self.stores["order"].load_scripts(ORDER_LUA)
-        return Orders(self.stores["order"], self.orchestrator, self.bus)  # type: ignore[arg-type]
+        return Orders(self.stores["order"], self.orchestrator, self.bus)
 
     async def batch_init(self, n: int, *, stock: int, credit: int, price: int = 1) -> None:
         """The three batch_init routes, in the benchmark's order: items, users, then orders
@@ -293,3 +312,14 @@ class Services:
                 await self.consumers[group]._process({TopicPartition(topic, partition): records})
                 self.bus.commit(group, topic, partition, end, self.bus.epoch)
                 handled += end - start
+
+
+def order_apart_from_its_shard(redis: FakeRedis, log: SagaLog) -> str:
+    """``one_unpaid_order`` of an id whose in-flight index shard lives on another master than
+    the order itself (so a failover can take one and not the other)."""
+    order_id = next(
+        o
+        for o in fresh_ids("o")
+        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
+    )
+    return one_unpaid_order(redis, order_id=order_id)

@@ -160,8 +160,8 @@ class World:
         self.bus = FakeBus(
             self.gate, partitions=knobs.partitions, rng=self.rng, note=self.note, groups=GROUPS
         )
-        self.items = Ledger(self.stores["stock"], ITEMS)  # type: ignore[arg-type]
-        self.users = Ledger(self.stores["payment"], USERS)  # type: ignore[arg-type]
+        self.items = Ledger(self.stores["stock"], ITEMS)
+        self.users = Ledger(self.stores["payment"], USERS)
         self.participants = Participants(self)
         self.workers = {
             f"order-{i}": OrderWorker(self, f"order-{i}") for i in range(knobs.order_workers)

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from common.bus import ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.errors import Unavailable
 from common.messages import ORDER_STATUS_UPDATE, PAYMENT, STOCK
 from common.participant import build_participant
+from common.saga.sweeper import Sweeper
 from common.saga.waiters import Verdict, Waiters
 from common.terms import ITEMS, USERS
 from order.bootstrap import build
@@ -56,6 +57,8 @@ class Participants:
 
 class OrderWorker:
     """One order process. ``boot`` (re)creates all of its in-memory state, as a restart does."""
+
+    sweeper: Sweeper
 
     def __init__(self, world: World, name: str) -> None:
         self.world = world

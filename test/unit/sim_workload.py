@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from common.errors import Refused, Unavailable
@@ -104,7 +105,7 @@ class Workload:
             spec = OrderSpec(self._id("o"), rng.choice(list(self.users)), lines, 0, oversized=True)
             self.orders[spec.order_id] = spec
             w.count("oversized orders")
-            self.todo.append(lambda s=spec: self.add_item(s))
+            self.todo.append(partial(self.add_item, spec))
         for item_id, (stock, price) in self.items.items():
             fields = {b"stock": b"%d" % stock, b"price": b"%d" % price, b"ceiling": b"%d" % stock}
             w.redis["stock"].hset(f"{{item:{item_id}}}", fields)
@@ -117,9 +118,9 @@ class Workload:
         for redis in w.redis.values():
             redis.replicate(range(MASTERS))
         for spec in self.orders.values():
-            self.todo.append(lambda s=spec: self.checkout(s))
+            self.todo.append(partial(self.checkout, spec))
             if rng.random() < 0.4:
-                self.todo.append(lambda s=spec: self.checkout(s))  # a concurrent checkout
+                self.todo.append(partial(self.checkout, spec))  # a concurrent checkout
         if rng.random() < 0.5:
             self.todo.append(lambda: self.adjust("stock", rng.choice(item_ids), rng.randint(1, 2)))
         rng.shuffle(self.todo)
@@ -202,7 +203,7 @@ class Workload:
         """addItem on an order past its bound: refused, the order unchanged."""
         w = self.world
         worker = w.rng.choice(list(w.workers.values()))
-        orders = Orders(w.stores["order"], worker.orchestrator, w.bus)  # type: ignore[arg-type]
+        orders = Orders(w.stores["order"], worker.orchestrator, w.bus)
         item_id = self.world.rng.choice(list(self.items))
         coro = orders.add_item(spec.order_id, item_id, 1, self.items[item_id][1], self._id("rq"))
 
@@ -235,7 +236,7 @@ class Workload:
             lines = self._lines() if spec.lines else []
             total = sum(q * items[i][1] for i, q in lines)
             specs[order_id] = OrderSpec(order_id, rng.choice(list(users)), lines, total)
-        orders = Orders(w.stores["order"], worker.orchestrator, w.bus)  # type: ignore[arg-type]
+        orders = Orders(w.stores["order"], worker.orchestrator, w.bus)
 
         async def batch_init() -> None:
             # Nothing here waits until the compensations are sent: the books and the resets

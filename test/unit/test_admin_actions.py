@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from common.saga.admin import SagaAdmin
-from common.saga.log import SagaState
 from common.saga.orchestrator import Orchestrator
+from common.saga.state import SagaState
 from common.terms import AbortReason
 from order.admin import parse_duration_ms, render
 from order.saga import CHECKOUT

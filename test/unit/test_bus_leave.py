@@ -16,10 +16,11 @@ from aiokafka.client import AIOKafkaClient, ConnectionGroup
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from common import bus as bus_module
-from common.bus import ConsumerLoop, Outgoing
+from common import consumer as consumer_module
+from common.consumer import ConsumerLoop
 from common.messages import STOCK, StockUpdateRequested, encode
-from common.settings import load_settings
+from common.settings import Settings, load_settings
+from common.types import Outgoing
 
 TP = TopicPartition(STOCK, 3)
 
@@ -88,16 +89,31 @@ class FakeConsumer:
 
 
 class FakeBus:
+    """The bus a consumer loop reads its settings from (``common.types.MessageBus``)."""
+
     def __init__(self) -> None:
-        self.settings = load_settings({"WORKER_ID": "stock-1"})
+        self._settings = load_settings({"WORKER_ID": "stock-1"})
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     async def publish(self, messages: Sequence[Outgoing], *, acknowledged: bool = True) -> None:
+        pass
+
+    def unacknowledged_for(self) -> float:
+        return 0.0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
         pass
 
 
 def make_loop(monkeypatch: pytest.MonkeyPatch, group_id: str | None, handled: list[str]) -> Any:
     FakeConsumer.events = []
-    monkeypatch.setattr(bus_module, "AIOKafkaConsumer", FakeConsumer)
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", FakeConsumer)
 
     async def handle(message: StockUpdateRequested) -> list[Outgoing]:
         FakeConsumer.events.append(("handling", message.order_id))
@@ -108,7 +124,7 @@ def make_loop(monkeypatch: pytest.MonkeyPatch, group_id: str | None, handled: li
 
     return ConsumerLoop(
         name="stock",
-        bus=FakeBus(),  # type: ignore[arg-type]
+        bus=FakeBus(),
         store=None,
         topics=[STOCK],
         group_id=group_id,

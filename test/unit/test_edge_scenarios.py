@@ -10,6 +10,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
@@ -25,11 +26,11 @@ from common.messages import (
     StockCompensated,
     StockUpdated,
     encode,
+    saga_ids,
 )
 from common.saga.definition import SagaRun
 from common.saga.orchestrator import Outcome
 from common.saga.waiters import Verdict, Waiters
-from order.checkout import Checkout
 from order.orders import MAX_ORDER_LINE_BYTES, MAX_ORDER_LINES
 from order.saga import CHECKOUT, order_key
 from test.unit.fake_bus import MAX_REQUEST_SIZE, FakeBus, record_size
@@ -67,7 +68,7 @@ async def test_hole1_a_paid_answer_on_the_slow_start_rests_on_a_replica(clock: C
     store, log, orchestrator = checkout_saga(redis, hold)
     order_id = one_unpaid_order(redis)
     started = await store.durable(lambda: orchestrator.start(order_id))
-    ids = {"saga_id": started.saga_id, "order_id": order_id}
+    ids = saga_ids(started.saga_id, order_id)
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     bus = FakeBus()
     consumer = orchestrator_loop(orchestrator, store, bus)
@@ -133,17 +134,12 @@ async def test_hole2_a_saga_that_succeeded_is_never_answered_not_paid() -> None:
             redis.resynced(master)
 
     waiters = CountingWaiters(caught_up_after_the_decision_waited)
-    checkout = Checkout(
-        orchestrator,
-        store,  # type: ignore[arg-type]
-        bus,  # type: ignore[arg-type]
-        waiters,
-        timeout_ms=50,
-        answer_ms=30_000,
+    checkout = checkout_edge(
+        orchestrator, store, bus=bus, waiters=waiters, timeout_ms=50, answer_ms=30_000
     )
     answer = asyncio.create_task(checkout(order_id))
     await until(lambda: bool(bus.published), answer)
-    ids = {"saga_id": bus.published[0][1].saga_id, "order_id": order_id}
+    ids = saga_ids(bus.published[0][1].saga_id, order_id)
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     redis.replica_back(master)  # from now on no durable read of the order passes
     await until(lambda: waiters.ended >= 1, answer)  # timed out: deciding
@@ -161,14 +157,7 @@ async def test_hole3_a_not_paid_answer_waits_for_the_compensation() -> None:
     item, user = svc.item(stock=5), svc.user(credit=10)
     order_id = svc.order(user, [(item, 2)], total=2)
     waiters = CountingWaiters()
-    checkout = Checkout(
-        svc.orchestrator,
-        svc.stores["order"],  # type: ignore[arg-type]
-        svc.bus,  # type: ignore[arg-type]
-        waiters,
-        timeout_ms=50,
-        answer_ms=30_000,
-    )
+    checkout = svc.checkout_edge(waiters=waiters, timeout_ms=50, answer_ms=30_000)
     answer = asyncio.create_task(checkout(order_id))
     await until(lambda: bool(svc.bus.published), answer)
     saga_id = svc.bus.published[0][1].saga_id
@@ -246,14 +235,7 @@ async def test_hole7_an_order_too_big_for_one_message_is_refused_before_its_saga
     svc = Services(clock)
     lines = [(uuid.uuid4().hex, 1) for _ in range(30_000)]
     order_id = svc.order(svc.user(credit=10**6), lines, total=len(lines))
-    checkout = Checkout(
-        svc.orchestrator,
-        svc.stores["order"],  # type: ignore[arg-type]
-        svc.bus,  # type: ignore[arg-type]
-        Waiters(poll_interval_s=0.005),
-        timeout_ms=50,
-        answer_ms=300,
-    )
+    checkout = svc.checkout_edge(timeout_ms=50, answer_ms=300)
     assert not await answered_paid(asyncio.create_task(checkout(order_id)))
     sweeper = sweeper_of(svc.orchestrator, svc.stores["order"], svc.bus)
     failed_rounds = []
@@ -380,14 +362,7 @@ async def test_hole4_an_order_reset_under_a_live_saga_turns_it_back(clock: Clock
     await svc.batch_init(1, stock=10, credit=10)
     clock.ms += 1000
     answer = asyncio.create_task(
-        Checkout(
-            svc.orchestrator,
-            svc.stores["order"],  # type: ignore[arg-type]
-            svc.bus,  # type: ignore[arg-type]
-            Waiters(poll_interval_s=0.005),
-            timeout_ms=30_000,
-            answer_ms=31_000,
-        )("0")
+        svc.checkout_edge(timeout_ms=30_000, answer_ms=31_000)("0")
     )
     await until(lambda: bool(svc.bus.published), answer)
     saga_id = svc.bus.published[0][1].saga_id
@@ -453,7 +428,7 @@ async def test_hole4_a_rerun_of_the_benchmark_s_init_leaves_every_entity_as_it_s
     await svc.batch_init(n, stock=10, credit=10)
     clock.ms += 1000
     for order_id in map(str, range(n)):
-        started = await svc.stores["order"].durable(lambda o=order_id: svc.orchestrator.start(o))
+        started = await svc.stores["order"].durable(partial(svc.orchestrator.start, order_id))
         await svc.bus.publish(started.commands)
     await svc.deliver("stock")  # every saga reserved
     await svc.deliver("order")
@@ -486,9 +461,7 @@ async def test_hole4_a_checkout_whose_saga_paid_before_a_reset_answers_paid(
     clock.ms += 1000
     polled = asyncio.Event()
     hold.rules[("C", "hmget")] = polled  # the waiting checkout reads nothing until released
-    checkout = checkout_edge(
-        svc.orchestrator, svc.stores["order"], bus=svc.bus, timeout_ms=30_000, answer_ms=31_000
-    )
+    checkout = svc.checkout_edge(timeout_ms=30_000, answer_ms=31_000)
     answer = asyncio.create_task(hold.run_as("C", checkout("0")))
     await until(lambda: bool(svc.bus.published), answer)
     saga_id = svc.bus.published[0][1].saga_id

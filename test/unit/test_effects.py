@@ -6,19 +6,21 @@ and abort, a checkout that times out) with a store that cannot replicate: none p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 
-from common.bus import Outgoing
 from common.effects import Effects
 from common.errors import Unavailable
 from common.messages import StockUpdated, StockUpdateRequested
 from common.saga.admin import SagaAdmin
 from common.store import WriteMayBeLost
+from common.types import Outgoing, Written
 from test.unit.fake_redis import FakeRedis
 from test.unit.fake_store import FakeStore
-from test.unit.scenario_kit import STEP_MS, Clock, Services, checkout_edge, sweeper_of
+from test.unit.scenario_kit import STEP_MS, Clock, Services, sweeper_of
 
 MESSAGE: Outgoing = ("STOCK", StockUpdateRequested(saga_id="o:1:a", order_id="o", items=()))
 
@@ -31,10 +33,10 @@ class Recorder:
         self._replicates = replicates
         self._fake = FakeStore(FakeRedis())
 
-    def tracking(self):  # type: ignore[no-untyped-def]
+    def tracking(self) -> AbstractContextManager[Written]:
         return self._fake.tracking()
 
-    async def replicate(self, written: Iterable[str] | Mapping[str, str]) -> None:
+    async def replicate(self, written: Mapping[str, str]) -> None:
         self.calls.append("replicate")
         if not self._replicates:
             raise WriteMayBeLost("no replica")
@@ -45,7 +47,7 @@ class Recorder:
 
 async def test_the_writes_are_replicated_before_anything_is_published() -> None:
     rec = Recorder()
-    async with Effects(rec, rec) as fx:  # type: ignore[arg-type]
+    async with Effects(rec, rec) as fx:
         fx.send([MESSAGE])
         assert rec.calls == []  # nothing leaves inside the block
     assert rec.calls == ["replicate", "publish 1"]
@@ -54,41 +56,43 @@ async def test_the_writes_are_replicated_before_anything_is_published() -> None:
 async def test_a_failed_block_or_replication_publishes_nothing() -> None:
     rec = Recorder()
     with pytest.raises(RuntimeError):
-        async with Effects(rec, rec) as fx:  # type: ignore[arg-type]
+        async with Effects(rec, rec) as fx:
             fx.send([MESSAGE])
             raise RuntimeError("the handler failed")
     assert rec.calls == []
     rec = Recorder(replicates=False)
     with pytest.raises(WriteMayBeLost):
-        async with Effects(rec, rec) as fx:  # type: ignore[arg-type]
+        async with Effects(rec, rec) as fx:
             fx.send([MESSAGE])
     assert rec.calls == ["replicate"]
 
 
 async def test_a_cancelled_block_replicates_and_publishes_nothing() -> None:
     rec = Recorder()
-    async with Effects(rec, rec) as fx:  # type: ignore[arg-type]
+    async with Effects(rec, rec) as fx:
         fx.send([MESSAGE])
         fx.cancel()
     assert rec.calls == []
 
 
-def _no_replica(store: FakeStore) -> None:
-    async def refuse(written: Iterable[str] | Mapping[str, str]) -> None:
+def _no_replica(store: FakeStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def refuse(written: Mapping[str, str]) -> None:
         if written:
             raise WriteMayBeLost("no replica acknowledged")
 
-    store.replicate = refuse  # type: ignore[method-assignment]
+    monkeypatch.setattr(store, "replicate", refuse)
 
 
-async def test_no_path_publishes_what_it_could_not_replicate(clock: Clock) -> None:
+async def test_no_path_publishes_what_it_could_not_replicate(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     svc = Services(clock)
     order_id = svc.order(svc.user(10), [(svc.item(5), 1)], total=1)
     orchestrator, store, bus = svc.orchestrator, svc.stores["order"], svc.bus
     started = await store.durable(lambda: orchestrator.start(order_id))
     await bus.publish(started.commands)
     await svc.deliver("stock")  # the stock reply waits for order's consumer
-    _no_replica(store)
+    _no_replica(store, monkeypatch)
     published = len(bus.published)
 
     # The consumer loop: the reply moves the saga, the next command waits for the barrier.
@@ -100,7 +104,7 @@ async def test_no_path_publishes_what_it_could_not_replicate(clock: Clock) -> No
     with pytest.raises(Unavailable):
         await sweeper.sweep()
     # The operator's retry and abort.
-    admin = SagaAdmin(orchestrator, store, bus)  # type: ignore[arg-type]
+    admin = SagaAdmin(orchestrator, store, bus)
     with pytest.raises(Unavailable):
         await admin.retry(order_id)
     with pytest.raises(Unavailable):
@@ -109,28 +113,30 @@ async def test_no_path_publishes_what_it_could_not_replicate(clock: Clock) -> No
     assert not any(isinstance(m, StockUpdated) for _, m in bus.published[published:])
 
 
-async def test_a_timed_out_checkout_does_not_publish_an_unreplicated_abort(clock: Clock) -> None:
+async def test_a_timed_out_checkout_does_not_publish_an_unreplicated_abort(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     svc = Services(clock)
     order_id = svc.order(svc.user(10), [(svc.item(5), 1)], total=1)
     store, bus = svc.stores["order"], svc.bus
-    checkout = checkout_edge(svc.orchestrator, store, bus=bus, timeout_ms=10, answer_ms=300)
+    checkout = svc.checkout_edge(timeout_ms=10, answer_ms=300)
     replicate = store.replicate
     aborting = False
 
-    async def refuse_the_abort(written: Iterable[str] | Mapping[str, str]) -> None:
+    async def refuse_the_abort(written: Mapping[str, str]) -> None:
         if aborting:
             raise WriteMayBeLost("no replica acknowledged")
         await replicate(written)
 
-    store.replicate = refuse_the_abort  # type: ignore[method-assignment]
+    monkeypatch.setattr(store, "replicate", refuse_the_abort)
     original = svc.orchestrator.abort
 
-    async def abort(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def abort(*args: Any, **kwargs: Any) -> list[Outgoing]:
         nonlocal aborting
         aborting = True
         return await original(*args, **kwargs)
 
-    svc.orchestrator.abort = abort  # type: ignore[method-assign]
+    monkeypatch.setattr(svc.orchestrator, "abort", abort)
     with pytest.raises(Unavailable):
         await checkout(order_id)  # the stock command goes out; the abort never does
     assert [type(m).__name__ for _, m in bus.published] == ["StockUpdateRequested"]

@@ -12,6 +12,7 @@ from common.messages import (
     ALL_TOPICS,
     MAX_REASON_CHARS,
     TOPIC_TYPES,
+    CheckoutFinished,
     Message,
     bounded_reason,
     decode,
@@ -106,3 +107,20 @@ def test_a_reason_is_bounded_and_says_what_it_left_out(count: int) -> None:
         kept = reason.split("; ")
         assert kept[:-1] == parts[: len(kept) - 1]
         assert kept[-1] == f"and {count - (len(kept) - 1)} more"
+
+
+def test_notable_messages_are_named_not_guessed() -> None:
+    """What is logged when sent with LOG_MESSAGES off: failures, compensations and unpaid
+    outcomes, declared on the message classes (telemetry reads ``notable``)."""
+    notable = {cls.__name__ for _, cls in CASES if cls.NOTABLE}
+    assert notable == {
+        "StockCompensationRequested",
+        "StockUpdateFailed",
+        "StockCompensated",
+        "PaymentCancelRequested",
+        "PaymentFailed",
+        "PaymentCancelled",
+    }
+    finished: Any = sample(CheckoutFinished)
+    assert not finished.notable
+    assert msgspec.structs.replace(finished, paid=False).notable

@@ -24,7 +24,9 @@ def defined() -> dict[str, MetricWrapperBase]:
 
 def exposed_names() -> set[str]:
     return {
-        name + suffix for name, metric in defined().items() for suffix in SUFFIXES[metric._type]
+        name + suffix
+        for name, metric in defined().items()
+        for suffix in SUFFIXES[str(metric._type)]
     }
 
 
@@ -51,11 +53,11 @@ def test_dashboard_queries_only_defined_metrics() -> None:
 def test_every_metric_is_on_the_dashboard() -> None:
     used = set().union(*(names_in(expr) for expr in expressions()))
     for name, metric in defined().items():
-        assert any(name + suffix in used for suffix in SUFFIXES[metric._type]), name
+        assert any(name + suffix in used for suffix in SUFFIXES[str(metric._type)]), name
 
 
 def test_every_metric_is_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for name, metric in defined().items():
-        shown = name + SUFFIXES[metric._type][0] if metric._type == "counter" else name
+        shown = name + SUFFIXES[str(metric._type)][0] if metric._type == "counter" else name
         assert f"`{shown}" in readme, shown

@@ -232,7 +232,7 @@ async def test_http_requests_are_counted_per_route_and_metrics_hide_behind_proxi
     reply = await client.get("/metrics")
     assert reply.status_code == 200
     assert reply.content_type.startswith("text/plain")
-    text = (await reply.get_data()).decode()
+    text = await reply.get_data(as_text=True)
     assert 'http_requests_total{method="GET",route="/thing/<thing_id>"' in text
     assert "_created" not in text
     for proxy in ("X-Request-Id", "X-Forwarded-For"):

@@ -16,11 +16,13 @@ from common.messages import (
     PaymentCompleted,
     PaymentFailed,
     PaymentRequested,
+    SagaIds,
     StockCompensated,
     StockCompensationRequested,
     StockUpdated,
     StockUpdateFailed,
     StockUpdateRequested,
+    saga_ids,
 )
 from common.terms import ITEMS, USERS
 from payment.handlers import cancel, charge
@@ -53,8 +55,8 @@ class World:
         self.redis = FakeRedis()
         store = FakeStore(self.redis)
         store.load_scripts(LUA_DIR)
-        self.items = Ledger(store, ITEMS)  # type: ignore[arg-type]
-        self.users = Ledger(store, USERS)  # type: ignore[arg-type]
+        self.items = Ledger(store, ITEMS)
+        self.users = Ledger(store, USERS)
         self.store = store
 
     def item(self, stock: int) -> str:
@@ -74,9 +76,9 @@ class World:
         return int(self.redis.hget(f"{{user:{user_id}}}", b"credit") or b"-1")
 
 
-def ids() -> dict[str, str]:
+def ids() -> SagaIds:
     order_id = fresh("o")
-    return {"saga_id": f"{order_id}:1:{fresh('')}", "order_id": order_id, "trace_id": fresh("t")}
+    return saga_ids(f"{order_id}:1:{fresh('')}", order_id, fresh("t"))
 
 
 async def test_reserve_takes_every_line_once() -> None:
@@ -85,7 +87,7 @@ async def test_reserve_takes_every_line_once() -> None:
     command = StockUpdateRequested(**ids(), items=((a, 2), (b, 1), (a, 1)))
     for _ in range(3):  # redeliveries
         assert await reserve(command, w.items) == [
-            (STOCK_PROCESSING, StockUpdated(**_ids(command)))
+            (STOCK_PROCESSING, StockUpdated(**command.reply_ids()))
         ]
     assert (w.stock(a), w.stock(b)) == (2, 0)
 
@@ -166,7 +168,3 @@ async def test_charge_failures(credit: int | None, cancel_first: bool, reason: s
     assert reply == PaymentFailed(**saga, reason=reason)
     if credit is not None:
         assert w.credit(u) == credit
-
-
-def _ids(message: StockUpdateRequested) -> dict[str, str]:
-    return {"saga_id": message.saga_id, "order_id": message.order_id, "trace_id": message.trace_id}

@@ -7,25 +7,8 @@ import uuid
 
 import pytest
 
-from common.messages import (
-    MAX_MESSAGE_BYTES,
-    MAX_REASON_CHARS,
-    ORDER_STATUS_UPDATE,
-    PAYMENT,
-    STOCK,
-    CheckoutFinished,
-    PaymentCancelled,
-    PaymentCancelRequested,
-    PaymentCompleted,
-    PaymentFailed,
-    PaymentRequested,
-    StockCompensated,
-    StockCompensationRequested,
-    StockUpdated,
-    StockUpdateFailed,
-    StockUpdateRequested,
-    encode,
-)
+from common import messages as m
+from common.messages import MAX_MESSAGE_BYTES, MAX_REASON_CHARS, encode, saga_ids
 from common.saga.definition import SagaRun
 from common.terms import SagaStatus
 from order.bootstrap import checkout_orchestrator
@@ -48,12 +31,12 @@ def a_run() -> SagaRun:
 
 def test_replies_map_each_reply_to_its_step_and_kind() -> None:
     assert CHECKOUT.replies == {
-        StockUpdated: (0, "succeeded"),
-        StockUpdateFailed: (0, "failed"),
-        StockCompensated: (0, "compensated"),
-        PaymentCompleted: (1, "succeeded"),
-        PaymentFailed: (1, "failed"),
-        PaymentCancelled: (1, "compensated"),
+        m.StockUpdated: (0, "succeeded"),
+        m.StockUpdateFailed: (0, "failed"),
+        m.StockCompensated: (0, "compensated"),
+        m.PaymentCompleted: (1, "succeeded"),
+        m.PaymentFailed: (1, "failed"),
+        m.PaymentCancelled: (1, "compensated"),
     }
 
 
@@ -66,15 +49,15 @@ def test_the_pivot_is_the_charge_and_paid_is_the_done_field() -> None:
 
 def test_commands_and_compensations_are_built_from_the_snapshot() -> None:
     run = a_run()
-    ids = {"saga_id": run.saga_id, "order_id": run.entity_id, "trace_id": run.trace_id}
+    ids = saga_ids(run.saga_id, run.entity_id, run.trace_id)
     lines = (("i1", 2), ("i2", 1), ("i1", 1))
     reserve, charge = CHECKOUT.steps
-    assert (reserve.topic, charge.topic) == (STOCK, PAYMENT)
-    assert reserve.command(run) == StockUpdateRequested(**ids, items=lines)
-    assert reserve.compensation(run) == StockCompensationRequested(**ids, items=lines)
+    assert (reserve.topic, charge.topic) == (m.STOCK, m.PAYMENT)
+    assert reserve.command(run) == m.StockUpdateRequested(**ids, items=lines)
+    assert reserve.compensation(run) == m.StockCompensationRequested(**ids, items=lines)
     user = run.snapshot["user_id"]
-    assert charge.command(run) == PaymentRequested(**ids, user_id=user, amount=17)
-    assert charge.compensation(run) == PaymentCancelRequested(**ids, user_id=user, amount=17)
+    assert charge.command(run) == m.PaymentRequested(**ids, user_id=user, amount=17)
+    assert charge.compensation(run) == m.PaymentCancelRequested(**ids, user_id=user, amount=17)
 
 
 def test_an_empty_order_reserves_nothing() -> None:
@@ -92,13 +75,13 @@ def test_next_messages_follow_the_log() -> None:
     def sent(at: tuple[str, int], reason: str = "") -> list[tuple[str, type]]:
         return [(t, type(m)) for t, m in orchestrator.next_messages(run, at, reason)]
 
-    assert sent((SagaStatus.RUNNING, 0)) == [(STOCK, StockUpdateRequested)]
-    assert sent((SagaStatus.RUNNING, 1)) == [(PAYMENT, PaymentRequested)]
-    assert sent((SagaStatus.COMPENSATING, 1)) == [(PAYMENT, PaymentCancelRequested)]
-    assert sent((SagaStatus.COMPENSATING, 0)) == [(STOCK, StockCompensationRequested)]
-    assert sent((SagaStatus.SUCCEEDED, 1)) == [(ORDER_STATUS_UPDATE, CheckoutFinished)]
+    assert sent((SagaStatus.RUNNING, 0)) == [(m.STOCK, m.StockUpdateRequested)]
+    assert sent((SagaStatus.RUNNING, 1)) == [(m.PAYMENT, m.PaymentRequested)]
+    assert sent((SagaStatus.COMPENSATING, 1)) == [(m.PAYMENT, m.PaymentCancelRequested)]
+    assert sent((SagaStatus.COMPENSATING, 0)) == [(m.STOCK, m.StockCompensationRequested)]
+    assert sent((SagaStatus.SUCCEEDED, 1)) == [(m.ORDER_STATUS_UPDATE, m.CheckoutFinished)]
     (_, outcome), *_ = orchestrator.next_messages(run, (SagaStatus.FAILED, -1), "no credit")
-    assert outcome == CheckoutFinished(
+    assert outcome == m.CheckoutFinished(
         saga_id=run.saga_id,
         order_id=run.entity_id,
         trace_id=run.trace_id,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka.structs import TopicPartition
 
-from common.bus import ConsumerLoop
+from common.consumer import ConsumerLoop
 from common.errors import Refused, Unavailable
 from common.ledger import LUA_DIR, Ledger
 from common.messages import (
@@ -23,6 +23,7 @@ from common.messages import (
     StockUpdated,
     StockUpdateRequested,
     encode,
+    saga_ids,
 )
 from common.saga.orchestrator import SLOW_START_GRACE_MS, Outcome
 from common.terms import ITEMS
@@ -43,6 +44,7 @@ from test.unit.scenario_kit import (
     one_unpaid_order,
     orchestrator_loop,
     orchestrator_over,
+    order_apart_from_its_shard,
     sweeper_of,
     until,
 )
@@ -56,22 +58,12 @@ async def test_a_started_saga_stays_indexed_across_a_failover(
     was a plain ZADD nothing replicated. Fixed in bee964f; kept as its regression test, on
     both of the start's paths."""
     redis = FakeRedis(clock)
-    store = FakeStore(redis, node_aware=True)
+    store = FakeStore(redis)
     store.one_round_trip = one_round_trip
     store.load_scripts(LUA_DIR)
     orchestrator = orchestrator_over(store, clock)
     log = orchestrator.log
-    # An order whose index shard lives on another master than the order itself.
-    order_id = next(
-        o
-        for o in fresh_ids("o")
-        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
-    )
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    order_id = order_apart_from_its_shard(redis, log)
 
     # Checkout._start: the start, replicated (the saga's state is now safe on a replica).
     started = await store.durable(lambda: orchestrator.start(order_id))
@@ -93,9 +85,9 @@ async def test_a_started_saga_stays_indexed_across_a_failover(
 async def test_a_stale_reservation_does_not_revoke_a_confirmed_one() -> None:
     redis, hold = FakeRedis(), Hold()
     # first_node_wins: the barrier as it should be (see test_store), to show this bug apart.
-    store = FakeStore(redis, hold, node_aware=True, first_node_wins=True)
+    store = FakeStore(redis, hold, first_node_wins=True)
     store.load_scripts(LUA_DIR)
-    items = Ledger(store, ITEMS)  # type: ignore[arg-type]
+    items = Ledger(store, ITEMS)
     ids = fresh_ids("i")
     plenty = next(ids)
     scarce = next(i for i in ids if master_of(items.key(i)) != master_of(items.key(plenty)))
@@ -112,8 +104,8 @@ async def test_a_stale_reservation_does_not_revoke_a_confirmed_one() -> None:
     def consumer() -> ConsumerLoop:
         return ConsumerLoop(
             name="stock",
-            bus=bus,  # type: ignore[arg-type]
-            store=store,  # type: ignore[arg-type]
+            bus=bus,
+            store=store,
             topics=[STOCK],
             group_id="stock",
             handlers=stock_handlers(items),
@@ -164,7 +156,7 @@ async def test_a_timed_out_checkout_answers_what_the_saga_does() -> None:
     state = await log.read(order_id)
     given(state is not None and (state.status, state.step) == ("running", 0), "at step 0")
     assert state is not None
-    ids = {"saga_id": state.saga_id, "order_id": order_id}
+    ids = saga_ids(state.saga_id, order_id)
     given(bool(await orchestrator.on_reply(StockUpdated(**ids))), "the saga moves on")
     release.set()
     # The payment is slow: its reply comes after the checkout answered (or after a while).
@@ -212,7 +204,7 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
         {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
     )
     started = await store.durable(lambda: orchestrator.start(order_id))
-    ids = {"saga_id": started.saga_id, "order_id": order_id}
+    ids = saga_ids(started.saga_id, order_id)
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     bus = FakeBus()
     checkout = checkout_edge(orchestrator, store, bus=bus, timeout_ms=2000)
@@ -296,7 +288,7 @@ async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock
     )
     store.one_round_trip = False  # the index entry in the order's own shard, on another master
     started = await store.durable(lambda: orchestrator.start(order_id))
-    ids = {"saga_id": started.saga_id, "order_id": order_id}
+    ids = saga_ids(started.saga_id, order_id)
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
     redis.replicate(range(MASTERS))  # the index entry too: this is not the first bug again
     bus = FakeBus()
@@ -348,21 +340,12 @@ async def test_a_failover_during_the_one_round_trip_start_is_no_5xx(clock: Clock
 
 async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
-    store = FakeStore(redis, hold, node_aware=True)
+    store = FakeStore(redis, hold)
     store.load_scripts(LUA_DIR)
     store.one_round_trip = False  # the one-by-one start (slot map moved, script not loaded...)
     orchestrator = orchestrator_over(store, clock)
     log = orchestrator.log
-    order_id = next(
-        o
-        for o in fresh_ids("o")
-        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
-    )
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    order_id = order_apart_from_its_shard(redis, log)
     # Checkout._start: the start under durable(); the index shard's master fails over before
     # the barrier, so durable() runs the start again.
     release = asyncio.Event()

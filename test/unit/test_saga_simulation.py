@@ -20,7 +20,9 @@ from collections.abc import Callable
 import pytest
 
 from common import ledger
+from common.store import WriteMayBeLost
 from order import bootstrap as order_bootstrap
+from order import saga as order_saga
 from test.unit import fake_lua, fake_store
 from test.unit.fake_redis import RESYNCING, FakeRedis
 from test.unit.sim import Knobs, Report, run_seed
@@ -73,9 +75,9 @@ def test_the_search_covers_the_fault_paths() -> None:
     for seed in range(40):
         for key, value in run_seed(seed, KNOBS).stats.items():
             totals[key] = totals.get(key, 0) + value
-    kinds = ("crashes", "failovers", "broker_restarts", "sweeper resends", "sweeper aborts")
-    kinds += ("replicas lost", "failovers while resyncing", "resets", "resets of orders alone")
-    kinds += ("oversized orders", "addItem past the bound refused")
+    kinds: tuple[str, ...] = ("crashes", "failovers", "broker_restarts", "sweeper resends")
+    kinds += ("sweeper aborts", "replicas lost", "failovers while resyncing", "resets")
+    kinds += ("resets of orders alone", "oversized orders", "addItem past the bound refused")
     for what in (*kinds, "answer paid", "answer not paid", "answer no answer"):
         assert totals.get(what, 0) > 0, (what, totals)
     assert totals.get("order succeeded", 0) > 0 and totals.get("order failed", 0) > 0
@@ -96,9 +98,11 @@ def _never_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("sabotage", [_never_restores, _never_replicates])
-def test_the_simulation_catches_sabotage(sabotage: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_simulation_catches_sabotage(
+    sabotage: Callable[[pytest.MonkeyPatch], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A harness that cannot fail proves nothing: break the system and it must notice."""
-    sabotage(monkeypatch)  # type: ignore[operator]
+    sabotage(monkeypatch)
     for seed in range(60):
         if run_seed(seed, KNOBS).violations:
             return
@@ -111,7 +115,7 @@ def _hole6_writes_vouched_for_without_a_replica(monkeypatch: pytest.MonkeyPatch)
     def barrier(self: fake_store.FakeStore, masters: set[int]) -> None:
         self.redis.replicate(masters)  # as Store did: a master with no replica is taken at its word
         if any(self.redis.replica[m] == RESYNCING for m in masters):
-            raise fake_store.WriteMayBeLost("lagging")
+            raise WriteMayBeLost("lagging")
 
     monkeypatch.setattr(fake_store.FakeStore, "_barrier", barrier)
     return KNOBS
@@ -137,7 +141,7 @@ def _hole4_order_resets_wipe_live_sagas(monkeypatch: pytest.MonkeyPatch) -> Knob
 
 
 def _hole7_sagas_start_whatever_their_size(monkeypatch: pytest.MonkeyPatch) -> Knobs:
-    unbounded = dataclasses.replace(order_bootstrap.CHECKOUT, max_snapshot_bytes=10**9)
+    unbounded = dataclasses.replace(order_saga.CHECKOUT, max_snapshot_bytes=10**9)
     monkeypatch.setattr(order_bootstrap, "CHECKOUT", unbounded)
     return KNOBS
 

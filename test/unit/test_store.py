@@ -7,9 +7,10 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     ClusterDownError,
     RedisClusterException,
@@ -21,10 +22,10 @@ from redis.exceptions import (
 from common.errors import Unavailable
 from common.ledger import LUA_DIR
 from common.settings import load_settings
-from common.store import Store, hash_tag
+from common.store import Store, WriteMayBeLost, hash_tag
 from test.unit.fake_lua import SCRIPTS
 from test.unit.fake_redis import IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
-from test.unit.fake_store import FakeStore, WriteMayBeLost
+from test.unit.fake_store import FakeStore
 
 
 @pytest.mark.parametrize(
@@ -159,7 +160,8 @@ class StoreOverFake(Store):
 
     def __init__(self, redis: FakeRedis, op_timeout_ms: int = 8000) -> None:
         super().__init__(load_settings({"REDIS_OP_TIMEOUT_MS": str(op_timeout_ms)}), LUA_DIR)
-        self._cluster = _Cluster(redis)  # type: ignore[assignment]
+        self._fake_cluster = _Cluster(redis)
+        self._cluster = cast(RedisCluster, self._fake_cluster)  # a stand-in for the client
         self.redis = redis
         self.sent: list[int] = []
         """The size of each pipeline sent to a node."""
@@ -167,7 +169,7 @@ class StoreOverFake(Store):
         """Called with the master before each WAIT is answered."""
 
     def _node_client(self, host: str, port: int) -> Any:
-        scripts = self._cluster._by_sha  # type: ignore[attr-defined]
+        scripts = self._fake_cluster._by_sha
         return _NodeClient(
             self.redis, f"{host}:{port}", scripts, self.sent, lambda m: self.on_wait(m)
         )
@@ -297,7 +299,7 @@ def _store_over_fake(redis: FakeRedis) -> StoreOverFake:
 
 
 def _fake_store(redis: FakeRedis) -> FakeStore:
-    store = FakeStore(redis, node_aware=True)
+    store = FakeStore(redis)
     store.load_scripts(LUA_DIR)
     return store
 

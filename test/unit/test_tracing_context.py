@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from common.messages import StockUpdated, StockUpdateRequested
 from common.observability import logs, telemetry, tracing
 from common.saga import SagaRun
-from common.saga.log import SagaState
+from common.saga.state import SagaState
 from common.settings import load_settings
 from order.saga import CHECKOUT
 
@@ -98,7 +98,7 @@ def test_spans_chain_from_the_checkout_to_the_participant() -> None:
     assert root.parent is None
     assert child.context.trace_id == root.context.trace_id
     assert child.parent is not None and child.parent.span_id == root.context.span_id
-    assert child.attributes["saga.id"] == saga_id
+    assert child.attributes is not None and child.attributes["saga.id"] == saga_id
 
 
 def test_a_failed_handler_marks_its_span() -> None:

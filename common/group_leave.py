@@ -1,0 +1,52 @@
+"""Leaving a consumer group at once at a graceful stop, though the member is static: the one
+place that uses aiokafka internals (pinned by test/unit/test_bus_leave.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.client import ConnectionGroup
+from aiokafka.errors import KafkaError, NoError, for_code
+from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
+
+log = logging.getLogger(__name__)
+
+LEAVE_TIMEOUT_S = 3.0
+"""How long leaving the group may take; past it the partitions move when the session expires."""
+
+
+async def leave_group(consumer: AIOKafkaConsumer, group_id: str, name: str) -> None:
+    """Leave the group now (a graceful stop), though the member is static.
+
+    aiokafka sends no LeaveGroup for a member with a ``group_instance_id`` (it expects it
+    back under the same id), so the group would keep this member's partitions unassigned
+    until its session expires. A worker told to stop is not coming back: it closes its
+    coordinator (no more heartbeats, no rejoin), then sends LeaveGroup v0/v1 naming its
+    member id, which Apache Kafka's classic group coordinator honours for a static member
+    as well. A worker that dies sends nothing and keeps its static membership: restarted
+    under the same WORKER_ID, it gets its partitions back without a rebalance. aiokafka has
+    no public call for this; test/unit/test_bus_leave.py pins the internals used here.
+    """
+    coordinator = consumer._coordinator
+    if coordinator is None:
+        return
+    member_id, node_id = coordinator.member_id, coordinator.coordinator_id
+    try:
+        await asyncio.wait_for(coordinator.close(), LEAVE_TIMEOUT_S)
+        if member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID or node_id is None:
+            return  # never joined, or the group already dropped it
+        request = LeaveGroupRequest(group_id, member_id)
+        response = await asyncio.wait_for(
+            consumer._client.send(node_id, request, group=ConnectionGroup.COORDINATION),
+            LEAVE_TIMEOUT_S,
+        )
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("%s: could not leave group %s (%r)", name, group_id, exc)
+        return
+    error = for_code(response.error_code)
+    if error is NoError:
+        log.info("%s: left group %s", name, group_id)
+    else:
+        log.warning("%s: leaving group %s: %s", name, group_id, error.__name__)

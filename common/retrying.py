@@ -1,0 +1,72 @@
+"""Bounded retries of Redis Cluster calls: which failures a failover or a restart gives for a
+while (retried until the operation timeout, then Unavailable), and which are misuse (raised)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+
+from common.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+async def retrying(call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
+    """Await ``call()`` until it succeeds or ``timeout_s`` passes (then Unavailable).
+
+    Only idempotent calls go through here: a timed-out call may have been applied.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            if isinstance(exc, ResponseError) and not _is_transient(exc):
+                raise
+            if isinstance(exc, RedisClusterException) and not _cluster_unreachable(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(f"redis unavailable: {exc}") from exc
+            log.debug("redis call failed, retrying: %r", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _cluster_unreachable(exc: RedisClusterException) -> bool:
+    """redis-py's cluster client raises these (not RedisErrors) while it cannot find the
+    cluster or its slot map is incomplete: every startup node refused, nodes disagree during a
+    failover, slots not covered yet. Anything else of the class is a misuse (cross-slot
+    commands), not retried."""
+    if isinstance(exc, SlotNotCoveredError):
+        return True
+    return str(exc).startswith(
+        (
+            "Redis Cluster cannot be connected",
+            "All slots are not covered",
+            "startup_nodes could not agree",
+        )
+    )
+
+
+def _is_transient(exc: ResponseError) -> bool:
+    """A reply a failover or a restart gives for a while (redis-py turns some of them into
+    classes of their own and drops the code from the message)."""
+    if isinstance(exc, ClusterDownError | TryAgainError | MasterDownError | ReadOnlyError):
+        return True
+    text = str(exc)
+    return text.startswith(("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN", "READONLY"))

@@ -1,0 +1,177 @@
+"""A saga's verdict, for whoever waits on it (an HTTP request): start or join the entity's saga,
+then answer only with how it ended: succeeded, or failed with nothing held. Never early.
+
+Two budgets: a saga still running ``timeout_ms`` after it began is turned back (its
+compensations give back what it holds), and the answer waits for the saga's end until
+``answer_ms`` after the call, which the caller keeps below its own client's timeout. The
+verdict comes from the outcome message (``Waiters``) or, as the fallback, from the saga's state
+read through the orchestrator (replicated before it is answered)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+from common.effects import Effects
+from common.errors import Unavailable
+from common.observability import telemetry
+from common.saga.orchestrator import Orchestrator, Outcome, Started
+from common.saga.state import SagaState
+from common.saga.waiters import Verdict, Waiters
+from common.terms import AbortReason, SagaStatus
+from common.types import Publisher, Storage
+
+log = logging.getLogger(__name__)
+
+ROUND_S = 1.0
+"""How often a call past its timeout reads its saga again (and turns it back if it runs)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the start found, and the verdict of the saga started or joined (None otherwise:
+    the entity is unknown, already done, or too big for a saga)."""
+
+    outcome: Outcome
+    verdict: Verdict | None = None
+
+
+class Verdicts:
+    """``await verdicts(entity_id)`` starts or joins the entity's saga and returns its
+    ``Answer`` once the saga ended (or raises Unavailable past the answer budget)."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        store: Storage,
+        bus: Publisher,
+        waiters: Waiters,
+        *,
+        timeout_ms: int,
+        answer_ms: int,
+    ) -> None:
+        self._orch = orchestrator
+        self._store = store
+        self._bus = bus
+        self._waiters = waiters
+        self._timeout_s = timeout_ms / 1000
+        self._answer_s = max(answer_ms, timeout_ms) / 1000
+
+    async def __call__(self, entity_id: str) -> Answer:
+        loop = asyncio.get_running_loop()
+        answer_by = loop.time() + self._answer_s
+        # A client that hangs up (or a gateway that gives up on this worker) cancels the
+        # caller; the start and its first command are shielded from that, so a saga that
+        # began always moves on at once instead of waiting for the sweeper's re-send.
+        begin = asyncio.ensure_future(self._begin(entity_id, answer_by))
+        begin.add_done_callback(_retrieve)
+        started = await asyncio.shield(begin)
+        telemetry.saga_begun(self._orch.definition.name, started.outcome.value, started.saga_id)
+        if started.outcome not in (Outcome.STARTED, Outcome.JOINED):
+            return Answer(started.outcome)
+        saga_id = started.saga_id
+        poll = partial(self._poll, entity_id, saga_id)
+        forward_s = min(self._timeout_s, answer_by - loop.time())
+        verdict = await self._waiters.wait(saga_id, poll, forward_s)
+        if verdict is None:
+            verdict = await self._decide(entity_id, saga_id, answer_by)
+        telemetry.saga_answered(verdict[0])
+        return Answer(started.outcome, verdict)
+
+    async def _begin(self, entity_id: str, answer_by: float) -> Started:
+        # The saga's start is replicated before its first command goes out (or re-run, if a
+        # failover may have erased it: the start then finds its own saga, or starts anew).
+        started = await self._start(entity_id, answer_by)
+        if started.outcome is Outcome.STARTED:
+            try:
+                await self._bus.publish(started.commands, acknowledged=False)
+            except Exception as exc:  # the saga is logged and indexed: the sweeper re-sends
+                log.warning(
+                    "publishing %s failed (%r); the sweeper will re-send", started.saga_id, exc
+                )
+        return started
+
+    async def _start(self, entity_id: str, answer_by: float) -> Started:
+        """Start or join the saga, retrying while the store is unavailable (a failover takes
+        seconds, a replica may be resyncing); only past the answer budget does Unavailable
+        reach the caller (the start may then exist unreplicated: its outcome is unknown)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                # trace id "": the saga's own, derived from its id (observability/tracing.py)
+                return await self._store.durable(lambda: self._orch.start(entity_id, ""))
+            except Unavailable:
+                if loop.time() > answer_by:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def _poll(self, entity_id: str, saga_id: str) -> Verdict | None:
+        try:
+            state = await self._orch.read(entity_id)
+            if verdict_of(state, saga_id) is not None:
+                state = await self._orch.read_durably(entity_id)  # an answer rests on it
+        except Unavailable:
+            return None  # keep waiting: the verdict may still arrive on the bus
+        return verdict_of(state, saga_id)
+
+    async def _decide(self, entity_id: str, saga_id: str, answer_by: float) -> Verdict:
+        """Past the timeout: turn a still-running saga back (again if it moved meanwhile), then
+        wait for its end until ``answer_by``, so that a failure means nothing is held."""
+        loop = asyncio.get_running_loop()
+        poll = partial(self._poll, entity_id, saga_id)
+        state: SagaState | None = None
+        while True:
+            try:
+                state = await self._orch.read_durably(entity_id)
+                verdict = verdict_of(state, saga_id)
+                if verdict is not None:
+                    return verdict
+                if state is not None and state.status == SagaStatus.RUNNING:
+                    await self._turn_back(entity_id, state)
+                    continue  # read what that did (or what moved the saga meanwhile)
+            except Unavailable as exc:
+                log.warning("deciding %s: %r", saga_id, exc)
+            left = answer_by - loop.time()
+            if left <= 0:
+                break
+            verdict = await self._waiters.wait(saga_id, poll, min(left, ROUND_S))
+            if verdict is not None:
+                return verdict
+        ours = state is not None and state.saga_id == saga_id
+        if ours and state is not None and state.status == SagaStatus.COMPENSATING:
+            # Not done, and it never will be, but its compensation did not finish within the
+            # answer budget (a participant unreachable all along): what it holds is given back
+            # when the participant returns. Any other answer would be less true (a 5xx counts
+            # as a success).
+            log.warning("saga %s still compensating at the answer budget: failed", saga_id)
+            return (False, "checkout timed out; its reservation is still being given back")
+        raise Unavailable(f"saga {saga_id} undecided after the answer budget")
+
+    async def _turn_back(self, entity_id: str, state: SagaState) -> None:
+        """Abort the running saga (nothing, if it moved since ``state`` was read)."""
+        # A failed publish is only logged: the sweeper re-sends the compensation.
+        async with Effects(self._store, self._bus, best_effort=True) as fx:
+            fx.send(await self._orch.abort(entity_id, state, AbortReason.CHECKOUT_TIMEOUT))
+
+
+def verdict_of(state: SagaState | None, saga_id: str) -> Verdict | None:
+    """What the saga log answers for ``saga_id``: None while the saga is live."""
+    if state is None:
+        return (False, "order vanished")
+    if state.saga_id != saga_id:
+        # Ours ended and another began: ours made the entity done (and a reset came since), or
+        # the entity tells the truth.
+        return (state.done_by == saga_id or state.done, "checkout failed")
+    if state.status == SagaStatus.SUCCEEDED:
+        return (True, "")
+    if state.status == SagaStatus.FAILED:
+        return (False, state.reason)
+    return None
+
+
+def _retrieve(task: asyncio.Future[Started]) -> None:
+    """Mark a shielded start's failure as seen: its caller, when still there, reports it."""
+    if not task.cancelled():
+        task.exception()
