@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -20,14 +19,6 @@ from test.system.ops import admin, balances, by_status, delta, lost_saga, nodes_
 @pytest.fixture(scope="module", autouse=True)
 async def warm(api: Api) -> None:
     await warm_up(api)
-
-
-@pytest.fixture(scope="module")
-async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.env()["KAFKA_BOOTSTRAP_SERVERS"])
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 async def test_show_tells_a_paid_checkouts_history(api: Api, stack: Stack) -> None:

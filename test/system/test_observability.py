@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -36,14 +35,6 @@ CHECKOUT_ROUTE = "/checkout/<order_id>"
 @pytest.fixture(scope="module", autouse=True)
 async def warm(api: Api) -> None:
     await warm_up(api)
-
-
-@pytest.fixture(scope="module")
-async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.env()["KAFKA_BOOTSTRAP_SERVERS"])
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 async def test_metrics_move_when_checkouts_happen(api: Api, stack: Stack) -> None:

@@ -5,9 +5,8 @@ sweeper re-send would; a later marker message on the same key tells when they we
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
-import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from redis.asyncio.cluster import RedisCluster
@@ -16,14 +15,6 @@ from common import messages as m
 from common.messages import Message, encode
 from test.client import Api, until
 from test.conftest import Stack
-
-
-@pytest.fixture(scope="module")
-async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.env()["KAFKA_BOOTSTRAP_SERVERS"])
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 async def publish(producer: AIOKafkaProducer, topic: str, *messages: Message) -> None:
