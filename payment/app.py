@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from quart import Quart, Response
 
-from common.errors import BadRequest
 from common.http import json_response, new_entity_id, parse_number, request_id
 from common.messages import PAYMENT
-from common.participant import MAX_BATCH, build_participant
-from common.settings import Settings, load_settings
+from common.participant import balance_routes, batch_count, participant_app
+from common.settings import Settings
 from common.terms import USERS
 from common.types import MessageBus, Storage
 from payment.handlers import handlers
@@ -19,11 +18,7 @@ def create_app(
     settings: Settings | None = None, *, store: Storage | None = None, bus: MessageBus | None = None
 ) -> Quart:
     """Payment's app: the user ledger, its PAYMENT consumer, and the routes below."""
-    payment = build_participant(
-        settings or load_settings(), USERS, PAYMENT, handlers, store=store, bus=bus
-    )
-    users = payment.ledger
-    app = payment.runtime.app(USERS.service)
+    app, users = participant_app(settings, USERS, PAYMENT, handlers, store=store, bus=bus)
 
     @app.post("/create_user")
     async def create_user() -> Response:
@@ -32,9 +27,7 @@ def create_app(
 
     @app.post("/batch_init/<n>/<starting_money>")
     async def batch_init(n: str, starting_money: str) -> Response:
-        count = parse_number(n, "n")
-        if count > MAX_BATCH:
-            raise BadRequest(f"n must be at most {MAX_BATCH}")
+        count = batch_count(n)
         credit = parse_number(starting_money, "starting_money")
         await users.batch_init(count, {"credit": credit})
         return json_response({"msg": f"{count} users with credit {credit}"})
@@ -44,14 +37,6 @@ def create_app(
         found = await users.find(user_id, ("credit",))
         return json_response({"user_id": user_id, "credit": found["credit"]})
 
-    @app.post("/add_funds/<user_id>/<amount>")
-    async def add_credit(user_id: str, amount: str) -> Response:
-        credit = await users.adjust(user_id, parse_number(amount, "amount"), request_id())
-        return json_response({"user_id": user_id, "credit": credit})
-
-    @app.post("/pay/<user_id>/<amount>")
-    async def remove_credit(user_id: str, amount: str) -> Response:
-        credit = await users.adjust(user_id, -parse_number(amount, "amount"), request_id())
-        return json_response({"user_id": user_id, "credit": credit})
-
+    # POST /add_funds/<user_id>/<amount> (add_credit), POST /pay/<user_id>/<amount> (remove_credit)
+    balance_routes(app, users, USERS, add="/add_funds", subtract="/pay")
     return app

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from quart import Quart, Response
 
-from common.errors import BadRequest
 from common.http import json_response, new_entity_id, parse_number, request_id
 from common.messages import STOCK
-from common.participant import MAX_BATCH, build_participant
-from common.settings import Settings, load_settings
+from common.participant import balance_routes, batch_count, participant_app
+from common.settings import Settings
 from common.terms import ITEMS
 from common.types import MessageBus, Storage
 from stock.handlers import handlers
@@ -19,11 +18,7 @@ def create_app(
     settings: Settings | None = None, *, store: Storage | None = None, bus: MessageBus | None = None
 ) -> Quart:
     """Stock's app: the item ledger, its STOCK consumer, and the routes below."""
-    stock = build_participant(
-        settings or load_settings(), ITEMS, STOCK, handlers, store=store, bus=bus
-    )
-    items = stock.ledger
-    app = stock.runtime.app(ITEMS.service)
+    app, items = participant_app(settings, ITEMS, STOCK, handlers, store=store, bus=bus)
 
     @app.post("/item/create/<price>")
     async def create_item(price: str) -> Response:
@@ -33,9 +28,7 @@ def create_app(
 
     @app.post("/batch_init/<n>/<starting_stock>/<item_price>")
     async def batch_init(n: str, starting_stock: str, item_price: str) -> Response:
-        count = parse_number(n, "n")
-        if count > MAX_BATCH:
-            raise BadRequest(f"n must be at most {MAX_BATCH}")
+        count = batch_count(n)
         stock = parse_number(starting_stock, "starting_stock")
         price = parse_number(item_price, "item_price")
         await items.batch_init(count, {"stock": stock, "price": price})
@@ -45,14 +38,6 @@ def create_app(
     async def find_item(item_id: str) -> Response:
         return json_response(await items.find(item_id, ("stock", "price")))
 
-    @app.post("/add/<item_id>/<amount>")
-    async def add_stock(item_id: str, amount: str) -> Response:
-        stock = await items.adjust(item_id, parse_number(amount, "amount"), request_id())
-        return json_response({"item_id": item_id, "stock": stock})
-
-    @app.post("/subtract/<item_id>/<amount>")
-    async def remove_stock(item_id: str, amount: str) -> Response:
-        stock = await items.adjust(item_id, -parse_number(amount, "amount"), request_id())
-        return json_response({"item_id": item_id, "stock": stock})
-
+    # POST /add/<item_id>/<amount> (add_stock), POST /subtract/<item_id>/<amount> (remove_stock)
+    balance_routes(app, items, ITEMS, add="/add", subtract="/subtract")
     return app
