@@ -15,8 +15,9 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from common.consumer import ConsumerLoop
+from common.errors import Refused
 from common.ledger import LUA_DIR, Ledger
-from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING
+from common.messages import PAYMENT, PAYMENT_PROCESSING, STOCK, STOCK_PROCESSING, Message, encode
 from common.saga.log import SagaLog
 from common.saga.orchestrator import Orchestrator
 from common.saga.sweeper import Sweeper
@@ -97,6 +98,14 @@ class Hold:
         self.who.set(who)
         return await coro
 
+    async def park(self, who: str, call: str, coro: Any) -> tuple[asyncio.Task[Any], asyncio.Event]:
+        """Run ``coro`` as ``who`` until it parks at its first call starting with ``call`` (once
+        ``after`` and ``skip`` allow, if set): its task, and the event that lets it go on."""
+        release = self.rules[(who, call)] = asyncio.Event()
+        task = asyncio.create_task(self.run_as(who, coro))
+        await until(lambda: self.parked.get(who, 0) >= 1, task)
+        return task, release
+
     async def until_parked(self, who: str, count: int) -> None:
         for _ in range(1000):
             if self.parked.get(who, 0) >= count:
@@ -115,6 +124,27 @@ async def until(condition: Callable[[], bool], task: asyncio.Task[Any]) -> None:
             raise AssertionError("finished before the condition held")
         await asyncio.sleep(0.001)
     raise AssertionError("condition never held")
+
+
+async def answered_paid(answer: asyncio.Task[None]) -> bool:
+    """Whether the checkout ``answer`` said paid (it returned) or not paid (``Refused``)."""
+    try:
+        await answer
+    except Refused:
+        return False
+    return True
+
+
+async def reply_held_at_its_barrier(
+    hold: Hold, consumer: ConsumerLoop, bus: FakeBus, topic: str, key: str, reply: Message
+) -> asyncio.Task[Any]:
+    """``reply`` published on ``topic`` (under ``key``) and handed to ``consumer`` as ``"O"``,
+    parked at its barrier: the move it makes is on the master, no replica holds it yet."""
+    bus.append(topic, key.encode(), encode(reply))
+    (at, partition), *_ = [k for k, entries in bus.logs.items() if entries]
+    batch = {TopicPartition(at, partition): bus.records(at, partition, 0, 1)}
+    moving, _ = await hold.park("O", "replicate", consumer._process(batch))
+    return moving
 
 
 def orchestrator_over(store: FakeStore, clock: Callable[[], int]) -> Orchestrator:
@@ -176,9 +206,15 @@ def checkout_edge(
 
 
 def one_unpaid_order(
-    redis: FakeRedis, *, user: str = "u1", total: int = 3, order_id: str = ""
+    redis: FakeRedis,
+    *,
+    user: str = "u1",
+    total: int = 3,
+    order_id: str = "",
+    replicated: bool = True,
 ) -> str:
-    """A one-line order of ``user`` (a fresh id unless given), replicated everywhere."""
+    """A one-line order of ``user`` (a fresh id unless given), replicated everywhere unless
+    ``replicated`` is false (then on its master only)."""
     order_id = order_id or next(fresh_ids("o"))
     redis.hset(
         order_key(order_id),
@@ -189,7 +225,8 @@ def one_unpaid_order(
             b"paid": b"0",
         },
     )
-    redis.replicate(range(MASTERS))
+    if replicated:
+        redis.replicate(range(MASTERS))
     return order_id
 
 
@@ -314,7 +351,7 @@ class Services:
                 handled += end - start
 
 
-def order_apart_from_its_shard(redis: FakeRedis, log: SagaLog) -> str:
+def order_apart_from_its_shard(redis: FakeRedis, log: SagaLog, *, replicated: bool = True) -> str:
     """``one_unpaid_order`` of an id whose in-flight index shard lives on another master than
     the order itself (so a failover can take one and not the other)."""
     order_id = next(
@@ -322,4 +359,4 @@ def order_apart_from_its_shard(redis: FakeRedis, log: SagaLog) -> str:
         for o in fresh_ids("o")
         if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
     )
-    return one_unpaid_order(redis, order_id=order_id)
+    return one_unpaid_order(redis, order_id=order_id, replicated=replicated)

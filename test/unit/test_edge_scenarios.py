@@ -42,23 +42,17 @@ from test.unit.scenario_kit import (
     Hold,
     ScenarioBroken,
     Services,
+    answered_paid,
     checkout_edge,
     checkout_saga,
     fresh_ids,
     given,
     one_unpaid_order,
     orchestrator_loop,
+    reply_held_at_its_barrier,
     sweeper_of,
     until,
 )
-
-
-async def answered_paid(answer: asyncio.Task[None]) -> bool:
-    try:
-        await answer
-    except Refused:
-        return False
-    return True
 
 
 async def test_hole1_a_paid_answer_on_the_slow_start_rests_on_a_replica(clock: Clock) -> None:
@@ -76,12 +70,9 @@ async def test_hole1_a_paid_answer_on_the_slow_start_rests_on_a_replica(clock: C
     # the order's master, its barrier still pending.
     clock.ms += DEADLINE_MS
     reply = PaymentCompleted(**ids)
-    bus.append(PAYMENT_PROCESSING, order_id.encode(), encode(reply))
-    (topic, partition), *_ = [k for k, entries in bus.logs.items() if entries]
-    batch = {TopicPartition(topic, partition): bus.records(topic, partition, 0, 1)}
-    hold.rules[("O", "replicate")] = asyncio.Event()
-    moving = asyncio.create_task(hold.run_as("O", consumer._process(batch)))
-    await until(lambda: hold.parked.get("O", 0) >= 1, moving)
+    moving = await reply_held_at_its_barrier(
+        hold, consumer, bus, PAYMENT_PROCESSING, order_id, reply
+    )
     given(redis.hget(order_key(order_id), b"paid") == b"1", "the move is on the master")
     # A second checkout of the order, on the slow start.
     store.one_round_trip = False

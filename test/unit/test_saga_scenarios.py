@@ -37,6 +37,7 @@ from test.unit.scenario_kit import (
     STEP_MS,
     Clock,
     Hold,
+    answered_paid,
     checkout_edge,
     checkout_saga,
     fresh_ids,
@@ -45,6 +46,7 @@ from test.unit.scenario_kit import (
     orchestrator_loop,
     orchestrator_over,
     order_apart_from_its_shard,
+    reply_held_at_its_barrier,
     sweeper_of,
     until,
 )
@@ -149,10 +151,7 @@ async def test_a_timed_out_checkout_answers_what_the_saga_does() -> None:
     checkout = checkout_edge(orchestrator, store)
     # The checkout times out with the saga still at its first step; it reads the saga and is
     # about to abort it when the stock reply moves the saga on.
-    release = asyncio.Event()
-    hold.rules[("C", "saga_move")] = release
-    answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
-    await until(lambda: hold.parked.get("C", 0) >= 1, answer)
+    answer, release = await hold.park("C", "saga_move", checkout(order_id))
     state = await log.read(order_id)
     given(state is not None and (state.status, state.step) == ("running", 0), "at step 0")
     assert state is not None
@@ -162,11 +161,7 @@ async def test_a_timed_out_checkout_answers_what_the_saga_does() -> None:
     # The payment is slow: its reply comes after the checkout answered (or after a while).
     await asyncio.wait({answer}, timeout=5.0)
     await orchestrator.on_reply(PaymentCompleted(**ids))
-    try:
-        await answer
-        said_paid = True
-    except Refused:
-        said_paid = False
+    said_paid = await answered_paid(answer)
     paid = redis.hget(order_key(order_id), b"paid") == b"1"
     assert said_paid == paid, f"checkout answered paid={said_paid}, the order ends paid={paid}"
 
@@ -178,11 +173,8 @@ async def test_a_failover_during_a_timed_out_checkout_is_no_5xx() -> None:
     checkout = checkout_edge(orchestrator, store)
     # No participant answers: the checkout times out and aborts the saga. The order's master
     # fails over after the abort, before its barrier (the start's barrier passes).
-    release = asyncio.Event()
-    hold.rules[("C", "replicate")] = release
     hold.after[("C", "replicate")] = "saga_move"  # the abort's barrier
-    answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
-    await until(lambda: hold.parked.get("C", 0) >= 1, answer)
+    answer, release = await hold.park("C", "replicate", checkout(order_id))
     redis.failover(master_of(order_key(order_id)))
     release.set()
     status = 200
@@ -198,11 +190,7 @@ async def test_a_failover_during_a_timed_out_checkout_is_no_5xx() -> None:
 async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
     store, log, orchestrator = checkout_saga(redis, hold)
-    order_id = next(fresh_ids("o"))
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
+    order_id = one_unpaid_order(redis, replicated=False)
     started = await store.durable(lambda: orchestrator.start(order_id))
     ids = saga_ids(started.saga_id, order_id)
     await store.durable(lambda: orchestrator.on_reply(StockUpdated(**ids)))
@@ -215,12 +203,9 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     clock.ms += DEADLINE_MS
     consumer = orchestrator_loop(orchestrator, store, bus)
     reply = PaymentCompleted(**ids)
-    bus.append("PAYMENT_PROCESSING", order_id.encode(), encode(reply))
-    (topic, partition), *_ = [k for k, entries in bus.logs.items() if entries]
-    batch = {TopicPartition(topic, partition): bus.records(topic, partition, 0, 1)}
-    hold.rules[("O", "replicate")] = asyncio.Event()
-    moving = asyncio.create_task(hold.run_as("O", consumer._process(batch)))
-    await until(lambda: hold.parked.get("O", 0) >= 1, moving)
+    moving = await reply_held_at_its_barrier(
+        hold, consumer, bus, "PAYMENT_PROCESSING", order_id, reply
+    )
     await asyncio.wait({answer}, timeout=5.0)  # the waiting checkout polls meanwhile
     # The order's master fails over before the move was replicated.
     redis.failover(master_of(order_key(order_id)))
@@ -232,11 +217,7 @@ async def test_a_paid_answer_survives_a_failover(clock: Clock) -> None:
     await store.durable(lambda: orchestrator.on_reply(PaymentCancelled(**ids)))
     await store.durable(lambda: orchestrator.on_reply(StockCompensated(**ids)))
     await store.durable(lambda: orchestrator.on_reply(reply))  # the redelivery: stale now
-    try:
-        await answer
-        said_paid = True
-    except Refused:
-        said_paid = False
+    said_paid = await answered_paid(answer)
     paid = redis.hget(order_key(order_id), b"paid") == b"1"
     assert said_paid == paid, f"checkout answered paid={said_paid}, the order ends paid={paid}"
 
@@ -277,15 +258,7 @@ async def test_a_slow_start_then_a_crash_leaves_the_saga_indexed(clock: Clock) -
 async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock) -> None:
     redis, hold = FakeRedis(clock), Hold()
     store, log, orchestrator = checkout_saga(redis, hold)
-    order_id = next(
-        o
-        for o in fresh_ids("o")
-        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
-    )
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
+    order_id = order_apart_from_its_shard(redis, log, replicated=False)
     store.one_round_trip = False  # the index entry in the order's own shard, on another master
     started = await store.durable(lambda: orchestrator.start(order_id))
     ids = saga_ids(started.saga_id, order_id)
@@ -293,13 +266,10 @@ async def test_the_sweeper_keeps_a_saga_whose_end_a_failover_erased(clock: Clock
     redis.replicate(range(MASTERS))  # the index entry too: this is not the first bug again
     bus = FakeBus()
     consumer = orchestrator_loop(orchestrator, store, bus)
-    bus.append("PAYMENT_PROCESSING", order_id.encode(), encode(PaymentCompleted(**ids)))
-    (topic, partition), *_ = [k for k, entries in bus.logs.items() if entries]
-    batch = {TopicPartition(topic, partition): bus.records(topic, partition, 0, 1)}
     # The payment's reply is applied (succeeded) but not yet replicated when the sweeper looks.
-    hold.rules[("O", "replicate")] = asyncio.Event()
-    moving = asyncio.create_task(hold.run_as("O", consumer._process(batch)))
-    await until(lambda: hold.parked.get("O", 0) >= 1, moving)
+    moving = await reply_held_at_its_barrier(
+        hold, consumer, bus, "PAYMENT_PROCESSING", order_id, PaymentCompleted(**ids)
+    )
     sweeper = sweeper_of(orchestrator, store, bus)
     clock.ms += STEP_MS + 1
     await sweeper.sweep()  # finds the saga ended: drops its index entry
@@ -322,10 +292,8 @@ async def test_a_failover_during_the_one_round_trip_start_is_no_5xx(clock: Clock
     store, log, orchestrator = checkout_saga(redis, hold)
     order_id = one_unpaid_order(redis)
     checkout = checkout_edge(orchestrator, store)
-    release = asyncio.Event()
-    hold.rules[("C", "wait")] = release  # FakeStore.on_master_of's barrier
-    answer = asyncio.create_task(hold.run_as("C", checkout(order_id)))
-    await until(lambda: hold.parked.get("C", 0) >= 1, answer)
+    # Parked at FakeStore.on_master_of's barrier.
+    answer, release = await hold.park("C", "wait", checkout(order_id))
     redis.failover(master_of(order_key(order_id)))  # the master dies during the WAIT
     release.set()
     status, raised = 200, ""
@@ -348,12 +316,9 @@ async def test_a_start_rerun_after_a_failover_registers_the_saga_again(clock: Cl
     order_id = order_apart_from_its_shard(redis, log)
     # Checkout._start: the start under durable(); the index shard's master fails over before
     # the barrier, so durable() runs the start again.
-    release = asyncio.Event()
-    hold.rules[("C", "replicate")] = release
-    starting = asyncio.create_task(
-        hold.run_as("C", store.durable(lambda: orchestrator.start(order_id)))
+    starting, release = await hold.park(
+        "C", "replicate", store.durable(lambda: orchestrator.start(order_id))
     )
-    await until(lambda: hold.parked.get("C", 0) >= 1, starting)
     redis.failover(master_of(log.shard_key(log.shard_of(order_id))))
     release.set()
     started = await starting
@@ -382,10 +347,8 @@ async def test_a_second_slow_start_does_not_push_the_live_saga_s_entry_away(cloc
     store, log, orchestrator = checkout_saga(redis, hold)
     store.one_round_trip = False
     order_id = one_unpaid_order(redis)
-    release = asyncio.Event()
-    hold.rules[("C2", "zadd")] = release  # after its look found no saga
-    second = asyncio.create_task(hold.run_as("C2", orchestrator.start(order_id)))
-    await until(lambda: hold.parked.get("C2", 0) >= 1, second)
+    # The second is parked after its look found no saga.
+    second, release = await hold.park("C2", "zadd", orchestrator.start(order_id))
     first = await hold.run_as("C1", orchestrator.start(order_id))
     given(first.outcome is Outcome.STARTED, "the first checkout starts the saga")
     release.set()
@@ -406,16 +369,7 @@ async def test_a_slow_start_begins_no_saga_its_index_entry_could_lose(clock: Clo
     redis = FakeRedis(clock)
     store, log, orchestrator = checkout_saga(redis, Hold())
     store.one_round_trip = False
-    order_id = next(
-        o
-        for o in fresh_ids("o")
-        if master_of(log.shard_key(log.shard_of(o))) != master_of(order_key(o))
-    )
-    redis.hset(
-        order_key(order_id),
-        {b"user_id": b"u1", b"items": b'[["i1",1]]', b"total_cost": b"3", b"paid": b"0"},
-    )
-    redis.replicate(range(MASTERS))
+    order_id = order_apart_from_its_shard(redis, log)
     index_master = master_of(log.shard_key(log.shard_of(order_id)))
     redis.replica_down(index_master)
     with contextlib.suppress(Unavailable):  # the checkout retries, then its process dies
