@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ T = TypeVar("T")
 # A key written on two masters in one tracked block (see ``Replication.wrote``).
 _FAILED_OVER = "<failed over>"
 
-# The keys written by scripts in the current context (see ``Replication.tracking``).
+# The keys written by scripts in the current context (see ``track_writes``).
 _written: ContextVar[Written | None] = ContextVar("written", default=None)
 
 
@@ -56,6 +57,45 @@ class _Lagging(RedisError):
     """WAIT timed out without an acknowledgement; retried."""
 
 
+@contextlib.contextmanager
+def track_writes() -> Iterator[Written]:
+    """Collect the keys that scripts write inside the block (and in tasks it spawns), with the
+    master that took each write, so the caller can ``replicate`` them before acting. The fake
+    store tracks its writes here too."""
+    written: Written = {}
+    token = _written.set(written)
+    try:
+        yield written
+    finally:
+        _written.reset(token)
+
+
+def tracked_writes() -> Written | None:
+    """What the current ``track_writes`` block has recorded so far (None outside one)."""
+    return _written.get()
+
+
+async def durably(
+    action: Callable[[], Awaitable[T]],
+    tracking: Callable[[], AbstractContextManager[Written]],
+    replicate: Callable[[Written], Awaitable[None]],
+    again: Callable[[], bool],
+) -> T:
+    """``durable``'s loop (the fake store runs it too): ``action`` inside ``tracking``, then
+    ``replicate`` of what it wrote. While that raises WriteMayBeLost and ``again()`` allows, run
+    it again: it re-applies what was lost and finds what survived."""
+    while True:
+        with tracking() as written:
+            result = await action()
+        try:
+            await replicate(written)
+            return result
+        except WriteMayBeLost:
+            if not again():
+                raise
+            log.warning("a write may have been lost in a failover; applying it again")
+
+
 class Replication:
     """Write tracking and the replication barrier of one store, over its ``pipelines`` and the
     slot map of ``cluster()``."""
@@ -68,16 +108,9 @@ class Replication:
         self._cluster = cluster
         self._op_timeout = settings.redis_op_timeout_ms / 1000
 
-    @contextlib.contextmanager
-    def tracking(self) -> Iterator[Written]:
-        """Collect the keys that scripts write inside the block (and in tasks it spawns), with
-        the master that took each write, so the caller can ``replicate`` them before acting."""
-        written: Written = {}
-        token = _written.set(written)
-        try:
-            yield written
-        finally:
-            _written.reset(token)
+    def tracking(self) -> AbstractContextManager[Written]:
+        """``track_writes``: the writes of the block, to ``replicate`` before acting."""
+        return track_writes()
 
     def wrote(self, key: str, node: str | None = None) -> None:
         """Record a write to ``key`` for the current ``tracking``; ``node`` is the master that
@@ -95,19 +128,12 @@ class Replication:
 
     async def durable(self, action: Callable[[], Awaitable[T]]) -> T:
         """Run ``action`` (idempotent script calls) and return once a replica holds its
-        writes. If a failover may have erased them, run it again: it re-applies what was lost
-        and finds what survived."""
+        writes. If a failover may have erased them, run it again (``durably``) until
+        ``REDIS_OP_TIMEOUT_MS`` has passed."""
         deadline = time.monotonic() + self._op_timeout
-        while True:
-            with self.tracking() as written:
-                result = await action()
-            try:
-                await self.replicate(written)
-                return result
-            except WriteMayBeLost:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("a write may have been lost in a failover; applying it again")
+        return await durably(
+            action, self.tracking, self.replicate, lambda: time.monotonic() <= deadline
+        )
 
     async def replicate(self, written: Mapping[str, str]) -> None:
         """Return once a replica holds every write recorded in ``written`` (key -> the master

@@ -8,16 +8,17 @@ callers between calls. Its write tracking and replication barrier follow ``Store
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from common.replication import durably, track_writes, tracked_writes
 from common.store import WriteMayBeLost
 from common.types import Command, ScriptCall, Written
 from test.unit.fake_lua import SCRIPTS
@@ -92,9 +93,6 @@ class FakeNode:
         self.port = int(port)
 
 
-_written: ContextVar[Written | None] = ContextVar("fake_written", default=None)
-
-
 class FakeStore:
     """Stands in for ``common.store.Store`` (both satisfy ``common.types.Storage``); ``calls``
     counts what was done, by name. As the real store, it records which master took each
@@ -145,14 +143,9 @@ class FakeStore:
     async def zrange_scored(self, key: str) -> list[tuple[bytes, float]]:
         return await self.cluster.zrange(key)
 
-    @contextlib.contextmanager
-    def tracking(self) -> Iterator[Written]:
-        written: Written = {}
-        token = _written.set(written)
-        try:
-            yield written
-        finally:
-            _written.reset(token)
+    def tracking(self) -> AbstractContextManager[Written]:
+        """As ``Store.tracking`` (the same ``track_writes``)."""
+        return track_writes()
 
     async def script(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
@@ -172,7 +165,7 @@ class FakeStore:
     def wrote(self, key: str) -> None:
         """As ``Store.wrote``: record, for the current ``tracking``, the master that took a
         write to ``key``."""
-        written = _written.get()
+        written = tracked_writes()
         if written is None:
             return
         if self.first_node_wins:  # as Store does: a second master makes replicate refuse
@@ -272,15 +265,7 @@ class FakeStore:
             raise WriteMayBeLost(f"no replica of masters {unacknowledged} acknowledged")
 
     async def durable(self, action: Callable[[], Awaitable[T]]) -> T:
-        """As ``Store.durable``: run ``action`` again while its writes may have been lost."""
-        attempts = 0
-        while True:
-            with self.tracking() as written:
-                result = await action()
-            try:
-                await self.replicate(written)
-                return result
-            except WriteMayBeLost:
-                attempts += 1
-                if attempts > 5:
-                    raise
+        """As ``Store.durable`` (its loop): run ``action`` again while its writes may have been
+        lost, five times at most."""
+        retries = itertools.count(1)
+        return await durably(action, self.tracking, self.replicate, lambda: next(retries) <= 5)
