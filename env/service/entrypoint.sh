@@ -11,6 +11,16 @@ case "${SERVICE_NAME:-}" in
         ;;
 esac
 
+# Exit unless $2, the value of $1, is a plain decimal number; $3 says what it must be.
+require_number() {
+    case "$2" in
+        "" | *[!0-9]*)
+            echo "service-entrypoint: $1 must be $3 (got '$2')" >&2
+            exit 64
+            ;;
+    esac
+}
+
 # Every replica needs its own WORKER_ID. Kubernetes sets it from the pod name; compose replicas
 # share one environment, so fall back to the container's hostname (its id), unique per replica.
 WORKER_ID="${WORKER_ID:-$(hostname)}"
@@ -22,24 +32,14 @@ export WORKER_ID
 # back (order/checkout.py): 1.5 x CHECKOUT_TIMEOUT_MS + 5 s. compose's stop_grace_period and
 # the pods' terminationGracePeriodSeconds leave room for it (test/deploy checks them).
 checkout_ms="${CHECKOUT_TIMEOUT_MS:-20000}"
-case "$checkout_ms" in
-    "" | *[!0-9]*)
-        echo "service-entrypoint: CHECKOUT_TIMEOUT_MS must be a number of milliseconds (got '$checkout_ms')" >&2
-        exit 64
-        ;;
-esac
+require_number CHECKOUT_TIMEOUT_MS "$checkout_ms" "a number of milliseconds"
 graceful_s=$(((checkout_ms * 3 / 2 + 999) / 1000 + 5))
 
 # The port hypercorn listens on, on every interface. Compose and k8s leave PORT unset: their
 # healthchecks, probes, Services and the gateway's upstreams all use 8000. A check that runs
 # this entrypoint beside a local stack (test/system/test_deployment_settings.py) moves it.
 port="${PORT:-8000}"
-case "$port" in
-    "" | *[!0-9]*)
-        echo "service-entrypoint: PORT must be a port number (got '$port')" >&2
-        exit 64
-        ;;
-esac
+require_number PORT "$port" "a port number"
 
 # --workers 0: hypercorn serves in this very process (PID 1 of the container), as in the local
 # stack. With --workers 1 a parent process kept the listening socket open while its child
