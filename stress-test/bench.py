@@ -248,27 +248,35 @@ async def read_balances(
     progress: tqdm | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Credit per user and stock per item."""
-    credit: dict[str, int] = {}
-    stock: dict[str, int] = {}
-    user_base = f"{urls['PAYMENT_URL']}/payment/find_user"
-    item_base = f"{urls['STOCK_URL']}/stock/find"
     connector = aiohttp.TCPConnector(limit=workers)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await read_all(
-            session,
-            ((u, f"{user_base}/{u}") for u in users),
-            workers,
-            lambda key, body: credit.__setitem__(key, int(body["credit"])),
-            progress,
+        credit = await read_field(
+            session, f"{urls['PAYMENT_URL']}/payment/find_user", users, "credit", workers, progress
         )
-        await read_all(
-            session,
-            ((i, f"{item_base}/{i}") for i in items),
-            workers,
-            lambda key, body: stock.__setitem__(key, int(body["stock"])),
-            progress,
+        stock = await read_field(
+            session, f"{urls['STOCK_URL']}/stock/find", items, "stock", workers, progress
         )
     return credit, stock
+
+
+async def read_field(
+    session: aiohttp.ClientSession,
+    base: str,
+    keys: Iterable[str],
+    field: str,
+    workers: int,
+    progress: tqdm | None,
+) -> dict[str, int]:
+    """The number ``field`` of what ``GET {base}/{key}`` answers, per key (see ``read_all``)."""
+    values: dict[str, int] = {}
+    await read_all(
+        session,
+        ((key, f"{base}/{key}") for key in keys),
+        workers,
+        lambda key, body: values.__setitem__(key, int(body[field])),
+        progress,
+    )
+    return values
 
 
 def check_balances(
