@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from test.client import Api, until
+from test.client import Api, Reply, until
 from test.conftest import Stack
 
 
@@ -25,31 +27,48 @@ async def test_killed_stock_worker_is_routed_around(api: Api, stack: Stack) -> N
     await until(lambda: running(stack, "stock-0", killed), within=30)
 
 
-async def test_killed_order_worker_loses_no_checkout(api: Api, stack: Stack) -> None:
-    """Checkouts in flight on the killed worker are retried by the gateway on another one."""
-    item_id = await api.item(price=1, stock=60)
-    users = [await api.user(credit=1) for _ in range(80)]
+@dataclass
+class Rush:
+    """One-credit users each checking out one unit of one item, their checkouts in flight."""
+
+    item_id: str
+    users: list[str]
+    orders: list[str]
+    checkouts: list[asyncio.Task[Reply]]
+
+
+async def rush(api: Api, *, stock: int, buyers: int) -> Rush:
+    """A fresh item with ``stock`` units and ``buyers`` orders of one unit each, by one-credit
+    users, whose checkouts are sent and given time to reach the workers."""
+    item_id = await api.item(price=1, stock=stock)
+    users = [await api.user(credit=1) for _ in range(buyers)]
     orders = [await api.order(user, [(item_id, 1)]) for user in users]
     checkouts = [asyncio.ensure_future(api.post(f"/orders/checkout/{o}")) for o in orders]
-    await asyncio.sleep(0.05)  # let the checkouts reach the workers before the kill
-    killed = stack.kill("order-0")
-    replies = await asyncio.gather(*checkouts)
+    await asyncio.sleep(0.05)  # let the checkouts reach the workers before the fault
+    return Rush(item_id, users, orders, checkouts)
+
+
+async def kill_during_checkouts(
+    api: Api, stack: Stack, name: str, *, stock: int, buyers: int
+) -> str:
+    """Kill process ``name`` during a ``rush``: every checkout answers 200 or 400 and tells the
+    truth (``assert_consistent``). Returns the item once ``name`` runs again."""
+    run = await rush(api, stock=stock, buyers=buyers)
+    killed = stack.kill(name)
+    replies = await asyncio.gather(*run.checkouts)
     assert {r.status for r in replies} <= {200, 400}, Counter(r.status for r in replies)
-    await assert_consistent(api, item_id, 60, users, orders, replies)
-    await until(lambda: running(stack, "order-0", killed), within=30)
+    await assert_consistent(api, run, stock, replies)
+    await until(lambda: running(stack, name, killed), within=30)
+    return run.item_id
+
+
+async def test_killed_order_worker_loses_no_checkout(api: Api, stack: Stack) -> None:
+    """Checkouts in flight on the killed worker are retried by the gateway on another one."""
+    await kill_during_checkouts(api, stack, "order-0", stock=60, buyers=80)
 
 
 async def test_broker_restarted_empty_mid_checkout(api: Api, stack: Stack) -> None:
-    item_id = await api.item(price=1, stock=50)
-    users = [await api.user(credit=1) for _ in range(70)]
-    orders = [await api.order(user, [(item_id, 1)]) for user in users]
-    checkouts = [asyncio.ensure_future(api.post(f"/orders/checkout/{o}")) for o in orders]
-    await asyncio.sleep(0.05)
-    killed = stack.kill("broker")
-    replies = await asyncio.gather(*checkouts)
-    assert {r.status for r in replies} <= {200, 400}, Counter(r.status for r in replies)
-    await assert_consistent(api, item_id, 50, users, orders, replies)
-    await until(lambda: running(stack, "broker", killed), within=30)
+    item_id = await kill_during_checkouts(api, stack, "broker", stock=50, buyers=70)
     # And the system takes new checkouts after the restart.
     fresh_user = await api.user(credit=5)
     fresh = await api.order(fresh_user, [(item_id, 0 + 1)])
@@ -57,34 +76,28 @@ async def test_broker_restarted_empty_mid_checkout(api: Api, stack: Stack) -> No
     assert (await api.post(f"/orders/checkout/{fresh}")).status == expected
 
 
-async def assert_consistent(
-    api: Api, item_id: str, stock: int, users: list[str], orders: list[str], replies: list
-) -> None:  # type: ignore[type-arg]
+async def assert_consistent(api: Api, run: Rush, stock: int, replies: Sequence[Reply]) -> None:
     """Every 2xx is a paid order charged once, every 4xx holds nothing, and totals add up."""
-    paid = [await api.paid(o) for o in orders]
+    paid = [await api.paid(o) for o in run.orders]
     assert paid == [r.status == 200 for r in replies]
-    credits = [await api.credit(u) for u in users]
+    credits = [await api.credit(u) for u in run.users]
     assert credits == [0 if p else 1 for p in paid]
-    assert await api.stock(item_id) == stock - sum(paid)
+    assert await api.stock(run.item_id) == stock - sum(paid)
 
 
 async def test_whole_stack_restarted_takes_checkouts(api: Api, stack: Stack) -> None:
     """Every process restarted at once (as after a power cut): the services come up while
     their Redis clusters are still forming, and must still start consuming once they have."""
-    item_id = await api.item(price=1, stock=30)
-    users = [await api.user(credit=1) for _ in range(40)]
-    orders = [await api.order(user, [(item_id, 1)]) for user in users]
-    checkouts = [asyncio.ensure_future(api.post(f"/orders/checkout/{o}")) for o in orders]
-    await asyncio.sleep(0.05)
+    run = await rush(api, stock=30, buyers=40)
     stack.run("ctl", "restart", "all")
-    await asyncio.gather(*checkouts, return_exceptions=True)  # the gateway went down too
+    await asyncio.gather(*run.checkouts, return_exceptions=True)  # the gateway went down too
 
     async def settled() -> bool:
         """Every saga of the run ended: paid orders are charged once, others hold nothing."""
         try:
-            paid = [await api.paid(o) for o in orders]
-            credits = [await api.credit(u) for u in users]
-            stock = await api.stock(item_id)
+            paid = [await api.paid(o) for o in run.orders]
+            credits = [await api.credit(u) for u in run.users]
+            stock = await api.stock(run.item_id)
         except Exception:  # still starting
             return False
         return credits == [0 if p else 1 for p in paid] and stock == 30 - sum(paid)
