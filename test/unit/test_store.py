@@ -25,7 +25,7 @@ from common.settings import load_settings
 from common.store import Store, WriteMayBeLost, hash_tag
 from test.unit.fake_lua import SCRIPTS
 from test.unit.fake_redis import IN_SYNC, MASTERS, FakeRedis, encode_arg, master_of
-from test.unit.fake_store import FakeStore
+from test.unit.fake_store import FakeNode, FakeStore
 
 
 @pytest.mark.parametrize(
@@ -51,13 +51,6 @@ def test_keys_of_one_entity_share_a_slot() -> None:
 
 
 # --- the real Store over a FakeRedis -----------------------------------------------------------
-class _Node:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.host, _, port = name.rpartition(":")
-        self.port = int(port)
-
-
 class _Cluster:
     """The ``RedisCluster`` calls ``Store`` makes, answered from a ``FakeRedis``."""
 
@@ -72,14 +65,14 @@ class _Cluster:
         script = SCRIPTS[self._by_sha[sha]]
         return script(self._redis, list(keys), [encode_arg(a) for a in args])
 
-    def get_node_from_key(self, key: str) -> _Node:
-        return _Node(self._redis.node_of(key))
+    def get_node_from_key(self, key: str) -> FakeNode:
+        return FakeNode(self._redis.node_of(key))
 
     def keyslot(self, key: str) -> str:
         return hash_tag(key)
 
-    def get_primaries(self) -> list[_Node]:
-        return [_Node(self._redis.node_of(f"{{m{m}}}")) for m in range(MASTERS)]
+    def get_primaries(self) -> list[FakeNode]:
+        return [FakeNode(self._redis.node_of(f"{{m{m}}}")) for m in range(MASTERS)]
 
     async def initialize(self) -> None:
         return None
