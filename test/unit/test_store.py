@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
@@ -78,23 +79,16 @@ class _Cluster:
         return None
 
 
+@dataclass
 class _NodeClient:
     """One node's connections: pipelines of EVALSHA, HMGET and the barrier's SET and WAIT. A
     command for a key this node no longer serves answers MOVED, as a real master does."""
 
-    def __init__(
-        self,
-        redis: FakeRedis,
-        name: str,
-        scripts: dict[str, str],
-        sent: list[int],
-        on_wait: Callable[[int], None],
-    ) -> None:
-        self._redis = redis
-        self._name = name
-        self._scripts = scripts
-        self.sent = sent
-        self._on_wait = on_wait
+    redis: FakeRedis
+    name: str
+    scripts: dict[str, str]
+    sent: list[int]
+    on_wait: Callable[[int], None]
 
     def pipeline(self, transaction: bool = True) -> _Pipeline:
         return _Pipeline(self)
@@ -105,19 +99,19 @@ class _NodeClient:
             if not barrier:
                 return ResponseError("WAIT without a write")
             master = master_of(barrier[-1])
-            self._on_wait(master)
-            self._redis.replicate([master])
-            return int(self._redis.replica[master] == IN_SYNC)
+            self.on_wait(master)
+            self.redis.replicate([master])
+            return int(self.redis.replica[master] == IN_SYNC)
         key = str(command[3] if name == "EVALSHA" else command[1])
-        if self._redis.node_of(key) != self._name:
-            return ResponseError(f"MOVED 1 {self._redis.node_of(key)}")
+        if self.redis.node_of(key) != self.name:
+            return ResponseError(f"MOVED 1 {self.redis.node_of(key)}")
         if name == "EVALSHA":
             numkeys = int(command[2])
             keys, args = command[3 : 3 + numkeys], command[3 + numkeys :]
-            script = SCRIPTS[self._scripts[str(command[1])]]
-            return script(self._redis, [str(k) for k in keys], [encode_arg(a) for a in args])
+            script = SCRIPTS[self.scripts[str(command[1])]]
+            return script(self.redis, [str(k) for k in keys], [encode_arg(a) for a in args])
         if name == "HMGET":
-            return self._redis.hmget(key, [encode_arg(f) for f in command[2:]])
+            return self.redis.hmget(key, [encode_arg(f) for f in command[2:]])
         if name == "SET":
             barrier.append(key)
             return True
