@@ -39,14 +39,21 @@ async def test_stock_bad_numbers_are_400_and_change_nothing(api: Api, bad: str) 
     assert (await api.ok("GET", f"/stock/find/{item_id}")) == {"stock": 5, "price": 3}
 
 
-async def test_stock_unknown_item(api: Api) -> None:
-    for method, path in (
-        ("GET", "/stock/find/nope-item"),
-        ("POST", "/stock/add/nope-item/1"),
-        ("POST", "/stock/subtract/nope-item/1"),
-    ):
+@pytest.mark.parametrize(
+    ("find", "changes"),
+    [
+        ("/stock/find/nope-item", ("/stock/add/nope-item/1", "/stock/subtract/nope-item/1")),
+        (
+            "/payment/find_user/nope-user",
+            ("/payment/add_funds/nope-user/1", "/payment/pay/nope-user/1"),
+        ),
+    ],
+    ids=["stock", "payment"],
+)
+async def test_unknown_entity(api: Api, find: str, changes: tuple[str, ...]) -> None:
+    for method, path in [("GET", find), *(("POST", change) for change in changes)]:
         assert (await api.request(method, path)).status == 400, path
-    assert (await api.get("/stock/find/nope-item")).status == 400  # not created by the add
+    assert (await api.get(find)).status == 400  # not created by the add
 
 
 async def test_payment_user_lifecycle(api: Api) -> None:
@@ -75,16 +82,6 @@ async def test_payment_bad_numbers_are_400_and_change_nothing(api: Api, bad: str
     ):
         assert (await api.post(path)).status == 400, path
     assert await api.credit(user_id) == 9
-
-
-async def test_payment_unknown_user(api: Api) -> None:
-    for method, path in (
-        ("GET", "/payment/find_user/nope-user"),
-        ("POST", "/payment/add_funds/nope-user/1"),
-        ("POST", "/payment/pay/nope-user/1"),
-    ):
-        assert (await api.request(method, path)).status == 400, path
-    assert (await api.get("/payment/find_user/nope-user")).status == 400
 
 
 async def test_order_lifecycle(api: Api) -> None:
