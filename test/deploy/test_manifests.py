@@ -665,6 +665,20 @@ def nginx_binary() -> str:
     return nginx
 
 
+def listening(port: int, proc: subprocess.Popen[bytes], *, within_s: float) -> bool:
+    """Whether ``port`` on loopback takes a connection before ``proc`` exits or ``within_s``
+    seconds pass."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def running_nginx(prefix: Path, conf: Path, port: int) -> Iterator[str]:
     """Runs nginx with ``conf`` in the foreground until the block ends; yields its base URL."""
@@ -676,17 +690,10 @@ def running_nginx(prefix: Path, conf: Path, port: int) -> Iterator[str]:
     assert check.returncode == 0, check.stderr
     proc = subprocess.Popen(args, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    _, err = proc.communicate(timeout=10)
-                    pytest.fail(f"nginx did not start: {err.decode(errors='replace')}")
-                time.sleep(0.1)
+        if not listening(port, proc, within_s=10):
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            pytest.fail(f"nginx did not start: {err.decode(errors='replace')}")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGQUIT)
@@ -1005,14 +1012,7 @@ def test_a_stopping_worker_finishes_a_checkout_that_outlasts_hypercorns_default(
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "no hypercorn"
-                time.sleep(0.1)
+        assert listening(port, proc, within_s=20), "no hypercorn"
         answers: list[object] = []
 
         def checkout() -> None:
