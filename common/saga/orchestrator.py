@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from enum import Enum
 from typing import Any
 
@@ -52,24 +52,17 @@ class Started:
     commands: tuple[Outgoing, ...] = ()
 
 
+@dataclass(eq=False)
 class Orchestrator:
     """The saga machinery for one ``SagaDefinition``; ``log`` keeps the state, ``clock`` tells
     the time to every part that reads it (the sweeper, the operator's actions)."""
 
-    def __init__(
-        self,
-        definition: SagaDefinition,
-        log: SagaLog,
-        *,
-        step_timeout_ms: int,
-        deadline_ms: int,
-        clock: Clock = now_ms,
-    ) -> None:
-        self.definition = definition
-        self.log = log
-        self.step_timeout_ms = step_timeout_ms
-        self.deadline_ms = deadline_ms
-        self.clock = clock
+    definition: SagaDefinition
+    log: SagaLog
+    _: KW_ONLY
+    step_timeout_ms: int
+    deadline_ms: int
+    clock: Clock = now_ms
 
     async def read(self, entity_id: str) -> SagaState | None:
         """Where the entity's saga stands (None for an unknown entity), as its master has it."""
