@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -24,3 +25,21 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
         wait_s = min(wait_s * 2, 5.0)
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class Background:
+    """One named task running ``run()``: ``start`` makes it (once), ``stop`` cancels it and
+    waits until it has finished (``cancel``); both are safe to call twice."""
+
+    def __init__(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._name = name
+        self._run = run
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel(task)

@@ -17,7 +17,7 @@ from quart import Quart, Response, request
 from common.consumer import ConsumerLoop
 from common.observability import logs, metrics, telemetry, tracing
 from common.settings import Settings
-from common.tasks import cancel
+from common.tasks import Background
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,14 @@ class LagSampler:
         self._service = service
         self._loops = loops
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("lag-sampler", self._run)
 
     async def start(self) -> None:
-        if self._task is None and self._loops:
-            self._task = asyncio.create_task(self._run(), name="lag-sampler")
+        if self._loops:
+            self._task.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel(task)
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

@@ -10,7 +10,7 @@ import logging
 from common.effects import Effects
 from common.observability import telemetry
 from common.saga.orchestrator import Orchestrator
-from common.tasks import cancel
+from common.tasks import Background
 from common.terms import AbortReason, SagaStatus
 from common.types import MessageBus, Outgoing, Storage
 
@@ -41,17 +41,15 @@ class Sweeper:
         self._interval_ms = interval_ms
         self._batch = batch
         self._limit = asyncio.Semaphore(concurrency)
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("saga-sweeper", self._run)
         self.resends = 0
         self.aborts = 0
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="saga-sweeper")
+        self._task.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel(task)
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:
