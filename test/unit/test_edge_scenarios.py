@@ -352,21 +352,26 @@ async def test_hole4_an_order_reset_under_a_live_saga_turns_it_back(clock: Clock
     svc = Services(clock)
     await svc.batch_init(1, stock=10, credit=10)
     clock.ms += 1000
-    answer = asyncio.create_task(
-        svc.checkout_edge(timeout_ms=30_000, answer_ms=31_000)("0")
-    )
+    held_at_answer: list[list[bytes | None]] = []
+
+    async def checkout_noting_what_is_held() -> None:
+        """The checkout; what its saga holds is read the moment it answers, in the same step
+        (a done-callback ran a loop turn later, after the test had looked)."""
+        try:
+            await svc.checkout_edge(timeout_ms=30_000, answer_ms=31_000)("0")
+        finally:
+            saga_id = svc.bus.published[0][1].saga_id
+            held_at_answer.append(
+                [svc.record(svc.items, "0", saga_id), svc.record(svc.users, "0", saga_id)]
+            )
+
+    answer = asyncio.create_task(checkout_noting_what_is_held())
     await until(lambda: bool(svc.bus.published), answer)
     saga_id = svc.bus.published[0][1].saga_id
     await svc.deliver("stock")
     await svc.deliver("order")
     await svc.deliver("payment")  # charged; PaymentCompleted not handled yet
     given(svc.record(svc.users, "0", saga_id) == b"T:2", "the user is charged")
-    held_at_answer: list[list[bytes | None]] = []
-    answer.add_done_callback(
-        lambda _: held_at_answer.append(
-            [svc.record(svc.items, "0", saga_id), svc.record(svc.users, "0", saga_id)]
-        )
-    )
     clock.ms += 1000
     await svc.orders().batch_init(1, 1, 1, 1)
     await _quiet(svc, clock)
