@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 
 Batch = dict[TopicPartition, list[ConsumerRecord]]
 
-COMMIT_INTERVAL_S = 0.2
+COMMIT_INTERVAL_S = 1.0
 """Offsets are committed at most this often: each commit is a broker round trip, and one
-missed only means a redelivery of what the handlers have already done (which they ignore)."""
+missed only means a redelivery of what the handlers have already done (which they ignore).
+Once a second instead of every 200 ms cost the stack about 5 % less CPU per checkout under 150
+locust users (2026-11-29, alternating: 8.6 and 8.2 ms against 9.1 and 8.5 ms)."""
 BATCH_RETRY_MAX_S = 1.0
 """The longest wait between two attempts of a failed batch."""
 STOP_TIMEOUT_S = 5.0
