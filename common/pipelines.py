@@ -4,7 +4,7 @@ in one pipeline, over one connection per node (``NodeClients``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
@@ -59,6 +59,7 @@ class Pipelines:
         self._client_of = client_of
         self._pending: dict[str, list[tuple[tuple[Arg, ...], asyncio.Future[Any]]]] = {}
         self._nodes: dict[str, Node] = {}
+        self._barriers: dict[str, _Barrier] = {}
 
     def run(
         self, node: Node, command: tuple[Arg, ...], *, raw: bool = False
@@ -86,37 +87,70 @@ class Pipelines:
         future.add_done_callback(unwrap)
         return wrapped
 
+    def run_then_barrier(
+        self, node: Node, command: tuple[Arg, ...], barrier: Sequence[tuple[Arg, ...]]
+    ) -> tuple[asyncio.Future[Any], asyncio.Future[list[Any]]]:
+        """``run``, with ``barrier`` (a small write and a WAIT) sent last in the same pipeline,
+        on the same connection, so that the WAIT covers ``command``'s write: a consumer's
+        scripts and their replication barrier cost one round trip, not two. A pipeline carries
+        one barrier, for everyone in it who asked. The second future gets the barrier's
+        replies (an error reply as its exception), or the error that cut the pipeline."""
+        reply = self.run(node, command)
+        found = self._barriers.get(node.name)
+        if found is None:
+            found = _Barrier(tuple(barrier), asyncio.get_running_loop().create_future())
+            self._barriers[node.name] = found
+        return reply, found.replies
+
     def _flush(self) -> None:
         pending, self._pending = self._pending, {}
         nodes, self._nodes = self._nodes, {}
+        barriers, self._barriers = self._barriers, {}
         for name, calls in pending.items():
-            task = asyncio.get_running_loop().create_task(self._send(nodes[name], calls))
+            send = self._send(nodes[name], calls, barriers.get(name))
+            task = asyncio.get_running_loop().create_task(send)
             _sending.add(task)
             task.add_done_callback(_sending.discard)
 
     async def _send(
-        self, node: Node, calls: list[tuple[tuple[Arg, ...], asyncio.Future[Any]]]
+        self,
+        node: Node,
+        calls: list[tuple[tuple[Arg, ...], asyncio.Future[Any]]],
+        barrier: _Barrier | None,
     ) -> None:
         client = self._client_of(node.host, node.port)
+        tail = barrier.commands if barrier is not None else ()
         try:
             async with client.pipeline(transaction=False) as pipe:
-                for command, _ in calls:
+                for command in [*(command for command, _ in calls), *tail]:
                     pipe.execute_command(*command)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
-            for _, future in calls:
+            error = exc if isinstance(exc, Exception) else RedisError(exc)
+            for future in [*(future for _, future in calls), *_futures(barrier)]:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RedisError(exc))
+                    future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), reply in zip(calls, replies, strict=True):
+        for (_, future), reply in zip(calls, replies, strict=False):
             if future.done():
                 continue
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+        if barrier is not None and not barrier.replies.done():
+            barrier.replies.set_result(list(replies[len(calls) :]))
+
+
+class _Barrier(NamedTuple):
+    commands: tuple[tuple[Arg, ...], ...]
+    replies: asyncio.Future[list[Any]]
+
+
+def _futures(barrier: _Barrier | None) -> list[asyncio.Future[Any]]:
+    return [] if barrier is None else [barrier.replies]
 
 
 _sending: set[asyncio.Task[None]] = set()

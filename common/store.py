@@ -20,7 +20,13 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from common.pipelines import Node, NodeClients, Pipelines
-from common.replication import Replication, WriteMayBeLost, hash_tag, master_name
+from common.replication import (
+    Replication,
+    WriteMayBeLost,
+    hash_tag,
+    master_name,
+    tracked_writes,
+)
 from common.retrying import retrying
 from common.settings import Settings
 from common.types import Arg, Command, ScriptCall, Written
@@ -123,15 +129,23 @@ class Store:
         body, sha = self._scripts[name]
         node = self._master_of(keys[0]) if keys else None
         if node is not None:
+            packed: tuple[Arg, ...] = ("EVALSHA", sha, len(keys), *keys, *args)
+            barrier = self._covering_barrier(keys[0]) if writes else None
             try:
-                result = await self._batch.run(node, ("EVALSHA", sha, len(keys), *keys, *args))
+                if barrier is None:
+                    result = await self._batch.run(node, packed)
+                    covered = False
+                else:
+                    reply, barrier_replies = self._batch.run_then_barrier(node, packed, barrier)
+                    result = await reply
+                    covered = self._acknowledged(barrier_replies)
             except NoScriptError:
                 await self._node_client(node.host, node.port).script_load(body)
             except (RedisError, OSError):
                 pass  # MOVED, a dropped connection, a failover: the ordinary path below follows
                 # the cluster and retries (the scripts are idempotent)
             else:
-                if writes:
+                if writes and not covered:
                     self.wrote(keys[0], node.name)
                 return result
 
@@ -145,6 +159,25 @@ class Store:
         if writes and keys:
             self.wrote(keys[0])
         return result
+
+    def _covering_barrier(self, key: str) -> tuple[tuple[Arg, ...], ...] | None:
+        """The barrier to send behind a write to ``key`` inside a ``tracking`` block (whose
+        writes are replicated before anything acts on them), or None outside one."""
+        if self._settings.redis_wait_replicas <= 0 or tracked_writes() is None:
+            return None
+        return self._replication.commands(key)
+
+    def _acknowledged(self, barrier_replies: asyncio.Future[list[Any]]) -> bool:
+        """Whether a barrier sent behind a write saw a replica take it: then the write needs no
+        barrier of its own (``replicate``); else it is recorded and gets one."""
+        if not barrier_replies.done() or barrier_replies.cancelled():
+            return False
+        if barrier_replies.exception() is not None:
+            return False
+        set_reply, acked = barrier_replies.result()
+        if isinstance(set_reply, Exception) or isinstance(acked, Exception):
+            return False
+        return int(acked) >= self._settings.redis_wait_replicas
 
     async def hmget(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
         """HMGET, batched with the other calls to ``key``'s master in this turn of the loop."""

@@ -156,22 +156,41 @@ class FakeStore:
             raise NotImplementedError(f"no Python reproduction of {name}.lua in fake_lua")
         await self._gate(f"{name} {keys[0] if keys else ''}")
         self.calls[name] += 1
+        node = self.redis.node_of(keys[0]) if keys else ""
         result = SCRIPTS[name](self.redis, list(keys), [encode_arg(a) for a in args])
         self._observe(f"{name} {keys[-1] if keys else ''}", result)
-        if writes and keys:
-            self.wrote(keys[0])
+        if writes and keys and not await self._covered(keys[0], node):
+            self._record(keys[0], node)
         return result
+
+    async def _covered(self, key: str, node: str) -> bool:
+        """As ``Store.script`` inside a ``tracking`` block: the barrier sent behind the script
+        in its pipeline (a gate apart, where a failover may come first) replicates everything
+        the master has when its replica is in sync; then the write needs no barrier of its
+        own. A master that failed over meanwhile, or a replica not in sync, leaves it
+        recorded for ``replicate``."""
+        if tracked_writes() is None:
+            return False
+        await self._gate("replicate")
+        if self.redis.node_of(key) != node:
+            return False
+        master = master_of(key)
+        self.redis.replicate([master])
+        return self.redis.replica[master] == IN_SYNC
 
     def wrote(self, key: str) -> None:
         """As ``Store.wrote``: record, for the current ``tracking``, the master that took a
         write to ``key``."""
+        self._record(key, self.redis.node_of(key))
+
+    def _record(self, key: str, node: str) -> None:
         written = tracked_writes()
         if written is None:
             return
         if self.first_node_wins:  # as Store does: a second master makes replicate refuse
-            written.setdefault(key, self.redis.node_of(key))
+            written.setdefault(key, node)
         else:
-            written[key] = self.redis.node_of(key)
+            written[key] = node
 
     def master_name(self, key: str) -> str:
         """As ``Store.master_name``: the node serving ``key``'s master now."""

@@ -18,7 +18,7 @@ from common.messages import StockUpdated, StockUpdateRequested
 from common.saga.admin import SagaAdmin
 from common.store import WriteMayBeLost
 from common.types import Outgoing, Written
-from test.unit.fake_redis import FakeRedis
+from test.unit.fake_redis import MASTERS, FakeRedis
 from test.unit.fake_store import FakeStore
 from test.unit.scenario_kit import STEP_MS, Clock, Services, sweeper_of
 
@@ -75,24 +75,20 @@ async def test_a_cancelled_block_replicates_and_publishes_nothing() -> None:
     assert rec.calls == []
 
 
-def _no_replica(store: FakeStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def refuse(written: Mapping[str, str]) -> None:
-        if written:
-            raise WriteMayBeLost("no replica acknowledged")
-
-    monkeypatch.setattr(store, "replicate", refuse)
+def _no_replica(redis: FakeRedis) -> None:
+    """Every master's replica is away: no barrier is acknowledged, none of the writes is."""
+    for master in range(MASTERS):
+        redis.replica_down(master)
 
 
-async def test_no_path_publishes_what_it_could_not_replicate(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_no_path_publishes_what_it_could_not_replicate(clock: Clock) -> None:
     svc = Services(clock)
     order_id = svc.order(svc.user(10), [(svc.item(5), 1)], total=1)
     orchestrator, store, bus = svc.orchestrator, svc.stores["order"], svc.bus
     started = await store.durable(lambda: orchestrator.start(order_id))
     await bus.publish(started.commands)
     await svc.deliver("stock")  # the stock reply waits for order's consumer
-    _no_replica(store, monkeypatch)
+    _no_replica(svc.redis["order"])
     published = len(bus.published)
 
     # The consumer loop: the reply moves the saga, the next command waits for the barrier.

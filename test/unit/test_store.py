@@ -181,12 +181,15 @@ async def test_calls_made_together_go_to_each_master_in_one_pipeline() -> None:
     with store.tracking() as written:
         results = await asyncio.gather(*(take(store, key, "s1") for key in keys))
     assert results == [b"T:1"] * 30
+    # Each master's scripts, then one SET and WAIT behind them in the same pipeline: the
+    # replica took them all, so none is left for replicate to vouch for.
     assert sorted(store.sent) == sorted(
-        sum(redis.node_of(key) == node for key in keys) for node in masters
+        sum(redis.node_of(key) == node for key in keys) + 2 for node in masters
     )
+    assert written == {}
     store.sent.clear()
-    await store.replicate(written)  # one SET and WAIT per master, together
-    assert store.sent == [2] * len(masters)
+    await store.replicate(written)
+    assert store.sent == []
     for node in masters:
         redis.failover(master_of(next(key for key in keys if redis.node_of(key) == node)))
     assert [redis.hget(key, b"credit") for key in keys] == [b"4"] * 30
@@ -202,11 +205,18 @@ async def test_a_replicated_write_survives_a_failover() -> None:
     assert redis.hget(key, b"credit") == b"4"
 
 
-async def test_a_failover_before_the_barrier_is_reported_and_durable_reapplies() -> None:
+async def test_an_unacknowledged_write_lost_in_a_failover_is_reported_and_durable_reapplies() -> (
+    None
+):
+    """The barrier behind a write got no acknowledgement (the replica was away), so the write
+    is left for ``replicate``; its master fails over first and the write is gone: replicate
+    says so, and ``durable`` applies it again."""
     redis = FakeRedis()
     store, key = StoreOverFake(redis), user(redis, 5)
+    redis.replica_down(master_of(key))
     with store.tracking() as written:
         await take(store, key, "s1")
+    assert list(written) == [key]
     redis.failover(master_of(key))
     with pytest.raises(WriteMayBeLost):
         await store.replicate(written)
@@ -215,23 +225,29 @@ async def test_a_failover_before_the_barrier_is_reported_and_durable_reapplies()
     failovers = [master_of(key)]
 
     async def take_then_fail_over() -> Any:
+        if failovers:
+            redis.replica_down(master_of(key))
         result = await take(store, key, "s2")
         if failovers:
             redis.failover(failovers.pop())
         return result
 
     assert await store.durable(take_then_fail_over) == b"T:1"
+    assert failovers == []
     redis.failover(master_of(key))
     assert redis.hget(key, b"credit") == b"4"
 
 
 async def _two_writes_to_one_key_around_a_failover(
-    store: Store | FakeStore, redis: FakeRedis
+    store: Store | FakeStore, redis: FakeRedis, *, replica_away: bool = True
 ) -> str:
     """Two sagas charge one user inside one tracked block (two orders of one user in one
-    consumer batch); the user's master fails over between the two charges. Returns the
-    first saga's record after ``replicate`` vouched for the block (or 'refused')."""
+    consumer batch); the user's master fails over between the two charges (with its replica
+    away at the first, the barrier behind it unacknowledged). Returns the first saga's record
+    after ``replicate`` vouched for the block (or 'refused')."""
     key = user(redis, 5)
+    if replica_away:
+        redis.replica_down(master_of(key))
     with store.tracking() as written:
         await take(store, key, "first")
         redis.failover(master_of(key))  # the first charge was not replicated yet: gone
@@ -246,12 +262,19 @@ async def _two_writes_to_one_key_around_a_failover(
 
 async def test_replicate_sees_a_failover_between_two_writes_to_one_key() -> None:
     redis = FakeRedis()
-    assert await _two_writes_to_one_key_around_a_failover(StoreOverFake(redis), redis) != "lost"
+    assert await _two_writes_to_one_key_around_a_failover(StoreOverFake(redis), redis) == "refused"
+
+
+async def test_a_write_its_barrier_covered_survives_a_failover_before_the_next() -> None:
+    redis = FakeRedis()
+    store = StoreOverFake(redis)
+    outcome = await _two_writes_to_one_key_around_a_failover(store, redis, replica_away=False)
+    assert outcome == "T:1"
 
 
 @pytest.mark.parametrize(
     "scenario",
-    ["one write", "two writes", "replica down", "replica resyncing"],
+    ["one write", "two writes", "two covered writes", "replica down", "replica resyncing"],
 )
 async def test_fake_store_tracks_like_the_real_store(scenario: str) -> None:
     """The simulation's ``FakeStore`` must follow ``Store``'s bookkeeping and its barrier's
@@ -261,8 +284,12 @@ async def test_fake_store_tracks_like_the_real_store(scenario: str) -> None:
     for make in (_store_over_fake, _fake_store):
         redis = FakeRedis()
         store = make(redis)
-        if scenario == "two writes":
-            outcomes.append(await _two_writes_to_one_key_around_a_failover(store, redis))
+        if scenario in ("two writes", "two covered writes"):
+            away = scenario == "two writes"
+            outcome = await _two_writes_to_one_key_around_a_failover(
+                store, redis, replica_away=away
+            )
+            outcomes.append(outcome)
             continue
         key = user(redis, 5)
         if scenario == "replica down":
