@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from common.retrying import dropped_connection
 from common.settings import Settings
 from common.types import Arg
 
@@ -126,7 +128,10 @@ class Pipelines:
                     pipe.execute_command(*command)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
-            error = exc if isinstance(exc, Exception) else RedisError(exc)
+            if dropped_connection(exc):  # a closed transport: a dropped connection, retried
+                error: Exception = RedisConnectionError(str(exc))
+            else:
+                error = exc if isinstance(exc, Exception) else RedisError(exc)
             for future in [*(future for _, future in calls), *_futures(barrier)]:
                 if not future.done():
                     future.set_exception(error)

@@ -18,7 +18,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError, S
 
 from common.errors import Unavailable
 from common.pipelines import Node, Pipelines
-from common.retrying import retrying
+from common.retrying import dropped_connection, retrying
 from common.settings import Settings
 from common.types import Arg, Written
 
@@ -196,8 +196,11 @@ class Replication:
         except Unavailable as exc:
             raise WriteMayBeLost(f"master {node} unreachable or unreplicated: {exc}") from exc
         if isinstance(outcome, Exception):
-            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            try:
                 await self._cluster().initialize()  # else the next call initializes it
+            except (RedisError, RedisClusterException, OSError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and not dropped_connection(exc):
+                    raise
             raise WriteMayBeLost(f"master {node} lost {hash_tag(key)}: {outcome}")
 
     def commands(self, key: str) -> tuple[tuple[Arg, ...], tuple[Arg, ...]]:

@@ -35,7 +35,9 @@ async def retrying(call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
     while True:
         try:
             return await call()
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not dropped_connection(exc):
+                raise
             if isinstance(exc, ResponseError) and not _is_transient(exc):
                 raise
             if isinstance(exc, RedisClusterException) and not _cluster_unreachable(exc):
@@ -45,6 +47,14 @@ async def retrying(call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
             log.debug("redis call failed, retrying: %r", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def dropped_connection(exc: BaseException) -> bool:
+    """A write on a connection whose transport was closed under it: redis-py reconnecting
+    while a failed-over node drops it lets the event loop's RuntimeError ("... the handler is
+    closed", uvloop's and asyncio's words) through instead of a ConnectionError. Seen as a 500
+    on a read after a payment master's failover (2026-11-29)."""
+    return isinstance(exc, RuntimeError) and "the handler is closed" in str(exc)
 
 
 def _cluster_unreachable(exc: RedisClusterException) -> bool:

@@ -66,6 +66,9 @@ class _Cluster:
         script = SCRIPTS[self._by_sha[sha]]
         return script(self._redis, list(keys), [encode_arg(a) for a in args])
 
+    async def hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
+        return self._redis.hmget(key, [encode_arg(f) for f in fields])
+
     def get_node_from_key(self, key: str) -> FakeNode:
         return FakeNode(self._redis.node_of(key))
 
@@ -343,6 +346,35 @@ async def test_a_cluster_down_reply_is_retried() -> None:
 
     with pytest.raises(ResponseError):
         await store.retrying(refused)
+
+
+CLOSED = "unable to perform operation on <TCPTransport closed=True>; the handler is closed"
+
+
+async def test_a_write_on_a_closed_transport_is_a_dropped_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """redis-py reconnecting to a node that a failover just dropped let uvloop's RuntimeError
+    through (seen as a 500 on a read): it is retried like a dropped connection, in the cluster
+    client's calls and in the per-master pipelines; any other RuntimeError is a bug, raised."""
+    store = StoreOverFake(FakeRedis())
+    assert await store.retrying(replaying([RuntimeError(CLOSED), "ok"])) == "ok"
+    with pytest.raises(RuntimeError):
+        await store.retrying(replaying([RuntimeError("something else"), "ok"]))
+
+    redis = store.redis
+    key = user(redis, 5)
+    failing = [True]
+    execute = _Pipeline.execute
+
+    async def closed_once(pipe: _Pipeline, raise_on_error: bool = True) -> list[Any]:
+        if failing.pop() if failing else False:
+            raise RuntimeError(CLOSED)
+        return await execute(pipe, raise_on_error)
+
+    monkeypatch.setattr(_Pipeline, "execute", closed_once)
+    assert await store.hmget(key, ["credit"]) == [b"5"]  # the ordinary path answered
+    assert failing == []
 
 
 async def test_a_cluster_that_cannot_be_found_is_retried() -> None:
