@@ -250,7 +250,7 @@ generate_gateway() {
     text=$(printf '%s\n' "${upstreams[@]}")
     write_if_changed "$NGINX_DIR/upstreams.conf" "$text"
     render "$LOCAL_DIR/nginx.conf.in" "$NGINX_DIR/nginx.conf" NGINX_DIR="$NGINX_DIR" \
-        GATEWAY_PORT="$GATEWAY_PORT" REPO_DIR="$REPO_DIR"
+        GATEWAY_PORT="$GATEWAY_PORT" REPO_DIR="$REPO_DIR" NGINX_USER="$(id -un) $(id -gn)"
     GATEWAY_CHANGED=$RENDER_CHANGED
     program gateway 400 true 10 "$(command -v nginx) -p $NGINX_DIR/ -c $NGINX_DIR/nginx.conf -e stderr"
 }

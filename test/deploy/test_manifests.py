@@ -10,9 +10,11 @@ from __future__ import annotations
 import ast
 import contextlib
 import fnmatch
+import grp
 import http.server
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -730,7 +732,9 @@ def compose_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
 def local_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
     """local/nginx.conf.in filled in as run_local.sh fills it, with the given upstreams."""
     conf = (REPO / "local" / "nginx.conf.in").read_text(encoding="utf-8")
-    for name, value in {"NGINX_DIR": tmp_path, "GATEWAY_PORT": port, "REPO_DIR": REPO}.items():
+    user = f"{pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name}"
+    fill = {"NGINX_DIR": tmp_path, "GATEWAY_PORT": port, "REPO_DIR": REPO, "NGINX_USER": user}
+    for name, value in fill.items():
         conf = conf.replace("${" + name + "}", str(value))
     assert "${" not in conf
     (tmp_path / "tmp").mkdir()
