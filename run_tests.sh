@@ -85,6 +85,17 @@ show_service_logs() {
         echo "--- last lines of $(basename "$file")"
         tail -n 30 "$file"
     done
+    # A 500 is an exception no handler mapped: its traceback, wherever it is in the logs.
+    for file in "$TEST_STATE_DIR"/logs/{order,payment,stock}-*.log; do
+        [[ -f $file ]] || continue
+        grep -h '"Exception on request' "$file" | tail -n 3 | "$PYTHON" -c '
+import json, sys
+for line in sys.stdin:
+    entry = json.loads(line)
+    print("--- " + entry.get("worker", "?") + " " + entry["ts"] + ": " + entry["msg"])
+    print(entry.get("exc", ""))
+' || true
+    done
 }
 
 stop_stack() {

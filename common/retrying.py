@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,9 +36,11 @@ async def retrying(call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
     while True:
         try:
             return await call()
-        except (RedisError, RedisClusterException, OSError, RuntimeError) as exc:
-            if isinstance(exc, RuntimeError) and not dropped_connection(exc):
-                raise
+        except Exception as exc:
+            if not isinstance(exc, RedisError | RedisClusterException | OSError):
+                if not (dropped_connection(exc) or _inside_redis_py(exc)):
+                    raise
+                log.warning("redis client failed inside (retrying): %r", exc, exc_info=exc)
             if isinstance(exc, ResponseError) and not _is_transient(exc):
                 raise
             if isinstance(exc, RedisClusterException) and not _cluster_unreachable(exc):
@@ -55,6 +58,17 @@ def dropped_connection(exc: BaseException) -> bool:
     closed", uvloop's and asyncio's words) through instead of a ConnectionError. Seen as a 500
     on a read after a payment master's failover (2026-11-29)."""
     return isinstance(exc, RuntimeError) and "the handler is closed" in str(exc)
+
+
+def _inside_redis_py(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside redis-py itself (not by the call's arguments, which
+    would fail at once in our frame): its cluster client, reconnecting or rebuilding its slot
+    map while a failover ends, has let other errors than its own through (a 500 on a read
+    after a payment master's failover, 2026-11-29). Retried, and logged with its traceback."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}redis{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def _cluster_unreachable(exc: RedisClusterException) -> bool:
