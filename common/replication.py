@@ -14,11 +14,11 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError, ResponseError, SlotNotCoveredError
+from redis.exceptions import RedisError, ResponseError, SlotNotCoveredError
 
 from common.errors import Unavailable
 from common.pipelines import Node, Pipelines
-from common.retrying import dropped_connection, retrying
+from common.retrying import client_failure, retrying
 from common.settings import Settings
 from common.types import Arg, Written
 
@@ -198,8 +198,8 @@ class Replication:
         if isinstance(outcome, Exception):
             try:
                 await self._cluster().initialize()  # else the next call initializes it
-            except (RedisError, RedisClusterException, OSError, RuntimeError) as exc:
-                if isinstance(exc, RuntimeError) and not dropped_connection(exc):
+            except Exception as exc:
+                if not client_failure(exc):
                     raise
             raise WriteMayBeLost(f"master {node} lost {hash_tag(key)}: {outcome}")
 

@@ -37,9 +37,9 @@ async def retrying(call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
         try:
             return await call()
         except Exception as exc:
+            if not client_failure(exc):
+                raise
             if not isinstance(exc, RedisError | RedisClusterException | OSError):
-                if not (dropped_connection(exc) or _inside_redis_py(exc)):
-                    raise
                 log.warning("redis client failed inside (retrying): %r", exc, exc_info=exc)
             if isinstance(exc, ResponseError) and not _is_transient(exc):
                 raise
@@ -50,6 +50,17 @@ async def retrying(call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
             log.debug("redis call failed, retrying: %r", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def client_failure(exc: BaseException) -> bool:
+    """A failure of the Redis client or its connection rather than of the call made with it:
+    redis-py's own errors, OSError, a write on a closed transport, or anything else raised
+    inside redis-py."""
+    return (
+        isinstance(exc, RedisError | RedisClusterException | OSError)
+        or dropped_connection(exc)
+        or _inside_redis_py(exc)
+    )
 
 
 def dropped_connection(exc: BaseException) -> bool:
