@@ -261,13 +261,12 @@ class SagaLog:
 
     async def lease_due(
         self, shard: int, worker: str, *, lease_ms: int, now: int, limit: int
-    ) -> list[tuple[str, float]] | None:
+    ) -> list[tuple[str, float]]:
         """Take or renew ``worker``'s lease on ``shard`` and read up to ``limit`` of its entries
-        due by ``now``; None when another worker holds the shard."""
+        due by ``now`` (none while another worker holds the shard)."""
         lease_key = f"saga:lease:{{{self._def.name}:{shard}}}"
         rows = await self._store.script(
             "sweep_lease", [lease_key, self.shard_key(shard)], [worker, lease_ms, now, limit]
         )
-        if rows is None:
-            return None
+        rows = rows or []
         return [(rows[i].decode(), float(rows[i + 1])) for i in range(0, len(rows), 2)]

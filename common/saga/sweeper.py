@@ -79,9 +79,7 @@ class Sweeper:
             )
         )
         due = [
-            (shard, entity, score)
-            for shard, rows in enumerate(leased)
-            for entity, score in rows or ()
+            (shard, entity, score) for shard, rows in enumerate(leased) for entity, score in rows
         ]
         if not due:
             return 0
