@@ -21,8 +21,12 @@
 #   STATE_DIR            [<repo>/.run] generated configs, Redis data (AOF, nodes.conf), the
 #                        broker's log (broker/), logs/
 #   GATEWAY_PORT         [8000] the nginx gateway, on 127.0.0.1
-#   REPLICAS             [2] workers per service; per service:
+#   REPLICAS             [1] active workers per service; per service:
 #   ORDER_REPLICAS, PAYMENT_REPLICAS, STOCK_REPLICAS  [REPLICAS]
+#   STANDBY              [1] one more worker per service, an HTTP standby (SERVICE-standby, on
+#                        port base+99): the gateway's backup, sent requests only while no active
+#                        worker answers (one is restarting); it joins no consumer group. 0: none.
+#                        README.md, "One worker per service", says why one active worker.
 #   ORDER_PORT_BASE, PAYMENT_PORT_BASE, STOCK_PORT_BASE  [8100, 8200, 8300]
 #                        worker k of a service listens on base+k
 #   ORDER_REDIS_PORT_BASE, PAYMENT_REDIS_PORT_BASE, STOCK_REDIS_PORT_BASE  [7000, 7100, 7200]
@@ -232,6 +236,16 @@ generate_service() {
             KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
             STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}"
     done
+    port=$(standby_port "$service")
+    if [[ -n $port ]]; then
+        program "$service-standby" 300 true $((graceful + 15)) \
+            "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
+--bind 127.0.0.1:$port --keep-alive 75 --graceful-timeout $graceful $service.app:create_app()" \
+            PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-standby" \
+            STANDBY=1 REDIS_NODES="$(redis_nodes "$service")" \
+            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
+            STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}"
+    fi
 }
 
 generate_gateway() {
@@ -240,9 +254,11 @@ generate_gateway() {
     for service in "${SERVICES[@]}"; do
         servers=()
         for ((k = 0; k < $(service_replicas "$service"); k++)); do
-            servers+=("    server 127.0.0.1:$(($(service_port_base "$service") + k))\
- max_fails=1 fail_timeout=2s;")
+            servers+=("    server 127.0.0.1:$(($(service_port_base "$service") + k)) max_fails=0;")
         done
+        if [[ -n $(standby_port "$service") ]]; then
+            servers+=("    server 127.0.0.1:$(standby_port "$service") max_fails=1 fail_timeout=2s backup;")
+        fi
         upstreams+=("$(fill "$LOCAL_DIR/upstream.conf.in" UPSTREAM="${service}_upstream" \
             SERVERS="$(printf '%s\n' "${servers[@]}")")")
     done
@@ -312,6 +328,7 @@ write_stack_env() {
         for service in "${SERVICES[@]}"; do
             echo "${service^^}_REDIS_NODES=$(redis_nodes "$service")"
             echo "${service^^}_WORKERS=$(worker_addresses "$service")"
+            echo "${service^^}_STANDBY=$(standby_address "$service")"
         done
     } >"$STATE_DIR/stack.env"
 }
@@ -326,6 +343,13 @@ worker_addresses() {
     echo "${out[*]}"
 }
 
+# The standby's host:port (nothing without one).
+standby_address() {
+    local port
+    port=$(standby_port "$1")
+    if [[ -n $port ]]; then echo "127.0.0.1:$port"; fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # Health
 
@@ -336,6 +360,7 @@ all_ports() {
         for ((k = 0; k < REDIS_NODES_PER_CLUSTER; k++)); do
             echo $(($(redis_port_base "$service") + k))
         done
+        standby_port "$service"
         for ((k = 0; k < $(service_replicas "$service"); k++)); do
             echo $(($(service_port_base "$service") + k))
         done
@@ -409,6 +434,9 @@ workers_healthy() {
         for ((k = 0; k < $(service_replicas "$service"); k++)); do
             http_ok "http://127.0.0.1:$(($(service_port_base "$service") + k))/ready" || return 1
         done
+        if [[ -n $(standby_port "$service") ]]; then
+            http_ok "http://127.0.0.1:$(standby_port "$service")/ready" || return 1
+        fi
     done
 }
 
@@ -637,7 +665,8 @@ cmd_up() {
     wait_for "the broker on port $BROKER_PORT" broker port_open "$BROKER_PORT"
     all_running || ctl start all >/dev/null || true
     wait_for "every process RUNNING" "" all_running
-    wait_for "every worker's /ready (consumers joined)" "(order|payment|stock)-[0-9]+" workers_healthy
+    wait_for "every worker's /ready (consumers joined)" "(order|payment|stock)-([0-9]+|standby)" \
+        workers_healthy
     wait_for "the gateway on port $GATEWAY_PORT" gateway gateway_healthy
     local pairs=()
     for service in "${!wanted[@]}"; do

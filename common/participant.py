@@ -57,7 +57,8 @@ def build_participant(
         handlers=handlers(ledger),
     )
     runtime = Runtime(settings, store, bus)
-    runtime.components.append(consumer)
+    if not settings.standby:  # a standby serves HTTP only (common/settings.py)
+        runtime.components.append(consumer)
     return Participant(ledger, consumer, runtime)
 
 

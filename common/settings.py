@@ -60,6 +60,10 @@ class Settings:
     otel_exporter: str = "none"
     otel_endpoint: str = ""
     prometheus_multiproc_dir: str = ""
+    standby: bool = False
+    """An HTTP standby (``STANDBY``): the gateway's backup while the service's active worker
+    restarts. It answers every route but joins no consumer group and runs no sweeper; what it
+    starts is driven by the active workers (run_local.sh, "One worker per service")."""
     # The three clusters by name, for tools that read more than their own (python -m order.admin).
     order_redis_nodes: tuple[tuple[str, int], ...] = ()
     stock_redis_nodes: tuple[tuple[str, int], ...] = ()
@@ -93,6 +97,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         otel_exporter=env.get("OTEL_EXPORTER", "none").strip().lower() or "none",
         otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip(),
         prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "").strip(),
+        standby=_bool(env, "STANDBY", False),
         order_redis_nodes=_nodes(env.get("ORDER_REDIS_NODES", "")),
         stock_redis_nodes=_nodes(env.get("STOCK_REDIS_NODES", "")),
         payment_redis_nodes=_nodes(env.get("PAYMENT_REDIS_NODES", "")),

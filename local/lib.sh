@@ -29,7 +29,7 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 # The settings of load_settings (with the pass-through ones, those a running stack keeps).
 SETTING_NAMES=(GATEWAY_PORT BROKER_PORT ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS
     ORDER_PORT_BASE PAYMENT_PORT_BASE STOCK_PORT_BASE ORDER_REDIS_PORT_BASE PAYMENT_REDIS_PORT_BASE
-    STOCK_REDIS_PORT_BASE REDIS_CLUSTER_NODE_TIMEOUT_MS UP_TIMEOUT_S)
+    STOCK_REDIS_PORT_BASE REDIS_CLUSTER_NODE_TIMEOUT_MS UP_TIMEOUT_S STANDBY)
 
 # Reads the settings documented at the top of run_local.sh into shell variables.
 load_settings() {
@@ -44,7 +44,8 @@ load_settings() {
     STATE_DIR=${STATE_DIR:-$REPO_DIR/.run}
     GATEWAY_PORT=${GATEWAY_PORT:-8000}
     BROKER_PORT=${BROKER_PORT:-9092}
-    REPLICAS=${REPLICAS:-2}
+    REPLICAS=${REPLICAS:-1}
+    STANDBY=${STANDBY:-1}
     ORDER_REPLICAS=${ORDER_REPLICAS:-$REPLICAS}
     PAYMENT_REPLICAS=${PAYMENT_REPLICAS:-$REPLICAS}
     STOCK_REPLICAS=${STOCK_REPLICAS:-$REPLICAS}
@@ -64,6 +65,7 @@ load_settings() {
         UP_TIMEOUT_S; do
         is_uint "${!name}" || die "$name must be a non-negative integer, got '${!name}'"
     done
+    [[ $STANDBY == [01] ]] || die "STANDBY must be 0 or 1, got '$STANDBY'"
     if [[ -n ${CHECKOUT_TIMEOUT_MS:-} ]] && ! is_uint "$CHECKOUT_TIMEOUT_MS"; then
         die "CHECKOUT_TIMEOUT_MS must be a non-negative integer, got '$CHECKOUT_TIMEOUT_MS'"
     fi
@@ -94,6 +96,11 @@ checkout_wait_max_s() {
 service_replicas() { local v="${1^^}_REPLICAS"; echo "${!v}"; }
 set_service_replicas() { printf -v "${1^^}_REPLICAS" %s "$2"; }
 service_port_base() { local v="${1^^}_PORT_BASE"; echo "${!v}"; }
+# The standby's HTTP port (STANDBY_PORT_OFFSET above the first worker's), or nothing without one.
+STANDBY_PORT_OFFSET=99
+standby_port() {
+    if ((STANDBY)); then echo $(($(service_port_base "$1") + STANDBY_PORT_OFFSET)); fi
+}
 redis_port_base() { local v="${1^^}_REDIS_PORT_BASE"; echo "${!v}"; }
 
 # "127.0.0.1:7000,127.0.0.1:7001,..." for one service's cluster.

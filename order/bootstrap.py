@@ -38,6 +38,9 @@ from order.stock_client import StockClient
 ORDER_LUA = Path(__file__).parent / "lua"
 SWEEPS_PER_STEP = 4
 """The sweeper looks this many times per step timeout (at most every 100 ms)."""
+STANDBY_POLL_S = 0.1
+"""How often a standby's waiting checkouts read their saga: a standby follows no outcomes (it
+serves only while the active worker restarts, and its checkouts are driven there)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ def build(
     ones, ``clock`` and ``rng`` the wall clock and the saga ids' randomness."""
     store = Store(settings, LUA_DIR, ORDER_LUA) if store is None else store
     bus = Bus(settings) if bus is None else bus
-    waiters = Waiters() if waiters is None else waiters
+    if waiters is None:
+        waiters = Waiters(STANDBY_POLL_S) if settings.standby else Waiters()
     orchestrator = checkout_orchestrator(
         store,
         step_timeout_ms=settings.saga_step_timeout_ms,
@@ -133,7 +137,8 @@ def build(
     )
     stock = StockClient(settings.stock_url)
     runtime = Runtime(settings, store, bus)
-    runtime.components += [stock, replies, outcomes, sweeper]
+    # A standby serves HTTP only: the active workers consume the replies and sweep.
+    runtime.components += [stock] if settings.standby else [stock, replies, outcomes, sweeper]
     return OrderService(
         settings=settings,
         store=store,

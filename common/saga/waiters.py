@@ -15,7 +15,8 @@ class Waiters:
 
     def __init__(self, poll_interval_s: float = 0.5) -> None:
         self._futures: dict[str, list[asyncio.Future[Verdict]]] = {}
-        self._poll_interval_s = poll_interval_s
+        self.poll_interval_s = poll_interval_s
+        """How often a waiting call reads the saga log, outcome or not."""
 
     def resolve(self, saga_id: str, succeeded: bool, reason: str = "") -> None:
         for future in self._futures.pop(saga_id, []):
@@ -37,7 +38,7 @@ class Waiters:
                     return await poll()
                 try:
                     return await asyncio.wait_for(
-                        asyncio.shield(future), min(self._poll_interval_s, left)
+                        asyncio.shield(future), min(self.poll_interval_s, left)
                     )
                 except TimeoutError:
                     verdict = await poll()

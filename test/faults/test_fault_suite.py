@@ -57,7 +57,7 @@ async def _promoted(stack: Stack, service: str, old: str) -> bool:
 FAULTS: dict[str, Callable[[Stack], Awaitable[None]]] = {
     "order worker SIGKILL": lambda s: kill(s, "order-0"),
     "stock worker SIGKILL": lambda s: kill(s, "stock-0"),
-    "payment worker SIGKILL": lambda s: kill(s, "payment-1"),
+    "payment worker SIGKILL": lambda s: kill(s, "payment-0"),
     "order Redis master failover": lambda s: fail_over(s, "order"),
     "stock Redis master failover": lambda s: fail_over(s, "stock"),
     "payment Redis master failover": lambda s: fail_over(s, "payment"),

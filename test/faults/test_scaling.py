@@ -24,7 +24,7 @@ from test.conftest import Stack
 from test.faults.load import all_sagas_ended
 from test.faults.scaling import ROLES, Groups, Role, Work, refuses, work
 
-STEPS = (3, 1, 2)  # every service starts at 2 workers
+STEPS = (3, 1, 2)  # every service starts at 2 workers (scaled there first)
 PARTITIONS = 16  # per topic
 SESSION_TIMEOUT_S = 6.0  # common/kafka_options.py: what a member that does not leave costs
 FAIR = 0.5  # every worker gets at least half of an even share
@@ -149,7 +149,7 @@ class Cluster:
 
 async def test_scaling_under_load(api: Api, stack: Stack) -> None:
     cluster = Cluster(stack)
-    for service in ROLES:  # the default stack runs 2 of each; start from there
+    for service in ROLES:  # the default stack runs 1 of each (and a standby): start from 2
         if len(cluster.running(service)) != 2:
             stack.run("scale", service, "2")
     initial_stock = await _make_data(api)
