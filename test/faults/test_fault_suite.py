@@ -18,7 +18,10 @@ from test.client import Api, until
 from test.conftest import Stack
 from test.faults.load import Load, Shop, all_sagas_ended
 
-BASELINE_S = 3.0
+BASELINE_S = 5.0
+"""The load runs this long before the fault; the baseline is its rate over all but the first
+second. (Over 2 s it once came out at 533/s, far above the run's usual rate, and the rate
+after a stock worker's restart never got back to 90 % of it before the orders ran out.)"""
 OBSERVE_S = 25.0  # an upper bound for the assertion; the suite prints the measured time
 # A broker that comes back empty formats a new log, and every group then forms from nothing
 # and finds the re-created topics only on its next metadata refresh: allow it longer.
@@ -68,10 +71,11 @@ FAULTS: dict[str, Callable[[Stack], Awaitable[None]]] = {
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
-    # Enough orders to keep the load going past the slowest recovery (about 3,400 were used
-    # at ~420/s through a Redis failover; 2,500 ran out before the rate came back).
+    # Enough orders to keep the load going through the baseline and past the slowest recovery
+    # (about 3,400 were used at ~420/s through a Redis failover; 2,500 ran out before the rate
+    # came back; a 4 s baseline takes up to 2,000 more).
     shop = await Shop.make(
-        api, n_items=20, n_users=60, n_orders=6000, stock_each=25, credit_each=12
+        api, n_items=20, n_users=60, n_orders=9000, stock_each=25, credit_each=12
     )
     load = Load(api, shop, clients=24)
     resends_before = await sweeper_resends(stack)
