@@ -214,38 +214,36 @@ generate_services() {
     for service in "${SERVICES[@]}"; do generate_service "$service"; done
 }
 
-# The programs of one service's workers 0..N-1. A worker told to stop (SIGTERM: `scale`, `down`,
+# The programs of one service's workers 0..N-1 and of its standby (STANDBY). A worker told to stop (SIGTERM: `scale`, `down`,
 # as a pod is told) stops taking connections, answers the requests it holds within hypercorn's
 # graceful timeout, which outlasts the longest checkout wait, and only then stops its consumers
 # (they commit and leave their groups) and its clients; supervisord waits for all of that.
 generate_service() {
-    local service=$1 k port var pass=() graceful
+    local service=$1 k port
+    for ((k = 0; k < $(service_replicas "$service"); k++)); do
+        worker_program "$service" "$service-$k" $(($(service_port_base "$service") + k))
+    done
+    port=$(standby_port "$service")
+    if [[ -n $port ]]; then worker_program "$service" "$service-standby" "$port" STANDBY=1; fi
+}
+
+# worker_program SERVICE NAME PORT [KEY=VALUE...]: one worker's program, with its own settings.
+worker_program() {
+    local service=$1 name=$2 port=$3 var pass=() graceful
+    shift 3
     for var in "${PASS_THROUGH_VARS[@]}"; do
         if [[ -n ${!var:-} ]]; then pass+=("$var=${!var}"); fi
     done
     graceful=$(($(checkout_wait_max_s) + 5))
-    for ((k = 0; k < $(service_replicas "$service"); k++)); do
-        port=$(($(service_port_base "$service") + k))
-        # --workers 0 serves in this very process: with --workers 1 hypercorn forks a child
-        # that a SIGKILL of the parent would leave behind, holding the port.
-        program "$service-$k" 300 false $((graceful + 15)) \
-            "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
+    # --workers 0 serves in this very process: with --workers 1 hypercorn forks a child that a
+    # SIGKILL of the parent would leave behind, holding the port.
+    program "$name" 300 false $((graceful + 15)) \
+        "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
 --bind 127.0.0.1:$port --keep-alive 75 --graceful-timeout $graceful $service.app:create_app()" \
-            PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-$k" \
-            REDIS_NODES="$(redis_nodes "$service")" \
-            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
-            STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}"
-    done
-    port=$(standby_port "$service")
-    if [[ -n $port ]]; then
-        program "$service-standby" 300 true $((graceful + 15)) \
-            "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
---bind 127.0.0.1:$port --keep-alive 75 --graceful-timeout $graceful $service.app:create_app()" \
-            PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$service-standby" \
-            STANDBY=1 REDIS_NODES="$(redis_nodes "$service")" \
-            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
-            STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}"
-    fi
+        PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$name" \
+        REDIS_NODES="$(redis_nodes "$service")" \
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
+        STOCK_URL="${STOCK_URL:-http://127.0.0.1:$GATEWAY_PORT/stock}" "${pass[@]}" "$@"
 }
 
 generate_gateway() {
