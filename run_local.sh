@@ -214,10 +214,11 @@ generate_services() {
     for service in "${SERVICES[@]}"; do generate_service "$service"; done
 }
 
-# The programs of one service's workers 0..N-1 and of its standby (STANDBY). A worker told to stop (SIGTERM: `scale`, `down`,
-# as a pod is told) stops taking connections, answers the requests it holds within hypercorn's
-# graceful timeout, which outlasts the longest checkout wait, and only then stops its consumers
-# (they commit and leave their groups) and its clients; supervisord waits for all of that.
+# The programs of one service's workers 0..N-1 and of its standby (STANDBY). A worker told to
+# stop (SIGTERM: `scale`, `down`, as a pod is told) stops taking connections, answers the
+# requests it holds within hypercorn's graceful timeout, which outlasts the longest checkout
+# wait, and only then stops its consumers (they commit and leave their groups) and its clients;
+# supervisord waits for all of that.
 generate_service() {
     local service=$1 k port
     for ((k = 0; k < $(service_replicas "$service"); k++)); do
@@ -247,15 +248,16 @@ worker_program() {
 }
 
 generate_gateway() {
-    local service k servers upstreams=() text
+    local service k servers upstreams=() text standby
     mkdir -p "$NGINX_DIR/tmp"
     for service in "${SERVICES[@]}"; do
         servers=()
         for ((k = 0; k < $(service_replicas "$service"); k++)); do
             servers+=("    server 127.0.0.1:$(($(service_port_base "$service") + k)) max_fails=0;")
         done
-        if [[ -n $(standby_port "$service") ]]; then
-            servers+=("    server 127.0.0.1:$(standby_port "$service") max_fails=1 fail_timeout=2s backup;")
+        standby=$(standby_port "$service")
+        if [[ -n $standby ]]; then
+            servers+=("    server 127.0.0.1:$standby max_fails=1 fail_timeout=2s backup;")
         fi
         upstreams+=("$(fill "$LOCAL_DIR/upstream.conf.in" UPSTREAM="${service}_upstream" \
             SERVERS="$(printf '%s\n' "${servers[@]}")")")
@@ -427,14 +429,13 @@ all_running() {
 http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
 
 workers_healthy() {
-    local service k
+    local service k standby
     for service in "${SERVICES[@]}"; do
         for ((k = 0; k < $(service_replicas "$service"); k++)); do
             http_ok "http://127.0.0.1:$(($(service_port_base "$service") + k))/ready" || return 1
         done
-        if [[ -n $(standby_port "$service") ]]; then
-            http_ok "http://127.0.0.1:$(standby_port "$service")/ready" || return 1
-        fi
+        standby=$(standby_port "$service")
+        if [[ -n $standby ]]; then http_ok "http://127.0.0.1:$standby/ready" || return 1; fi
     done
 }
 

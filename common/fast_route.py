@@ -21,9 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
 from common.errors import AppError
+from common.http import error_answer, json_body
 from common.observability import logs, telemetry
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,6 @@ Asgi = Callable[[Any, Any, Any], Awaitable[None]]
 Handler = Callable[[str], Awaitable[Any]]
 """The route's parameter (one path segment, percent-decoded) -> the JSON payload of a 200."""
 
-_json = msgspec.json.Encoder()
 _JSON = (b"content-type", b"application/json")
 
 
@@ -67,15 +65,13 @@ class FastRoute:
         arrived = time.perf_counter()
         try:
             try:
-                status, body = 200, _json.encode(await self._handler(param))
+                status, body = 200, json_body(await self._handler(param))
             except AppError as exc:
-                if exc.http_status >= 500:
-                    log.warning("request failed: %s", exc.message)
-                status, body = exc.http_status, _json.encode({"error": exc.message})
+                status, body = error_answer(exc)
             except Exception:
                 # The words Quart logs a failed request with (run_tests.sh looks for them).
                 log.exception("Exception on request %s %s%s", self._method, self._prefix, param)
-                status, body = 500, _json.encode({"error": "internal server error"})
+                status, body = 500, json_body({"error": "internal server error"})
             headers = [_JSON, (b"content-length", str(len(body)).encode())]
             ids = logs.current()
             if ids is not None:

@@ -66,13 +66,22 @@ def new_entity_id(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=16, person=b"entity-id").hexdigest()
 
 
+def json_body(payload: Any) -> bytes:
+    """``payload`` as JSON, encoded with msgspec."""
+    return _json.encode(payload)
+
+
 def json_response(payload: Any, status: int = 200) -> Response:
     """Encode ``payload`` with msgspec as an ``application/json`` reply."""
-    return Response(_json.encode(payload), status=status, content_type="application/json")
+    return Response(json_body(payload), status=status, content_type="application/json")
 
 
-def _error_response(exc: AppError) -> Response:
-    return json_response({"error": exc.message}, status=exc.http_status)
+def error_answer(exc: AppError) -> tuple[int, bytes]:
+    """What the HTTP edge answers for an error of the taxonomy: its status and a JSON body
+    (a 5xx is logged). Quart's error handler and ``FastRoute`` both answer with it."""
+    if exc.http_status >= 500:
+        log.warning("request failed: %s", exc.message)
+    return exc.http_status, json_body({"error": exc.message})
 
 
 Hook = Callable[[Quart], Awaitable[None]]
@@ -104,9 +113,8 @@ def create_app(
 
     @app.errorhandler(AppError)
     async def _app_error(exc: AppError) -> Response:
-        if exc.http_status >= 500:
-            log.warning("request failed: %s", exc.message)
-        return _error_response(exc)
+        status, body = error_answer(exc)
+        return Response(body, status=status, content_type="application/json")
 
     @app.get("/openapi.json")
     async def _openapi() -> Response:

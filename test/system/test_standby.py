@@ -14,8 +14,6 @@ from test.client import Api, until
 from test.conftest import Stack
 from test.system.ops import SERVICES, delta, scrape, warm_up
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 def standby(stack: Stack, service: str) -> str:
     address = stack.env().get(f"{service.upper()}_STANDBY", "")
