@@ -64,10 +64,10 @@ class ConsumerLoop:
         topics: Sequence[str],
         group_id: str | None,
         handlers: Mapping[type, Handler],
-        after_publish: Callable[[Sequence[Outgoing]], None] | None = None,
+        on_durable: Callable[[Sequence[Outgoing]], None] | None = None,
     ) -> None:
         self._name = name
-        self._after_publish = after_publish
+        self._on_durable = on_durable
         self._bus = bus
         self._store = store
         self._topics = tuple(topics)
@@ -278,11 +278,9 @@ class ConsumerLoop:
             return out
 
         keys = self._decode(batch)
-        async with Effects(self._store, self._bus) as fx:
+        async with Effects(self._store, self._bus, on_durable=self._on_durable) as fx:
             results = await asyncio.gather(*(run_key(m) for m in keys))
             fx.send(out for result in results for out in result)
-        if self._after_publish is not None:
-            self._after_publish(fx.sent)
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from common.types import Outgoing, Publisher, Replicating, Written
@@ -29,6 +29,8 @@ class Effects:
     ``store`` None: nothing is written (a listener), the messages are published as they are.
     ``best_effort``: a failed publish is logged, not raised, for senders whose saga state
     already says what to send (the sweeper re-sends it); a failed replication always raises.
+    ``on_durable``: told the messages once the writes are on a replica, before they are
+    published; what it does rests on the writes only, not on the messages reaching anyone.
     """
 
     def __init__(
@@ -38,11 +40,13 @@ class Effects:
         *,
         acknowledged: bool = True,
         best_effort: bool = False,
+        on_durable: Callable[[Sequence[Outgoing]], None] | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
         self._acknowledged = acknowledged
         self._best_effort = best_effort
+        self._on_durable = on_durable
         self._tracking: contextlib.ExitStack | None = None
         self._written: Written = {}
         self._outgoing: list[Outgoing] = []
@@ -79,6 +83,8 @@ class Effects:
             return
         if self._store is not None:
             await self._store.replicate(self._written)
+        if self._on_durable is not None:
+            self._on_durable(self._outgoing)
         try:
             await self._bus.publish(self._outgoing, acknowledged=self._acknowledged)
         except Exception as exc:

@@ -118,7 +118,7 @@ def build(
         topics=[STOCK_PROCESSING, PAYMENT_PROCESSING],
         group_id="order",
         handlers=orchestrator.handlers(),
-        after_publish=partial(_wake_local_waiters, waiters),
+        on_durable=partial(_wake_local_waiters, waiters),
     )
     outcomes = ConsumerLoop(
         name="outcomes",
@@ -156,7 +156,9 @@ def build(
 
 
 def _wake_local_waiters(waiters: Waiters, sent: Sequence[Outgoing]) -> None:
-    """Outcomes this worker published answer its own waiters at once (replicated already)."""
+    """The outcomes of this worker's batch answer its own waiters as soon as the saga log's
+    verdict is on a replica: the verdict rests on that write, not on the outcome event, which
+    other workers' waiters follow (a waiter that misses it reads the saga log instead)."""
     for _, message in sent:
         if isinstance(message, CheckoutFinished):
             waiters.resolve(message.saga_id, message.paid, message.reason)

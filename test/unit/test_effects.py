@@ -53,6 +53,22 @@ async def test_the_writes_are_replicated_before_anything_is_published() -> None:
     assert rec.calls == ["replicate", "publish 1"]
 
 
+async def test_on_durable_hears_of_the_messages_between_replication_and_publishing() -> None:
+    rec = Recorder()
+
+    def durable(messages: Sequence[Outgoing]) -> None:
+        rec.calls.append(f"durable {len(messages)}")
+
+    async with Effects(rec, rec, on_durable=durable) as fx:
+        fx.send([MESSAGE])
+    assert rec.calls == ["replicate", "durable 1", "publish 1"]
+    rec = Recorder(replicates=False)
+    with pytest.raises(WriteMayBeLost):
+        async with Effects(rec, rec, on_durable=durable) as fx:
+            fx.send([MESSAGE])
+    assert rec.calls == ["replicate"]  # an unreplicated write tells nobody
+
+
 async def test_a_failed_block_or_replication_publishes_nothing() -> None:
     rec = Recorder()
     with pytest.raises(RuntimeError):
