@@ -644,7 +644,7 @@ cmd_up() {
         check_ports_free
         log "starting supervisord ($STATE_DIR)"
         # (Without the lock of this command: supervisord would hold it as long as it runs.)
-        "$VENV_DIR/bin/supervisord" -c "$SV_CONF" {STACK_LOCK}>&-
+        "$VENV_DIR/bin/python" "$LOCAL_DIR/supervisord.py" -c "$SV_CONF" {STACK_LOCK}>&-
         wait_for "supervisord" supervisord supervisord_pid >/dev/null
         echo "$(supervisord_pid) $(boot_id)" >"$SV_SIDFILE"
     fi
