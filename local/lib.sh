@@ -215,8 +215,19 @@ ensure_kafka() {
         tail -n 30 "$log_file" >&2
         die "could not fetch Apache Kafka with Maven (log: $log_file)"
     fi
-    "$LOCAL_DIR/broker.sh" archive "$KAFKA_LIBS" || log "no class archive for the broker (it starts slower)"
     echo "$wanted" >"$stamp"
+}
+
+# The broker's class archive (see local/broker.sh), made anew when the jars, the way it is made
+# or the warm-up changed; it needs aiokafka, so it comes after .venv.
+ensure_broker_archive() {
+    local stamp="${KAFKA_LIBS%/libs}/classes.jsa.stamp" wanted
+    wanted=$(file_hash "$KAFKA_LIBS/.installed" "$LOCAL_DIR/broker.sh" "$LOCAL_DIR/kafka_warmup.py")
+    [[ -f $stamp && $(<"$stamp") == "$wanted" ]] && return
+    log "making the broker's class archive (a throw-away broker, crashed, restarted, warmed up)"
+    "$LOCAL_DIR/broker.sh" archive "$KAFKA_LIBS" "$VENV_DIR/bin/python" ||
+        log "no new class archive for the broker (it starts slower without one)"
+    echo "$wanted" >"$stamp" # tried once: a failure is not tried again at every start
 }
 
 # setup_machine REQUIREMENTS_FILE...: everything the stack needs on this machine, and the given
@@ -231,6 +242,7 @@ setup_machine() {
     for requirements in "$@"; do
         ensure_venv "$REPO_DIR/$requirements"
     done
+    ensure_broker_archive
     exec {lock_fd}>&-
 }
 
