@@ -92,7 +92,7 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
     await all_sagas_ended(stack, list(load.replies))
     statuses = load.statuses()
     recovery = recovered_at - fault_at if recovered_at else float("inf")
-    resends = await sweeper_resends(stack) - resends_before
+    resends = resent_since(resends_before, await sweeper_resends(stack))
     _record(fault, baseline, recovery, statuses, resends)
     assert set(statuses) <= {200, 400}, f"5xx or dropped replies: {statuses}"
     await _check_invariants(api, shop, load.replies)
@@ -137,10 +137,10 @@ async def _check_invariants(api: Api, shop: Shop, replies: dict[str, int]) -> No
     }
 
 
-async def sweeper_resends(stack: Stack) -> int:
-    """Steps the sweeper re-sent so far, summed over the order workers (a restarted worker
-    counts from zero again)."""
-    total = 0.0
+async def sweeper_resends(stack: Stack) -> dict[str, float]:
+    """Steps the sweeper re-sent so far, per order worker (a restarted worker counts from zero
+    again; one that does not answer is left out)."""
+    counts: dict[str, float] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         for address in stack.env()["ORDER_WORKERS"].split(","):
             try:
@@ -150,7 +150,17 @@ async def sweeper_resends(stack: Stack) -> int:
                 continue  # restarting
             for line in text.splitlines():
                 if line.startswith("saga_sweeper_resends_total"):
-                    total += float(line.rsplit(" ", 1)[1])
+                    counts[address] = counts.get(address, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def resent_since(before: dict[str, float], after: dict[str, float]) -> int:
+    """Re-sends between two readings: a worker's count that went down was reset by a restart,
+    so all of its count is new."""
+    total = 0.0
+    for address, count in after.items():
+        earlier = before.get(address, 0.0)
+        total += count - earlier if count >= earlier else count
     return int(total)
 
 
