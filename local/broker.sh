@@ -61,6 +61,9 @@ start_broker() {
     return 1
 }
 
+# shared KEY: KEY's value in env/kafka/broker.env, the settings every deployment's broker takes.
+shared() { sed -n "s/^$1=//p" "$here/../env/kafka/broker.env"; }
+
 make_archive() {
     local dir port pid python=$1
     dir=$(mktemp -d)
@@ -78,11 +81,10 @@ offsets.topic.num.partitions=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
-broker.session.timeout.ms=500
-broker.heartbeat.interval.ms=125
+broker.session.timeout.ms=$(shared KAFKA_BROKER_SESSION_TIMEOUT_MS)
+broker.heartbeat.interval.ms=$(shared KAFKA_BROKER_HEARTBEAT_INTERVAL_MS)
 PROPERTIES
-    format "$dir/server.properties" "$dir/log" "$(sed -n 's/^CLUSTER_ID=//p' \
-        "$here/../env/kafka/broker.env")" >/dev/null
+    format "$dir/server.properties" "$dir/log" "$(shared CLUSTER_ID)" >/dev/null
     # First a broker that is killed after some traffic, so that the one whose classes are kept
     # recovers an uncleanly closed log as it starts, as a broker restarted after a crash does;
     # then that one serves the same traffic (local/kafka_warmup.py) and stops.
