@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one check command, for people and CI: installs what is missing, then runs
-#   1. ruff check ., then mypy (strict, on common/, the services and test/unit with its fakes)
+#   1. ruff check . and ruff format --check ., then mypy (strict, on common/, the services and test/unit with its fakes)
 #   2. unit tests (test/unit, no I/O)
 #   3. on a fresh local stack of its own: test/integration, test/system,
 #      test/run_consistency_test.py, test/faults
@@ -131,8 +131,9 @@ main() {
     section "setup"
     setup_machine requirements.txt requirements-dev.txt
 
-    section "ruff check"
+    section "ruff check and format"
     step ruff "$VENV_DIR/bin/ruff" check .
+    step "ruff format" "$VENV_DIR/bin/ruff" format --check .
 
     section "mypy (strict: common, order, stock, payment, test/unit; see pyproject.toml)"
     step mypy "$PYTHON" -m mypy

@@ -23,6 +23,7 @@ from common.types import Outgoing, Publisher, Replicating, Written
 
 log = logging.getLogger(__name__)
 
+
 class Effects:
     """Tracks the writes of one block, replicates them on exit, then publishes what was sent.
 

@@ -89,9 +89,7 @@ Waiting = Callable[[], list[str]]
 """What the service still waits for before it can do its work (empty: nothing)."""
 
 
-def create_app(
-    name: str, *, startup: Hook, shutdown: Hook, waiting: Waiting = lambda: []
-) -> Quart:
+def create_app(name: str, *, startup: Hook, shutdown: Hook, waiting: Waiting = lambda: []) -> Quart:
     """A Quart app whose clients are made in ``startup`` and closed in ``shutdown``.
 
     Errors of the service's taxonomy become their HTTP status with a JSON body. ``/health``

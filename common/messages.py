@@ -171,8 +171,7 @@ TOPIC_TYPES: Final[dict[str, object]] = {
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders: dict[str, msgspec.msgpack.Decoder[Message]] = {
-    topic: msgspec.msgpack.Decoder(kind)
-    for topic, kind in TOPIC_TYPES.items()
+    topic: msgspec.msgpack.Decoder(kind) for topic, kind in TOPIC_TYPES.items()
 }
 
 

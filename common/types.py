@@ -77,9 +77,7 @@ class Storage(Replicating, Protocol):
 class Publisher(Protocol):
     """What ``Effects`` and the senders need of the bus."""
 
-    async def publish(
-        self, messages: Sequence[Outgoing], *, acknowledged: bool = True
-    ) -> None: ...
+    async def publish(self, messages: Sequence[Outgoing], *, acknowledged: bool = True) -> None: ...
 
 
 class MessageBus(Publisher, Protocol):

@@ -93,7 +93,11 @@ def poison(consumer: str, topic: str, partition: int, offset: int, error: Except
     _child(metrics.POISON_MESSAGES, _service, consumer, topic).inc()
     log.error(
         "%s: record %s/%d@%d is no message of its topic, skipped: %s",
-        consumer, topic, partition, offset, error,
+        consumer,
+        topic,
+        partition,
+        offset,
+        error,
     )
 
 

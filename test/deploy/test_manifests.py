@@ -1189,7 +1189,9 @@ def test_run_minikube_deploys_in_order_and_writes_urls(tmp_path: Path) -> None:
     assert first(
         "curl -s -o /dev/null -w %{http_code} --max-time 5 http://192.168.49.2/payment"
     ) < (
-        first("curl -sS --max-time 70 -X POST -w \\n%{http_code} http://192.168.49.2/orders/checkout/o1")
+        first(
+            "curl -sS --max-time 70 -X POST -w \\n%{http_code} http://192.168.49.2/orders/checkout/o1"
+        )
     )
 
 

@@ -92,7 +92,7 @@ async def refuses(address: str) -> bool:
 
 
 class _DescribeGroups(
-    Request[DescribeGroupsRequest_v0 | DescribeGroupsRequest_v1 | DescribeGroupsRequest_v2]
+    Request[DescribeGroupsRequest_v0 | DescribeGroupsRequest_v1 | DescribeGroupsRequest_v2]  # type: ignore[misc]
 ):
     """DescribeGroups up to v2: aiokafka 0.14 reads a v3 answer with the v2 layout and fails."""
 

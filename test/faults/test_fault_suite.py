@@ -35,6 +35,7 @@ async def master_process(stack: Stack, service: str) -> str:
     host, port = nodes[0].rsplit(":", 1)
     async with RedisCluster(host=host, port=int(port)) as redis:
         owner = redis.get_node_from_key("{order:fault}")
+        assert owner is not None, f"{service}: no node serves the slot"
         return f"redis-{service}-{nodes.index(f'{owner.host}:{owner.port}')}"
 
 

@@ -97,9 +97,7 @@ class FakeBus:
         """As ``Bus.unacknowledged_for``: a publish here returns acknowledged or failed."""
         return 0.0
 
-    async def publish(
-        self, messages: Sequence[Outgoing], *, acknowledged: bool = True
-    ) -> None:
+    async def publish(self, messages: Sequence[Outgoing], *, acknowledged: bool = True) -> None:
         """As ``Bus.publish``: returns once the broker has every message (unless a fault hit;
         an unacknowledged send is one more chance of that, which the drop fault stands for)."""
         if not messages:
