@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one check command, for people and CI: installs what is missing, then runs
-#   1. ruff check . and ruff format --check ., then mypy (strict, on common/, the services and test/unit with its fakes)
+#   1. ruff check . and ruff format --check ., then mypy (strict, on common/, the services and
+#      test/unit with its fakes)
 #   2. unit tests (test/unit, no I/O)
 #   3. on a fresh local stack of its own: test/integration, test/system,
 #      test/run_consistency_test.py, test/faults
