@@ -110,6 +110,7 @@ def build(
         waiters,
         timeout_ms=settings.checkout_timeout_ms,
         answer_ms=settings.checkout_answer_ms,
+        concurrency=settings.checkout_concurrency,
     )
     replies = ConsumerLoop(
         name="orchestrator",

@@ -1,6 +1,7 @@
 """The HTTP side of checkout: the checkout saga's verdict (``common/saga/verdict.py``: start or
 join the order's saga, turn it back past its timeout, wait for its end) told as HTTP: 200 once
-paid, 400 once not paid and nothing held, 404 for an unknown order. Never 5xx, never early."""
+paid, 400 once not paid and nothing held (or when its turn never came: nothing was started),
+404 for an unknown order. Never 5xx, never early."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class Checkout:
             raise NotFound(f"order {order_id!r} not found")
         if answer.outcome is Outcome.TOO_BIG:
             raise Refused(f"order {order_id!r} is too big to check out")
+        if answer.outcome is Outcome.BUSY:
+            raise Refused(f"order {order_id!r} not checked out: no turn came in time; try again")
         if answer.verdict is None:  # Outcome.DONE: paid already
             return
         paid, reason = answer.verdict

@@ -81,7 +81,8 @@ DEDUP_HITS = Counter(
 # --- order: the saga orchestrator --------------------------------------------------------------
 SAGA_REQUESTS = Counter(
     "saga_requests",
-    "Checkout requests, by what they found: started, joined (a live saga), done, unknown, too_big",
+    "Checkout requests, by what they found: started, joined (a live saga), done, unknown, too_big,"
+    " busy (no turn within the answer budget: nothing started)",
     ["saga", "found"],
 )
 SAGA_REPLIES = Counter(

@@ -43,6 +43,7 @@ class Outcome(Enum):
     DONE = "done"  # the entity is already done (e.g. an order already paid)
     UNKNOWN = "unknown"
     TOO_BIG = "too_big"  # not started: a message of the saga would not fit in a Kafka record
+    BUSY = "busy"  # not started: its turn did not come within the answer budget (verdict.py)
 
 
 @dataclass(frozen=True)

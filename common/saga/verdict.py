@@ -5,7 +5,13 @@ Two budgets: a saga still running ``timeout_ms`` after it began is turned back (
 compensations give back what it holds), and the answer waits for the saga's end until
 ``answer_ms`` after the call, which the caller keeps below its own client's timeout. The
 verdict comes from the outcome message (``Waiters``) or, as the fallback, from the saga's state
-read through the orchestrator (replicated before it is answered)."""
+read through the orchestrator (replicated before it is answered).
+
+Calls take turns: at most ``concurrency`` of them start or wait on a saga at once, the others
+wait in arrival order. A burst (the course's locust users arrive in waves of ~200) is then
+served first come, first answered, instead of every saga of the burst sharing the stack and
+all of them ending late together. A call whose turn does not come within its answer budget
+starts nothing and says so (``Outcome.BUSY``)."""
 
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ class Verdicts:
         *,
         timeout_ms: int,
         answer_ms: int,
+        concurrency: int = 0,
     ) -> None:
         self._orch = orchestrator
         self._store = store
@@ -58,10 +65,25 @@ class Verdicts:
         self._waiters = waiters
         self._timeout_s = timeout_ms / 1000
         self._answer_s = max(answer_ms, timeout_ms) / 1000
+        self._turns = asyncio.Semaphore(concurrency) if concurrency > 0 else None
 
     async def __call__(self, entity_id: str) -> Answer:
         loop = asyncio.get_running_loop()
         answer_by = loop.time() + self._answer_s
+        if self._turns is None:
+            return await self._answer(entity_id, answer_by)
+        try:
+            await asyncio.wait_for(self._turns.acquire(), answer_by - loop.time())
+        except TimeoutError:
+            telemetry.saga_begun(self._orch.definition.name, Outcome.BUSY.value, "")
+            return Answer(Outcome.BUSY)
+        try:
+            return await self._answer(entity_id, answer_by)
+        finally:
+            self._turns.release()
+
+    async def _answer(self, entity_id: str, answer_by: float) -> Answer:
+        loop = asyncio.get_running_loop()
         # A client that hangs up (or a gateway that gives up on this worker) cancels the
         # caller; the start and its first command are shielded from that, so a saga that
         # began always moves on at once instead of waiting for the sweeper's re-send.

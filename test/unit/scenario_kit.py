@@ -190,10 +190,11 @@ def checkout_edge(
     waiters: Waiters | None = None,
     timeout_ms: int = 40,
     answer_ms: int | None = None,
+    concurrency: int = 0,
 ) -> Checkout:
     """The HTTP side of checkout over the fakes, polling often (unless ``waiters`` are given),
-    timing out after ``timeout_ms`` and answering by ``answer_ms`` (default: half a second
-    later)."""
+    timing out after ``timeout_ms``, answering by ``answer_ms`` (default: half a second later)
+    and driving at most ``concurrency`` checkouts at once (0: any number)."""
     verdicts = Verdicts(
         orchestrator,
         store,
@@ -201,6 +202,7 @@ def checkout_edge(
         waiters or Waiters(poll_interval_s=0.005),
         timeout_ms=timeout_ms,
         answer_ms=timeout_ms + 500 if answer_ms is None else answer_ms,
+        concurrency=concurrency,
     )
     return Checkout(verdicts)
 
@@ -271,7 +273,12 @@ class Services:
         }
 
     def checkout_edge(
-        self, *, waiters: Waiters | None = None, timeout_ms: int = 40, answer_ms: int | None = None
+        self,
+        *,
+        waiters: Waiters | None = None,
+        timeout_ms: int = 40,
+        answer_ms: int | None = None,
+        concurrency: int = 0,
     ) -> Checkout:
         """``checkout_edge`` over the order service's store and the bus."""
         return checkout_edge(
@@ -281,6 +288,7 @@ class Services:
             waiters=waiters,
             timeout_ms=timeout_ms,
             answer_ms=answer_ms,
+            concurrency=concurrency,
         )
 
     def orders(self) -> Orders:
