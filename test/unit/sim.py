@@ -52,6 +52,8 @@ class Knobs:
     deadline_ms: int = 10_000
     checkout_timeout_ms: int = 20_000
     checkout_answer_ms: int = 55_000
+    checkout_concurrency: int = 2
+    """Few turns per order worker, so that checkouts queue for them (and a turn may not come)."""
     sweep_interval_ms: int = 500
     index_shards: int = 4
     partitions: int = 4
@@ -137,6 +139,7 @@ class World:
             saga_deadline_ms=knobs.deadline_ms,
             checkout_timeout_ms=knobs.checkout_timeout_ms,
             checkout_answer_ms=knobs.checkout_answer_ms,
+            checkout_concurrency=knobs.checkout_concurrency,
         )
 
         def now() -> int:
