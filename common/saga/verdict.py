@@ -72,15 +72,26 @@ class Verdicts:
         answer_by = loop.time() + self._answer_s
         if self._turns is None:
             return await self._answer(entity_id, answer_by)
-        try:
-            await asyncio.wait_for(self._turns.acquire(), answer_by - loop.time())
-        except TimeoutError:
+        if not await self._take_turn(self._turns, answer_by - loop.time()):
             telemetry.saga_begun(self._orch.definition.name, Outcome.BUSY.value, "")
             return Answer(Outcome.BUSY)
         try:
             return await self._answer(entity_id, answer_by)
         finally:
             self._turns.release()
+
+    @staticmethod
+    async def _take_turn(turns: asyncio.Semaphore, within_s: float) -> bool:
+        """Whether a turn was taken within ``within_s``. A free one is taken at once, without
+        the task and timer of ``wait_for`` (the common case, on every checkout)."""
+        if not turns.locked():  # no turn is waited for either: taking one does not suspend
+            await turns.acquire()
+            return True
+        try:
+            await asyncio.wait_for(turns.acquire(), within_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _answer(self, entity_id: str, answer_by: float) -> Answer:
         loop = asyncio.get_running_loop()
