@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -251,7 +252,7 @@ async def read_state(
         body = await _expect(session, "GET", f"{urls.payment}/payment/find_user/{user_id}")
         return user_id, int(body["credit"])
 
-    credits = await bounded(limit, [lambda u=u: credit_of(u) for u in data.user_ids])
+    credits = await bounded(limit, [partial(credit_of, u) for u in data.user_ids])
     return int(item["stock"]), dict(credits)
 
 
@@ -262,7 +263,7 @@ async def read_paid(
         body = await _expect(session, "GET", f"{urls.order}/orders/find/{order_id}")
         return order_id, bool(body["paid"])
 
-    found = await bounded(limit, [lambda o=o: paid(o) for o in data.order_ids])
+    found = await bounded(limit, [partial(paid, o) for o in data.order_ids])
     return {order_id for order_id, is_paid in found if is_paid}
 
 

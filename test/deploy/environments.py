@@ -57,6 +57,7 @@ def k8s_objects(k8s: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 
 def pod_container(obj: dict[str, Any]) -> dict[str, Any]:
     (container,) = obj["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
     return container
 
 

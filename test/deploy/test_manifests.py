@@ -212,7 +212,7 @@ def code_topics() -> set[str] | None:
     if not path.exists():
         return None
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    constants: dict[str, str] = {}
+    constants: dict[str, object] = {}
     for node in ast.walk(tree):
         target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
         value = getattr(node, "value", None)
@@ -220,7 +220,14 @@ def code_topics() -> set[str] | None:
             constants[target.id] = value.value
         if isinstance(target, ast.Name) and target.id == "ALL_TOPICS":
             assert isinstance(value, ast.Tuple)
-            return {constants[e.id] if isinstance(e, ast.Name) else e.value for e in value.elts}
+            topics: set[str] = set()
+            for element in value.elts:
+                if isinstance(element, ast.Name):
+                    topics.add(str(constants[element.id]))
+                else:
+                    assert isinstance(element, ast.Constant), ast.dump(element)
+                    topics.add(str(element.value))
+            return topics
     return None
 
 
@@ -284,7 +291,7 @@ def broker_settings() -> dict[str, str]:
 
 def kafka_version() -> str:
     (version,) = re.findall(r"<kafka.version>([^<]+)</kafka.version>", KAFKA_POM.read_text())
-    return version
+    return str(version)
 
 
 def test_every_broker_runs_the_pinned_version(

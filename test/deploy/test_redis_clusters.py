@@ -315,7 +315,14 @@ def read_keys(addresses: list[str], port: int, keys: dict[str, str]) -> dict[str
     return {key: cli(owner(addresses, port, key), port, "get", key).strip() for key in keys}
 
 
-def read_by_name(names: list[str], addresses: list[str], port: int, keys: list[str]) -> dict:
+def _text(value: Any) -> str:
+    assert isinstance(value, bytes), value
+    return value.decode()
+
+
+def read_by_name(
+    names: list[str], addresses: list[str], port: int, keys: list[str]
+) -> dict[str, Any]:
     """The keys read through redis-py's cluster client, as the services read them: it is sent
     node names (CLUSTER SLOTS, MOVED) and resolves them (here through ``address_remap``, in
     compose through Docker's DNS)."""
@@ -329,13 +336,13 @@ def read_by_name(names: list[str], addresses: list[str], port: int, keys: list[s
         return resolve.get(address[0], address[0]), address[1]
 
     client = RedisCluster(
-        startup_nodes=[ClusterNode(addresses[0], port)],
+        startup_nodes=[ClusterNode(addresses[0], port)],  # type: ignore[no-untyped-call]
         address_remap=remap,
         dynamic_startup_nodes=False,
         socket_timeout=5,
     )
     try:
-        values = {key: client.get(key).decode() for key in keys}
+        values = {key: _text(client.get(key)) for key in keys}
     finally:
         client.close()
     assert seen <= set(names) and len(seen) >= 3  # the endpoints it was given are node names

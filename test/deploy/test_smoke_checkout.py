@@ -27,7 +27,7 @@ class _Gateway(http.server.BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         path = self.path
-        status, body = 200, {}
+        status, body = 200, dict[str, Any]()
         if "/item/create/" in path:
             body = {"item_id": "i1"}
         elif path.endswith("/create_user"):

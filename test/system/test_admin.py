@@ -94,9 +94,10 @@ async def test_abort_turns_a_lost_saga_back_and_bars_its_late_command(
 
     # The lost command turns up after all: the tombstone refuses it. A later message on the
     # same key (same partition) tells when it has been consumed.
-    ids = {"saga_id": saga, "order_id": order, "trace_id": ""}
-    late = StockUpdateRequested(**ids, items=((item, 2),))
-    probe = StockUpdateRequested(**{**ids, "saga_id": f"{saga}-probe"}, items=((marker, 1),))
+    late = StockUpdateRequested(saga_id=saga, order_id=order, trace_id="", items=((item, 2),))
+    probe = StockUpdateRequested(
+        saga_id=f"{saga}-probe", order_id=order, trace_id="", items=((marker, 1),)
+    )
     for message in (late, probe):
         await producer.send_and_wait(STOCK, encode(message), key=order.encode())
     await until(lambda: _stock_is(api, marker, 9))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from common.messages import (
     ALL_TOPICS,
@@ -204,9 +204,9 @@ async def _assigned(consumer: AIOKafkaConsumer) -> bool:
     return {tp.topic for tp in consumer.assignment()} == set(ALL_TOPICS)
 
 
-async def _records_of(consumer: AIOKafkaConsumer, order: str) -> list[object]:
+async def _records_of(consumer: AIOKafkaConsumer, order: str) -> list[ConsumerRecord]:
     """The order's records, until its outcome has been read."""
-    found: list = []
+    found: list[ConsumerRecord] = []
     loop = asyncio.get_running_loop()
     end = loop.time() + 30
     while loop.time() < end:

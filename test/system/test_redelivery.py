@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable
+from typing import TypedDict
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
@@ -22,7 +23,14 @@ async def publish(producer: AIOKafkaProducer, topic: str, *messages: Message) ->
         await producer.send_and_wait(topic, encode(message), key=message.order_id.encode())
 
 
-def ids(order_key: str) -> dict[str, str]:
+class Ids(TypedDict):
+    """The fields that name a saga in every message."""
+
+    saga_id: str
+    order_id: str
+
+
+def ids(order_key: str) -> Ids:
     return {"saga_id": f"redelivery-{uuid.uuid4().hex}", "order_id": order_key}
 
 
@@ -93,7 +101,7 @@ async def test_replies_twice_change_nothing(
     assert (await api.stock(item), await api.credit(rich), await api.credit(poor)) == (4, 98, 1)
     nodes = stack.env()["ORDER_REDIS_NODES"]
     for order_id in (paid_order, failed_order):
-        base = {"saga_id": await saga_id_of(nodes, order_id), "order_id": order_id}
+        base: Ids = {"saga_id": await saga_id_of(nodes, order_id), "order_id": order_id}
         await publish(
             producer,
             m.STOCK_PROCESSING,
@@ -124,17 +132,17 @@ async def saga_id_of(nodes: str, order_id: str) -> str:
     host, port = nodes.split(",")[0].rsplit(":", 1)
     async with RedisCluster(host=host, port=int(port)) as redis:
         saga_id = await redis.hget(f"{{order:{order_id}}}", "saga_id")
-    assert saga_id, order_id
-    return str(saga_id.decode())
+    assert isinstance(saga_id, bytes) and saga_id, order_id
+    return saga_id.decode()
 
 
 async def order_on_partition_of(
     api: Api, producer: AIOKafkaProducer, user: str, item: str, other: str
 ) -> str:
-    partitions = sorted(await producer.partitions_for(m.STOCK_PROCESSING))
+    partitions: list[int] = sorted(await producer.partitions_for(m.STOCK_PROCESSING))
 
     def partition(key: str) -> int:
-        return partitions[(murmur2(key.encode()) & 0x7FFFFFFF) % len(partitions)]
+        return partitions[(int(murmur2(key.encode())) & 0x7FFFFFFF) % len(partitions)]
 
     for _ in range(500):
         order_id = await api.order(user, [(item, 1)])

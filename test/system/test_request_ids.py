@@ -4,6 +4,7 @@ twice is one effect (a retry), two ids are two effects. Dashed UUIDs, the form m
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -21,10 +22,11 @@ async def test_subtract_and_pay_happen_once_per_request_id(api: Api, gateway_url
     item = await api.item(price=1, stock=10)
     user = await api.user(credit=10)
     async with aiohttp.ClientSession() as session:
-        for path, read in (
+        reads: list[tuple[str, Callable[[], Awaitable[int]]]] = [
             (f"/stock/subtract/{item}/2", lambda: api.stock(item)),
             (f"/payment/pay/{user}/2", lambda: api.credit(user)),
-        ):
+        ]
+        for path, read in reads:
             retried = str(uuid.uuid4())
             assert [await post(session, gateway_url + path, retried) for _ in range(2)] == [200] * 2
             assert await read() == 8, path
