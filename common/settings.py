@@ -51,7 +51,7 @@ class Settings:
     kafka_linger_ms: int
     checkout_timeout_ms: int
     checkout_answer_ms: int
-    checkout_concurrency: int = 64
+    checkout_concurrency: int
     """How many checkouts one order worker drives at once (``CHECKOUT_CONCURRENCY``); the others
     wait their turn in arrival order. 0: no limit."""
     saga_step_timeout_ms: int
@@ -91,7 +91,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_linger_ms=_int(env, "KAFKA_LINGER_MS", 0),
         checkout_timeout_ms=_int(env, "CHECKOUT_TIMEOUT_MS", 20000),
         checkout_answer_ms=_int(env, "CHECKOUT_ANSWER_MS", 55000),
-        checkout_concurrency=_int(env, "CHECKOUT_CONCURRENCY", Settings.checkout_concurrency),
+        checkout_concurrency=_int(env, "CHECKOUT_CONCURRENCY", 64),
         saga_step_timeout_ms=_int(env, "SAGA_STEP_TIMEOUT_MS", 2000),
         saga_deadline_ms=_int(env, "SAGA_DEADLINE_MS", 10000),
         stock_url=env.get("STOCK_URL", "http://127.0.0.1:8000/stock").rstrip("/"),
