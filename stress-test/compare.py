@@ -163,11 +163,7 @@ WARMUP_FIRST_ID = 90_000
 
 def warm_up(urls: dict[str, str], seconds: int) -> str:
     """Load the system as ``first`` does, on ids of its own; the figures are not counted."""
-    result = run_wrk(
-        ensure_wrk(), "first", urls["ORDER_URL"], duration=seconds, connections=64, threads=1,
-        first_id=WARMUP_FIRST_ID, last_id=Sizes().orders,
-    )  # fmt: skip
-    return f"{result.count(2) / result.duration_s:.0f} committed/s (not counted)"
+    return f"{scenario_first(urls, seconds, WARMUP_FIRST_ID).detail} (not counted)"
 
 
 def scenario_idle(urls: dict[str, str], count: int, first_id: int) -> Figures:
