@@ -7,7 +7,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -22,6 +24,20 @@ class Node(NamedTuple):
     name: str
     host: str
     port: int
+
+
+class PackedConnection(Connection):
+    """A connection whose commands hiredis packs (in C) instead of redis-py's Python encoder,
+    byte for byte the same for the arguments this code sends (str, int, bytes): 1.1 against
+    7.6 us for an 11-argument EVALSHA. Packing was the order worker's third-largest own cost
+    in a profile under the course's locust test (2026-11-29 21:56: 30,000 commands in 20 s)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str | bytes):
+            # As redis-py does: a command name given with its subcommand ("CLIENT SETINFO")
+            # goes out as separate arguments.
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
 
 
 class NodeClients:
@@ -41,6 +57,9 @@ class NodeClients:
                 socket_timeout=2.0,
                 socket_connect_timeout=1.0,
             )
+            # Every other setting as Redis() makes it (its retry policy included); only the
+            # connections' class differs. The pool makes its first connection on first use.
+            client.connection_pool.connection_class = PackedConnection
             self._clients[(host, port)] = client
         return client
 
