@@ -95,6 +95,7 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
     recovery = recovered_at - fault_at if recovered_at else float("inf")
     resends = resent_since(resends_before, await sweeper_resends(stack))
     _record(fault, baseline, recovery, statuses, resends)
+    print(f"rate per second after the fault, over the baseline: {_shape(load, baseline, fault_at)}")
     assert set(statuses) <= {200, 400}, f"5xx or dropped replies: {statuses}"
     await _check_invariants(api, shop, load.replies)
     assert recovered_at is not None, f"throughput not back to 90% within {within}s"
@@ -163,6 +164,15 @@ def resent_since(before: dict[str, float], after: dict[str, float]) -> int:
         earlier = before.get(address, 0.0)
         total += count - earlier if count >= earlier else count
     return int(total)
+
+
+def _shape(load: Load, baseline: float, fault_at: float) -> str:
+    """Each whole second's reply rate after the fault as a fraction of the baseline, up to the
+    last reply: how the recovery went, whether or not it reached 90 %."""
+    seconds = int(max(load.done_at, default=fault_at) - fault_at)
+    return " ".join(
+        f"{load.rate(fault_at + k, fault_at + k + 1) / baseline:.2f}" for k in range(seconds)
+    )
 
 
 def _record(
