@@ -12,7 +12,7 @@
 #        ./run_local.sh ctl ARGS...     supervisorctl ARGS... on this stack
 #        ./run_local.sh env             the stack's addresses, as KEY=value lines
 #        ./run_local.sh scale SERVICE N [SERVICE N ...]
-#                                       run N workers of SERVICE (order, payment, stock; 1-6)
+#                                       run N workers of SERVICE (order, payment, stock; 1-16)
 #                                       on the running stack, while it serves: new workers join
 #                                       their consumer groups and then the gateway; removed
 #                                       ones leave the gateway, then stop gracefully

@@ -51,7 +51,7 @@ READY_S = 90
 # compose's stop_grace_period (50 s) and the pods' terminationGracePeriodSeconds (60 s) bound a
 # worker's graceful stop; one holding no request stops in a second or two.
 STOP_S = 60
-# Each checkout's messages go to one partition of 6 (its order id's), held by one member of
+# Each checkout's messages go to one partition of 16 (its order id's), held by one member of
 # each group: this many checkouts leave a worker that holds a third of them without a message
 # with a probability of about (2/3)^24, 6e-5.
 MAX_CHECKOUTS = 24

@@ -14,7 +14,7 @@ def test_defaults_from_an_empty_environment() -> None:
     assert s.redis_wait_replicas == 1
     assert s.redis_op_timeout_ms == 8000
     assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
-    assert (s.topic_partitions, s.topic_replication) == (6, 1)
+    assert (s.topic_partitions, s.topic_replication) == (16, 1)
     assert (s.checkout_timeout_ms, s.saga_step_timeout_ms, s.saga_deadline_ms) == (
         20000,
         2000,
@@ -48,7 +48,7 @@ def test_values_are_parsed() -> None:
 
 def test_blank_values_fall_back_to_defaults() -> None:
     s = load_settings({"TOPIC_PARTITIONS": "  ", "REDIS_PASSWORD": "", "LOG_MESSAGES": ""})
-    assert (s.topic_partitions, s.redis_password, s.log_messages) == (6, None, False)
+    assert (s.topic_partitions, s.redis_password, s.log_messages) == (16, None, False)
 
 
 @pytest.mark.parametrize("raw", ["ten", "1.5", "0x10", "1e3"])
