@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one check command, for people and CI: installs what is missing, then runs
-#   1. ruff check . and ruff format --check ., then mypy (strict, on common/, the services and
-#      every test)
+#   1. ruff check . and ruff format --check ., then mypy (strict, on common/, the services,
+#      every test and the benchmarks in stress-test/)
 #   2. unit tests (test/unit, no I/O)
 #   3. on a fresh local stack of its own: test/integration, test/system,
 #      test/run_consistency_test.py, test/faults
@@ -136,7 +136,7 @@ main() {
     step ruff "$VENV_DIR/bin/ruff" check .
     step "ruff format" "$VENV_DIR/bin/ruff" format --check .
 
-    section "mypy (strict: common, order, stock, payment, test; see pyproject.toml)"
+    section "mypy (strict: common, order, stock, payment, test, stress-test; see pyproject.toml)"
     step mypy "$PYTHON" -m mypy
 
     pytest_dir test/unit "$@"

@@ -191,7 +191,7 @@ async def read_all(
     jobs: Iterable[tuple[str, str]],
     workers: int,
     on_reply: Callable[[str, dict[str, Any]], None],
-    progress: tqdm | None = None,
+    progress: tqdm[Any] | None = None,
 ) -> None:
     """GET every (key, url) with ``workers`` requests in flight; ``on_reply(key, json body)``;
     ``progress`` (a bar) advances by one per reply."""
@@ -225,7 +225,7 @@ class Order:
 
 
 async def read_orders(
-    urls: dict[str, str], ids: Iterable[int], workers: int, progress: tqdm | None = None
+    urls: dict[str, str], ids: Iterable[int], workers: int, progress: tqdm[Any] | None = None
 ) -> dict[str, Order]:
     orders: dict[str, Order] = {}
 
@@ -245,7 +245,7 @@ async def read_balances(
     users: Iterable[str],
     items: Iterable[str],
     workers: int,
-    progress: tqdm | None = None,
+    progress: tqdm[Any] | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Credit per user and stock per item."""
     connector = aiohttp.TCPConnector(limit=workers)
@@ -265,7 +265,7 @@ async def read_field(
     keys: Iterable[str],
     field: str,
     workers: int,
-    progress: tqdm | None,
+    progress: tqdm[Any] | None,
 ) -> dict[str, int]:
     """The number ``field`` of what ``GET {base}/{key}`` answers, per key (see ``read_all``)."""
     values: dict[str, int] = {}
@@ -343,7 +343,7 @@ def verify(
         else:
             users = sorted({o.user for o in orders.values()})
             items = sorted({item for o in orders.values() for item, _ in o.items})
-            bar.total += len(users) + len(items)  # type: ignore[arg-type]
+            bar.total += len(users) + len(items)
         credit, stock = asyncio.run(read_balances(urls, users, items, workers, bar))
     lines, failures = check_balances(sizes, orders, credit, stock)
     reads = len(orders) + len(credit) + len(stock)

@@ -269,7 +269,7 @@ def report_median(results: dict[tuple[str, str], list[Figures]], scenarios: list
         p, t = results[("project", name)], results[("template", name)]
 
         def med(rows: list[Figures], attr: str) -> float:
-            return statistics.median(getattr(r, attr) for r in rows)
+            return float(statistics.median(getattr(r, attr) for r in rows))
 
         ratios = [ratio(a.rate, b.rate) for a, b in zip(p, t, strict=True)]
         print(

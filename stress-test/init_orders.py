@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from tqdm import tqdm
@@ -73,7 +74,7 @@ async def _post(session: aiohttp.ClientSession, url: str) -> tuple[float, str]:
         return elapsed, body
 
 
-async def _ticking(bar: tqdm) -> None:
+async def _ticking(bar: tqdm[Any]) -> None:
     """Keep the bar's clock moving while one long call is in flight."""
     while True:
         await asyncio.sleep(0.5)

@@ -69,7 +69,7 @@ class CheckoutUser(FastHttpUser if FAST else HttpUser):  # type: ignore[misc]
                 response.success()
 
 
-@events.test_stop.add_listener
+@events.test_stop.add_listener  # type: ignore[untyped-decorator]  # locust leaves it untyped
 def report_status_classes(environment: Any, **_: Any) -> None:
     counts = {k: status_classes[k] for k in ("2xx", "4xx", "5xx", "conn-error")}
     log.info(
