@@ -130,7 +130,8 @@ main() {
     trap 'exit 143' TERM
 
     section "setup"
-    setup_machine requirements.txt requirements-dev.txt
+    # The benchmarks' own packages too (locust, matplotlib): mypy checks stress-test/ with them.
+    setup_machine requirements.txt requirements-dev.txt stress-test/requirements.txt
 
     section "ruff check and format"
     step ruff "$VENV_DIR/bin/ruff" check .

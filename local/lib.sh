@@ -179,8 +179,12 @@ file_hash() { cat "$@" | sha256sum | cut -d' ' -f1; }
 # Creates .venv if needed and installs a requirements file into it when it changed since the
 # last install (a hash stamp inside .venv remembers what was installed).
 ensure_venv() {
-    local requirements=$1 stamp python wanted
-    stamp="$VENV_DIR/.stamp-$(basename "$requirements" .txt)"
+    local requirements=$1 stamp name python wanted
+    # One stamp per file, named after its path in the repo (stress-test/requirements.txt is not
+    # the top-level requirements.txt).
+    name=${requirements#"$REPO_DIR"/}
+    name=${name%.txt}
+    stamp="$VENV_DIR/.stamp-${name//\//-}"
     if ! "$VENV_DIR/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         2>/dev/null; then
         python=$(find_python)
