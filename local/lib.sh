@@ -196,7 +196,7 @@ ensure_venv() {
     # requirements-dev.txt includes requirements.txt, so both count for its stamp.
     wanted=$(file_hash "$requirements" "$REPO_DIR/requirements.txt")
     [[ -f $stamp && $(<"$stamp") == "$wanted" ]] && return
-    log "installing $(basename "$requirements") into .venv"
+    log "installing $name.txt into .venv"
     if ! "$VENV_DIR/bin/python" -m pip install --disable-pip-version-check \
         -r "$requirements" >"$VENV_DIR/pip-install.log" 2>&1; then
         tail -n 30 "$VENV_DIR/pip-install.log" >&2
