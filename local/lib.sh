@@ -176,15 +176,14 @@ ensure_packages() {
 
 file_hash() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
-# Creates .venv if needed and installs a requirements file into it when it changed since the
-# last install (a hash stamp inside .venv remembers what was installed).
+# Creates .venv if needed and installs a requirements file (its path in the repo) into it when it
+# changed since the last install (a hash stamp inside .venv remembers what was installed).
 ensure_venv() {
-    local requirements=$1 stamp name python wanted
-    # One stamp per file, named after its path in the repo (stress-test/requirements.txt is not
-    # the top-level requirements.txt).
-    name=${requirements#"$REPO_DIR"/}
-    name=${name%.txt}
-    stamp="$VENV_DIR/.stamp-${name//\//-}"
+    local name=$1 requirements="$REPO_DIR/$1" stem stamp python wanted
+    # One stamp per file, named after its path (stress-test/requirements.txt is not the
+    # top-level requirements.txt).
+    stem=${name%.txt}
+    stamp="$VENV_DIR/.stamp-${stem//\//-}"
     if ! "$VENV_DIR/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         2>/dev/null; then
         python=$(find_python)
@@ -196,7 +195,7 @@ ensure_venv() {
     # requirements-dev.txt includes requirements.txt, so both count for its stamp.
     wanted=$(file_hash "$requirements" "$REPO_DIR/requirements.txt")
     [[ -f $stamp && $(<"$stamp") == "$wanted" ]] && return
-    log "installing $name.txt into .venv"
+    log "installing $name into .venv"
     if ! "$VENV_DIR/bin/python" -m pip install --disable-pip-version-check \
         -r "$requirements" >"$VENV_DIR/pip-install.log" 2>&1; then
         tail -n 30 "$VENV_DIR/pip-install.log" >&2
@@ -244,7 +243,7 @@ setup_machine() {
     ensure_packages
     ensure_kafka
     for requirements in "$@"; do
-        ensure_venv "$REPO_DIR/$requirements"
+        ensure_venv "$requirements"
     done
     ensure_broker_archive
     exec {lock_fd}>&-
