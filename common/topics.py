@@ -23,6 +23,7 @@ class Topics:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._admin: AIOKafkaAdminClient | None = None
+        self._counted = False  # the existing topics' partitions were compared with the settings
 
     async def start(self) -> None:
         if self._admin is None:
@@ -47,7 +48,10 @@ class Topics:
         """Create the topics that are missing; returns their names."""
         if self._admin is None:
             raise KafkaError("admin client not started")
-        missing = [t for t in ALL_TOPICS if t not in set(await self._admin.list_topics())]
+        existing = set(await self._admin.list_topics())
+        missing = [t for t in ALL_TOPICS if t not in existing]
+        if not self._counted:
+            await self._compare_partitions([t for t in ALL_TOPICS if t in existing])
         if missing:
             partitions = self._settings.topic_partitions
             replicas = self._settings.topic_replication
@@ -60,6 +64,32 @@ class Topics:
                 elif code != TopicAlreadyExistsError.errno:  # another worker made it first
                     raise for_code(code)(f"creating topic {topic}: {detail}")
         return missing
+
+    async def _compare_partitions(self, topics: list[str]) -> None:
+        """Once per process: warn about a topic whose partition count is not TOPIC_PARTITIONS. A
+        topic keeps the count it was made with (the broker's log outlives a change of the
+        setting, and nothing here re-partitions), so at most that many workers of a service
+        share its work; that should not pass unseen. A failed look is logged, not raised: the
+        check only informs."""
+        assert self._admin is not None
+        wanted = self._settings.topic_partitions
+        try:
+            described = await self._admin.describe_topics(topics) if topics else []
+        except KafkaError as exc:
+            log.warning("could not count the topics' partitions: %r", exc)
+            return
+        self._counted = True
+        for topic in described:
+            have = len(topic["partitions"])
+            if have != wanted:
+                log.warning(
+                    "topic %s has %d partitions, not TOPIC_PARTITIONS=%d: a topic keeps the "
+                    "count it was made with, and at most %d workers of a service share its work",
+                    topic["topic"],
+                    have,
+                    wanted,
+                    have,
+                )
 
 
 async def _main() -> None:
