@@ -15,8 +15,9 @@ KAFKA_LIBS="$REPO_DIR/.kafka/$KAFKA_VERSION/libs"
 SERVICES=(order payment stock)
 REDIS_NODES_PER_CLUSTER=6
 # The most workers of one service: each topic has this many partitions (TOPIC_PARTITIONS, which
-# the services create their topics with), and a worker beyond that would consume nothing.
-MAX_REPLICAS=16
+# the services create their topics with; env/common.env holds the code's default), and a worker
+# beyond that would consume nothing.
+MAX_REPLICAS=$(sed -n "s/^TOPIC_PARTITIONS=//p" "$REPO_DIR/env/common.env")
 # Variables handed from the caller's environment to every service worker when set.
 PASS_THROUGH_VARS=(KAFKA_LINGER_MS CHECKOUT_TIMEOUT_MS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS LOG_LEVEL LOG_FORMAT
     LOG_MESSAGES OTEL_EXPORTER OTEL_EXPORTER_OTLP_ENDPOINT)

@@ -30,7 +30,7 @@ class Role:
     service: str
     group: str  # the consumer group of its workers
     consumer: str  # the consumer loop's name: the `consumer` label, the client id's suffix
-    topics: int  # topics the group reads, of 16 partitions each
+    topics: int  # topics the group reads, of TOPIC_PARTITIONS partitions each
 
 
 ROLES = {

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import aiohttp
 
+from common.settings import load_settings
 from test.client import Api, until
 from test.conftest import Stack
 from test.faults.load import all_sagas_ended
 from test.faults.scaling import ROLES, Groups, Role, Work, refuses, work
 
 STEPS = (3, 1, 2)  # every service starts at 2 workers (scaled there first)
-PARTITIONS = 16  # per topic
+PARTITIONS = load_settings({}).topic_partitions  # per topic: the code's default, the stack's
 SESSION_TIMEOUT_S = 6.0  # common/kafka_options.py: what a member that does not leave costs
 FAIR = 0.5  # every worker gets at least half of an even share
 WINDOW_REQUESTS = 150  # a share is measured over at least this many requests ...
