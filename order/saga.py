@@ -1,4 +1,5 @@
-"""The checkout saga, declared: reserve the order's stock, then charge its user (the pivot).
+"""The checkout saga, declared: reserve the order's stock and charge its user, both asked at
+once (a concurrent saga): paid once both have answered yes; a no from either turns both back.
 
 Each step's compensation stands next to it. Timeouts, retries, compare-and-set and the sweeper
 live in ``common.saga``; this file only says what checkout is.
@@ -59,7 +60,8 @@ charge_user = Step(
 
 CHECKOUT = SagaDefinition(
     name="checkout",
-    steps=(reserve_stock, charge_user),  # the last step is the pivot
+    steps=(reserve_stock, charge_user),
+    concurrent=True,
     done_field="paid",
     snapshot=("user_id", "items", "total_cost"),
     outcome_topic=ORDER_STATUS_UPDATE,

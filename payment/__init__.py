@@ -1,1 +1,1 @@
-"""The payment service: users and their credit; the pivot step of the checkout saga."""
+"""The payment service: users and their credit; the charge, one of the checkout saga's steps."""

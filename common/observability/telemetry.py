@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Protocol
@@ -135,27 +136,32 @@ class handling:  # lower case: used as ``with telemetry.handling(...)``
 
 # --- the saga orchestrator (order) -------------------------------------------------------------
 def saga_reply(
-    definition: _Definition, index: int, kind: str, to: tuple[str, int], moved: bool
+    definition: _Definition,
+    index: int,
+    kind: str,
+    to: tuple[str, int] | None,
+    compensating: Iterable[int] = (),
 ) -> None:
-    """A participant's reply was applied to the saga log (``moved``) or found stale."""
-    if not moved:
+    """A participant's reply was applied to the saga log (it stands at ``to`` now), or found
+    stale (``to`` None); ``compensating`` are the steps whose compensations it sends."""
+    if to is None:
         _child(metrics.DEDUP_HITS, _service, "reply").inc()
         return
     name = definition.name
     _child(metrics.SAGA_REPLIES, name, definition.steps[index].name, kind).inc()
-    status, step = to
-    if status == SagaStatus.COMPENSATING:
+    for step in compensating:
         _child(metrics.SAGA_COMPENSATIONS, name, definition.steps[step].name).inc()
-    elif status in ENDED:
-        _child(metrics.SAGA_FINISHED, name, status).inc()
+    if to[0] in ENDED:
+        _child(metrics.SAGA_FINISHED, name, to[0]).inc()
 
 
-def saga_aborted(definition: _Definition, step: int, saga_id: str, reason: str) -> None:
-    """A running saga was turned back at ``step`` (its compensation is being sent)."""
+def saga_aborted(definition: _Definition, steps: Iterable[int], saga_id: str, reason: str) -> None:
+    """A running saga was turned back (the compensations of ``steps`` are being sent)."""
     logs.bind(saga_id, tracing.trace_id_for(saga_id))
     label = reason if reason in _ABORT_REASONS else AbortReason.OTHER
     _child(metrics.SAGA_ABORTS, definition.name, label).inc()
-    _child(metrics.SAGA_COMPENSATIONS, definition.name, definition.steps[step].name).inc()
+    for step in steps:
+        _child(metrics.SAGA_COMPENSATIONS, definition.name, definition.steps[step].name).inc()
 
 
 def swept(saga: str, action: str, saga_id: str) -> None:

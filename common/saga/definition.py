@@ -61,8 +61,12 @@ class Step:
 class SagaDefinition:
     """A saga over entities kept in one Redis hash each.
 
-    ``steps`` run in order; the last one is the pivot: once it succeeds the saga is done and
-    ``done_field`` of the entity is set to ``"1"`` in the same atomic write.
+    ``steps`` run in order, each once the one before has succeeded; the last one is the pivot:
+    once it succeeds the saga is done and ``done_field`` of the entity is set to ``"1"`` in the
+    same atomic write. A ``concurrent`` saga sends every step's command at its start instead,
+    and is done once every step has succeeded, in whatever order they answer; a failure turns
+    back every step (a compensation that finds its command not yet run bars it). Fit for steps
+    whose commands do not depend on each other's results: one hop per step fewer.
     ``snapshot`` names the entity fields the commands are built from. A saga does not start
     from a snapshot (as saga_begin.lua encodes it, JSON) longer than ``max_snapshot_bytes``:
     the bound must be one under which every command, compensation and outcome the steps build
@@ -77,6 +81,7 @@ class SagaDefinition:
     outcome: Callable[[SagaRun, bool, str], Message]
     entity_key: Callable[[str], str]
     max_snapshot_bytes: int = MAX_MESSAGE_BYTES - 16 * 1024
+    concurrent: bool = False
     replies: dict[type[Message], tuple[int, ReplyKind]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -86,7 +91,3 @@ class SagaDefinition:
             replies[step.failed] = (index, ReplyKind.FAILED)
             replies[step.compensated] = (index, ReplyKind.COMPENSATED)
         object.__setattr__(self, "replies", replies)
-
-    @property
-    def pivot(self) -> Step:
-        return self.steps[-1]

@@ -13,8 +13,8 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from common.saga.definition import SagaDefinition
-from common.saga.state import SagaState, TurnedBack
-from common.terms import ENDED
+from common.saga.state import Replied, SagaState, TurnedBack
+from common.terms import ENDED, ReplyKind
 from common.types import Arg, ScriptCall, Storage
 
 INDEX_SHARDS = 16
@@ -145,6 +145,46 @@ class SagaLog:
         snapshot: dict[str, str] = json.loads(reply[1])
         return snapshot, reply[2].decode()
 
+    async def reply(
+        self, entity_id: str, saga_id: str, kind: ReplyKind, step: int, *, now: int, reason: str
+    ) -> Replied | None:
+        """Move the saga for a participant's reply on ``step`` (``saga_reply.lua``): where it
+        stands after, or None for a stale or repeated reply. A reply that came before its turn
+        (a concurrent saga's) is kept in the marks and moves nothing yet. A move to an end also
+        drops the index entry the saga's start made, as ``move`` does."""
+        steps = len(self._def.steps)
+        args: list[Arg] = [
+            saga_id,
+            kind,
+            step,
+            steps,
+            "1" if self._def.concurrent else "0",
+            now,
+            reason,
+            self._def.done_field,
+            entity_id,
+        ]
+        key = self._def.entity_key(entity_id)
+        # Whether it ends is known only inside the script: name the shard whenever it may.
+        shard = self.shard_near(entity_id)
+        index = "" if shard is None else self.shard_key(shard)
+        try:
+            reply = await self._store.script("saga_reply", [key], [*args, index])
+        except ResponseError as exc:
+            if not index or "non local key" not in str(exc):
+                raise
+            self._near.clear()  # the shard moved (nothing was changed): the sweeper drops it
+            reply = await self._store.script("saga_reply", [key], [*args, ""])
+        if not reply[0]:
+            return None
+        return Replied(
+            status=reply[1].decode(),
+            step=int(reply[2]),
+            marks=reply[3].decode(),
+            snapshot=json.loads(reply[4]),
+            reason=reply[5].decode(),
+        )
+
     async def touch(self, entity_id: str, state: SagaState, now: int) -> int:
         """Claim a re-send of the current step; 0 if the saga moved since ``state`` was read."""
         return int(
@@ -193,13 +233,15 @@ class SagaLog:
         saga of it still running; pipelined per node, replicated when this returns. Returns
         every live saga found, whose current compensation the caller sends."""
         entity_ids: list[str] = []
+        # A concurrent saga's every command went out at its start: it turns back from the last.
+        turn_back_from = len(self._def.steps) - 1 if self._def.concurrent else ""
 
         def calls() -> Iterator[tuple[list[str], list[Any]]]:
             for entity_id, fields in entities:
                 entity_ids.append(entity_id)
                 pairs = [x for kv in fields.items() for x in kv]
                 key = self._def.entity_key(entity_id)
-                yield [key], [now, reason, self._def.done_field, *pairs]
+                yield [key], [now, reason, self._def.done_field, turn_back_from, *pairs]
 
         replies = await self._store.bulk_script("saga_reset", calls())
         return [

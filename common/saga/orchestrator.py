@@ -17,7 +17,7 @@ from common.observability import telemetry
 from common.saga.definition import SagaDefinition, SagaRun
 from common.saga.log import SagaLog
 from common.saga.state import SagaState
-from common.terms import ReplyKind, SagaStatus
+from common.terms import ENDED, ReplyKind, SagaStatus
 from common.types import Handler, Outgoing
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ class Orchestrator:
             trace_id=trace_id,
             started=now,  # saga_begin's saga_started
         )
-        first = self.definition.steps[0]
-        return Started(Outcome.STARTED, run.saga_id, ((first.topic, first.command(run)),))
+        at = (SagaStatus.RUNNING, 0)
+        return Started(Outcome.STARTED, run.saga_id, tuple(self.next_messages(run, at)))
 
     async def _begin_one_by_one(self, entity_id: str, now: int, due: int) -> list[str]:
         """The index entry first, then the saga: never a live saga outside the index. The entry
@@ -135,57 +135,68 @@ class Orchestrator:
     async def on_reply(self, message: Message) -> Sequence[Outgoing]:
         """Move the saga for a participant's reply; returns what to send next."""
         index, kind = self.definition.replies[type(message)]
-        last = len(self.definition.steps) - 1
-        if kind is ReplyKind.SUCCEEDED:
-            frm = (SagaStatus.RUNNING, index)
-            to = (SagaStatus.SUCCEEDED, index) if index == last else (SagaStatus.RUNNING, index + 1)
-        elif kind is ReplyKind.FAILED:
-            frm = (SagaStatus.RUNNING, index)
-            to = (SagaStatus.FAILED, -1) if index == 0 else (SagaStatus.COMPENSATING, index - 1)
-        else:
-            frm = (SagaStatus.COMPENSATING, index)
-            to = (SagaStatus.FAILED, -1) if index == 0 else (SagaStatus.COMPENSATING, index - 1)
         reason = getattr(message, "reason", "")
-        moved = await self.log.move(
-            message.entity_id, message.saga_id, frm, to, now=self.clock(), reason=reason
+        moved = await self.log.reply(
+            message.entity_id, message.saga_id, kind, index, now=self.clock(), reason=reason
         )
-        telemetry.saga_reply(self.definition, index, kind, to, moved is not None)
         if moved is None:
+            telemetry.saga_reply(self.definition, index, kind, None)
             log.debug("stale %s for %s ignored", type(message).__name__, message.saga_id)
             return []
-        snapshot, reason = moved
+        to = (moved.status, moved.step)
         run = SagaRun(
             saga_id=message.saga_id,
             entity_id=message.entity_id,
-            snapshot=snapshot,
+            snapshot=moved.snapshot,
             trace_id=message.trace_id,
             started=message.started,  # every message of the saga carries its start
         )
-        return self.next_messages(run, to, reason)
+        back: list[int] = []  # the steps whose compensations this reply sends
+        if moved.status in ENDED:
+            messages = self.next_messages(run, to, moved.reason)
+        elif not self.definition.concurrent:
+            messages = self.next_messages(run, to)
+            back = [moved.step] if moved.status == SagaStatus.COMPENSATING else []
+        elif kind is ReplyKind.FAILED:
+            # Every compensation at once, but none to a step that holds nothing.
+            back = [k for k in range(moved.step, -1, -1) if moved.marks[k] != "c"]
+            steps = self.definition.steps
+            messages = [(steps[k].topic, steps[k].compensation(run)) for k in back]
+        else:  # concurrent: every command went out at the start; a success only moves the log
+            messages = []
+        telemetry.saga_reply(self.definition, index, kind, to, back)
+        return messages
 
     def next_messages(self, run: SagaRun, at: tuple[str, int], reason: str = "") -> list[Outgoing]:
-        """What the log says to send for a saga standing at ``at`` (status, step)."""
+        """What the log says to send for a saga standing at ``at`` (status, step): the current
+        step's command or compensation; for a concurrent saga, every command from the current
+        step on, or every compensation from it down (a step that already answered gets the
+        same answer again, which moves nothing)."""
         status, index = at
+        steps = self.definition.steps
         if status == SagaStatus.RUNNING:
-            step = self.definition.steps[index]
-            return [(step.topic, step.command(run))]
+            ahead = steps[index:] if self.definition.concurrent else steps[index : index + 1]
+            return [(step.topic, step.command(run)) for step in ahead]
         if status == SagaStatus.COMPENSATING:
-            step = self.definition.steps[index]
-            return [(step.topic, step.compensation(run))]
+            back = steps[index::-1] if self.definition.concurrent else steps[index : index + 1]
+            return [(step.topic, step.compensation(run)) for step in back]
         paid = status == SagaStatus.SUCCEEDED
         return [(self.definition.outcome_topic, self.definition.outcome(run, paid, reason))]
 
     async def abort(self, entity_id: str, state: SagaState, reason: str) -> list[Outgoing]:
         """Turn a running saga back: compensate its current step (which may or may not have
-        taken effect; the participant's tombstone settles it) and every step before."""
+        taken effect; the participant's tombstone settles it) and every step before; a
+        concurrent saga's every step."""
         if state.status != SagaStatus.RUNNING:
             return []
-        frm, at = (SagaStatus.RUNNING, state.step), (SagaStatus.COMPENSATING, state.step)
+        top = len(self.definition.steps) - 1 if self.definition.concurrent else state.step
+        frm, at = (SagaStatus.RUNNING, state.step), (SagaStatus.COMPENSATING, top)
         now = self.clock()
         moved = await self.log.move(entity_id, state.saga_id, frm, at, now=now, reason=reason)
         if moved is None:
             return []
-        telemetry.saga_aborted(self.definition, state.step, state.saga_id, reason)
+        back = range(top, -1, -1) if self.definition.concurrent else [top]
+        telemetry.saga_aborted(self.definition, back, state.saga_id, reason)
         log.warning("saga %s aborted at step %s: %s", state.saga_id, state.step, reason)
         run = SagaRun(
             saga_id=state.saga_id, entity_id=entity_id, snapshot=moved[0], started=state.started

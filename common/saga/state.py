@@ -46,3 +46,14 @@ class TurnedBack:
     step: int
     snapshot: dict[str, str]
     started: int
+
+
+@dataclass(frozen=True)
+class Replied:
+    """Where a participant's reply left its saga (``SagaLog.reply``)."""
+
+    status: str
+    step: int
+    marks: str  # per step: 's' took effect, 'c' holds nothing, '-' not heard from
+    snapshot: dict[str, str]
+    reason: str

@@ -189,6 +189,7 @@ def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
             b"saga_reason": b"",
             b"saga_data": data,
             b"saga_indexed": indexed,
+            b"saga_marks": b"",
         },
     )
     return [b"STARTED", new_id, data]
@@ -221,17 +222,79 @@ def saga_move(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return [1, data, r.hget(keys[0], b"saga_reason") or b""]
 
 
+def saga_reply(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    saga_id, status, raw_step, data, raw_marks = r.hmget(
+        keys[0], [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_marks"]
+    )
+    if saga_id != argv[0]:
+        return [0]
+    kind, j, n = argv[1], int(argv[2]), int(argv[3])
+    step = int(raw_step or b"0")
+    marks = list((raw_marks or b"").decode())
+    if len(marks) != n:
+        marks = ["-"] * n
+
+    def back(frm: int) -> tuple[bytes, int]:
+        while frm >= 0 and marks[frm] == "c":
+            frm -= 1
+        return (b"failed", -1) if frm < 0 else (b"compensating", frm)
+
+    if kind == b"succeeded":
+        if status != b"running" or j < step or marks[j] == "s":
+            return [0]
+        marks[j] = "s"
+        to_status, to_step = b"running", step
+        while to_step < n and marks[to_step] == "s":
+            to_step += 1
+        if to_step == n:
+            to_status, to_step = b"succeeded", n - 1
+    elif kind == b"failed":
+        if status != b"running" or j < step:
+            return [0]
+        marks[j] = "c"
+        to_status, to_step = back(n - 1 if argv[4] == b"1" else j)
+    else:
+        if status != b"compensating" or j > step or marks[j] == "c":
+            return [0]
+        marks[j] = "c"
+        to_status, to_step = back(step)
+    drop = ""
+    if argv[9] != b"" and to_status in (b"succeeded", b"failed"):
+        shard = _index_here(keys, argv[9])
+        indexed = r.hget(keys[0], b"saga_indexed")
+        score = r.zscore(shard, argv[8])
+        if indexed and score is not None and score == float(indexed):
+            drop = shard
+    joined = "".join(marks).encode()
+    r.hset(keys[0], {b"saga_marks": joined})
+    if to_status != status or to_step != step:
+        r.hset(
+            keys[0],
+            {b"saga_status": to_status, b"saga_step": b"%d" % to_step}
+            | {b"saga_updated": argv[5], b"saga_resends": b"0"},
+        )
+    if argv[6] != b"":
+        r.hset(keys[0], {b"saga_reason": argv[6]})
+    if to_status == b"succeeded":
+        r.hset(keys[0], {argv[7]: b"1", b"saga_done_by": argv[0]})
+    if drop:
+        r.zrem(drop, argv[8])
+    reason = r.hget(keys[0], b"saga_reason") or b""
+    return [1, to_status, b"%d" % to_step, joined, data, reason]
+
+
 def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     saga_id, status, step, data, started = r.hmget(
         keys[0], [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_started"]
     )
     if status == b"running":
+        step = argv[3] or step
         r.hset(
             keys[0],
-            {b"saga_status": b"compensating", b"saga_updated": argv[0]}
-            | {b"saga_resends": b"0", b"saga_reason": argv[1]},
+            {b"saga_status": b"compensating", b"saga_step": step or b"0"}
+            | {b"saga_updated": argv[0], b"saga_resends": b"0", b"saga_reason": argv[1]},
         )
-    fields = dict(zip(argv[3::2], argv[4::2], strict=True))
+    fields = dict(zip(argv[4::2], argv[5::2], strict=True))
     r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0]} | fields)
     if status in (b"running", b"compensating"):
         return [saga_id, step or b"0", data or b"{}", started or b"0"]
@@ -274,6 +337,7 @@ SCRIPTS: dict[str, Script] = {
     "create": create,
     "saga_begin": saga_begin,
     "saga_move": saga_move,
+    "saga_reply": saga_reply,
     "saga_reset": saga_reset,
     "saga_touch": saga_touch,
     "index_drop": index_drop,
@@ -283,7 +347,7 @@ SCRIPTS: dict[str, Script] = {
 
 SOURCES: dict[str, str] = {
     "reset": "be33ad235411b6d015706cce278e2d24caafe02d",
-    "saga_reset": "a8bca088f0e1c59e81efa03a01d7d9f1f7b5edd1",
+    "saga_reset": "ed26317fae39d4ea5a2058582e228784ff6fc425",
     "add_item": "051e4bd7eb6a28ef4c6f03d5e551c9edd10437a3",
     "adjust": "1b5a2793096ef6905ff811946f6825e145cb397c",
     "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
@@ -291,8 +355,9 @@ SOURCES: dict[str, str] = {
     "take": "de5f7b46e9f332eb5b67ee3b80d4cdb005f7e7a1",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
     "sweep_lease": "78d06d95d2407aca2ab2fb09748ba916b93b653f",
-    "saga_begin": "08e646d1828f04a26ca0fd60094f3f6b3734dc9b",
+    "saga_begin": "407e867718cc3ebe7766aeafb646e976d254058b",
     "saga_move": "921b0c1d463683d944c8f4561b003ea913ae7798",
+    "saga_reply": "0daf3b303274b0f717ca2015c04b571f169be085",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",
 }
 """Script name -> sha1 of the Lua text the function above reproduces."""

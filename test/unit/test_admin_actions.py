@@ -131,17 +131,18 @@ async def test_retry_loses_to_a_move_between_read_and_touch(parts: Any) -> None:
     assert bus.sent == []
 
 
-async def test_abort_turns_back_through_the_current_step(parts: Any) -> None:
+async def test_abort_turns_back_every_step_of_the_concurrent_checkout(parts: Any) -> None:
     admin, log, bus = parts
-    saga = log.put("o", "running", 1).saga_id
+    saga = log.put("o", "running", 0).saga_id
     action = await admin.abort("o", saga)
-    assert action.done and kinds(bus) == ["PaymentCancelRequested"]
+    both = ["PaymentCancelRequested", "StockCompensationRequested"]
+    assert action.done and kinds(bus) == both  # the charge went out at the start too
     state = log.sagas["o"]
     assert (state.status, state.step, state.reason) == ("compensating", 1, AbortReason.OPERATOR)
-    # A second abort finds it compensating: it re-sends that compensation, moves nothing.
+    # A second abort finds it compensating: it re-sends the compensations, moves nothing.
     again = await admin.abort("o", saga)
     assert again.done and "already turning back" in again.detail
-    assert kinds(bus) == ["PaymentCancelRequested", "PaymentCancelRequested"]
+    assert kinds(bus) == both + both
     assert (log.sagas["o"].status, log.sagas["o"].step) == ("compensating", 1)
 
 

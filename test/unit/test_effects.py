@@ -150,5 +150,6 @@ async def test_a_timed_out_checkout_does_not_publish_an_unreplicated_abort(
 
     monkeypatch.setattr(svc.orchestrator, "abort", abort)
     with pytest.raises(Unavailable):
-        await checkout(order_id)  # the stock command goes out; the abort never does
-    assert [type(m).__name__ for _, m in bus.published] == ["StockUpdateRequested"]
+        await checkout(order_id)  # the commands go out; the abort never does
+    sent = [type(m).__name__ for _, m in bus.published]
+    assert sent == ["StockUpdateRequested", "PaymentRequested"]

@@ -16,6 +16,7 @@ from common.store import WriteMayBeLost
 from test.unit.fake_lua import SCRIPTS, SOURCES
 from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
 from test.unit.fake_store import FakeStore
+from test.unit.saga_reply_cases import CASES, play
 
 SAGA_LUA = Path(LUA_DIR).parent / "saga" / "lua"
 ORDER_LUA = Path(LUA_DIR).parents[1] / "order" / "lua"
@@ -221,7 +222,7 @@ def test_a_saga_reset_turns_a_running_saga_back_and_keeps_an_ended_one() -> None
     begin = ["start", "r", "n1", 1000, 5000, "paid", "", "0", 10**6, "user_id", "items"]
     started = run(r, "saga_begin", [key], *begin)
     fields = ["user_id", "v", "items", '[["i",1]]', "total_cost", "3"]
-    turned = run(r, "saga_reset", [key], 2000, "order reset", "paid", *fields)
+    turned = run(r, "saga_reset", [key], 2000, "order reset", "paid", "", *fields)
     assert turned == [b"r:1:n1", b"0", started[2], b"1000"]  # type: ignore[index]
     assert r.hmget(key, [b"saga_status", b"saga_reason", b"reset_at", b"user_id"]) == [
         b"compensating",
@@ -229,9 +230,28 @@ def test_a_saga_reset_turns_a_running_saga_back_and_keeps_an_ended_one() -> None
         b"2000",
         b"v",
     ]
-    again = run(r, "saga_reset", [key], 2500, "order reset", "paid", *fields)
+    again = run(r, "saga_reset", [key], 2500, "order reset", "paid", "", *fields)
     assert again == turned  # still turning back: its compensation is sent again
     back = ["r:1:n1", "compensating", 0, "failed", -1, 3000, "", "paid", "r", ""]
     assert run(r, "saga_move", [key], *back)[0] == 1  # type: ignore[index]
-    assert run(r, "saga_reset", [key], 3500, "order reset", "paid", *fields) == []
+    assert run(r, "saga_reset", [key], 3500, "order reset", "paid", "", *fields) == []
     assert r.hget(key, b"saga_id") == b"r:1:n1"  # an ended saga's fields stay too
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_saga_reply_moves_and_marks(name: str) -> None:
+    r = FakeRedis()
+
+    async def run_fake(script: str, keys: list[str], args: list[object]) -> object:
+        encoded = [encode_arg(a) for a in args]
+        if script == "hset":
+            r.hset(keys[0], dict(zip(encoded[::2], encoded[1::2], strict=True)))
+            return None
+        if script == "hget":
+            return r.hget(keys[0], encoded[0])
+        return SCRIPTS[script](r, keys, encoded)
+
+    concurrent, steps, replies, expected = CASES[name]
+    after, paid = await play(run_fake, "{order:o}", "o", concurrent, steps, replies)
+    assert after == expected
+    assert paid == (b"1" if ("succeeded", steps - 1, "s" * steps) in expected else b"0")

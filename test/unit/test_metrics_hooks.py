@@ -61,10 +61,10 @@ def test_saga_replies_outcomes_compensations_and_stale_replies() -> None:
         series("saga_finished_total", **saga, outcome="succeeded"),
         series("saga_finished_total", **saga, outcome="failed"),
     )
-    telemetry.saga_reply(CHECKOUT, 1, "failed", ("running", 1), moved=False)
-    telemetry.saga_reply(CHECKOUT, 1, "failed", ("compensating", 0), moved=True)
-    telemetry.saga_reply(CHECKOUT, 0, "compensated", ("failed", -1), moved=True)
-    telemetry.saga_reply(CHECKOUT, 1, "succeeded", ("succeeded", 1), moved=True)
+    telemetry.saga_reply(CHECKOUT, 1, "failed", None)  # stale
+    telemetry.saga_reply(CHECKOUT, 1, "failed", ("compensating", 0), [0])
+    telemetry.saga_reply(CHECKOUT, 0, "compensated", ("failed", -1))
+    telemetry.saga_reply(CHECKOUT, 1, "succeeded", ("succeeded", 1))
     assert moves("dedup_hits_total", service="order", kind="reply") == 1
     assert moves("saga_replies_total", **saga, step="charge_user", kind="failed") == 1
     assert moves("saga_compensations_total", **saga, step="reserve_stock") == 1
@@ -81,8 +81,8 @@ def test_aborts_and_sweeps() -> None:
         series("saga_sweeper_resends_total", **saga),
         series("saga_sweeper_aborts_total", **saga),
     )
-    telemetry.saga_aborted(CHECKOUT, 1, "o:1:ab", "deadline passed")
-    telemetry.saga_aborted(CHECKOUT, 1, "o:1:ab", "a reason nobody listed")
+    telemetry.saga_aborted(CHECKOUT, [1, 0], "o:1:ab", "deadline passed")
+    telemetry.saga_aborted(CHECKOUT, [1], "o:1:ab", "a reason nobody listed")
     telemetry.swept("checkout", "resend", "o:1:ab")
     telemetry.swept("checkout", "resend", "o:1:ab")
     telemetry.swept("checkout", "abort", "o:1:ab")

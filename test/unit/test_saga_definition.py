@@ -40,9 +40,9 @@ def test_replies_map_each_reply_to_its_step_and_kind() -> None:
     }
 
 
-def test_the_pivot_is_the_charge_and_paid_is_the_done_field() -> None:
+def test_both_steps_are_asked_at_once_and_paid_is_the_done_field() -> None:
     assert [step.name for step in CHECKOUT.steps] == ["reserve_stock", "charge_user"]
-    assert CHECKOUT.pivot.name == "charge_user"
+    assert CHECKOUT.concurrent
     assert CHECKOUT.done_field == "paid"
     assert CHECKOUT.entity_key("o1") == order_key("o1") == "{order:o1}"
 
@@ -75,10 +75,14 @@ def test_next_messages_follow_the_log() -> None:
     def sent(at: tuple[str, int], reason: str = "") -> list[tuple[str, type]]:
         return [(t, type(m)) for t, m in orchestrator.next_messages(run, at, reason)]
 
-    assert sent((SagaStatus.RUNNING, 0)) == [(m.STOCK, m.StockUpdateRequested)]
-    assert sent((SagaStatus.RUNNING, 1)) == [(m.PAYMENT, m.PaymentRequested)]
-    assert sent((SagaStatus.COMPENSATING, 1)) == [(m.PAYMENT, m.PaymentCancelRequested)]
-    assert sent((SagaStatus.COMPENSATING, 0)) == [(m.STOCK, m.StockCompensationRequested)]
+    # Concurrent: running, every command from the current step on; turning back, every
+    # compensation from the current step down.
+    charge, reserve = (m.PAYMENT, m.PaymentRequested), (m.STOCK, m.StockUpdateRequested)
+    cancel, restore = (m.PAYMENT, m.PaymentCancelRequested), (m.STOCK, m.StockCompensationRequested)
+    assert sent((SagaStatus.RUNNING, 0)) == [reserve, charge]
+    assert sent((SagaStatus.RUNNING, 1)) == [charge]
+    assert sent((SagaStatus.COMPENSATING, 1)) == [cancel, restore]
+    assert sent((SagaStatus.COMPENSATING, 0)) == [restore]
     assert sent((SagaStatus.SUCCEEDED, 1)) == [(m.ORDER_STATUS_UPDATE, m.CheckoutFinished)]
     (_, outcome), *_ = orchestrator.next_messages(run, (SagaStatus.FAILED, -1), "no credit")
     assert outcome == m.CheckoutFinished(

@@ -31,10 +31,11 @@ async def test_no_resends_while_the_broker_acknowledges_nothing(clock: Clock) ->
     bus = StalledBus()
     sweeper = sweeper_of(orchestrator, store, bus)
     await orchestrator.start(order_id)
-    clock.ms += STEP_MS + 1  # the first command was never acknowledged: the step is stalled
+    clock.ms += STEP_MS + 1  # the commands were never acknowledged: the step is stalled
     bus.waiting_s = STEP_MS / 1000
     assert await sweeper.sweep() == 0
     assert bus.published == []
-    bus.waiting_s = 0.0  # the broker answers again: the step is re-sent
-    assert await sweeper.sweep() == 1
-    assert [type(m).__name__ for _, m in bus.published] == ["StockUpdateRequested"]
+    bus.waiting_s = 0.0  # the broker answers again: both commands (sent at once) are re-sent
+    assert await sweeper.sweep() == 2
+    sent = [type(m).__name__ for _, m in bus.published]
+    assert sent == ["StockUpdateRequested", "PaymentRequested"]

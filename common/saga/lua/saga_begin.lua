@@ -49,5 +49,6 @@ local attempt = redis.call('HINCRBY', KEYS[1], 'saga_attempt', 1)
 local saga_id = ARGV[2] .. ':' .. attempt .. ':' .. ARGV[3]
 redis.call('HSET', KEYS[1], 'saga_id', saga_id, 'saga_status', 'running', 'saga_step', '0',
   'saga_started', ARGV[4], 'saga_updated', ARGV[4], 'saga_deadline', ARGV[5],
-  'saga_resends', '0', 'saga_reason', '', 'saga_data', data, 'saga_indexed', indexed)
+  'saga_resends', '0', 'saga_reason', '', 'saga_data', data, 'saga_indexed', indexed,
+  'saga_marks', '')
 return {'STARTED', saga_id, data}
