@@ -84,7 +84,9 @@ class SagaAdmin:
             if resends == 0:
                 fx.cancel()
                 return Action(False, "the saga moved while we looked: read it again", state=state)
-            fx.send(self._orch.next_messages(state.run(entity_id), (state.status, state.step)))
+            at = (state.status, state.step)
+            run = state.run(entity_id)
+            fx.send(self._orch.next_messages(run, at, concurrent=state.concurrent))
             await self._follow(entity_id)
         return await self._sent(entity_id, fx.sent, f"re-sent (re-send {resends})")
 

@@ -63,10 +63,11 @@ class SagaDefinition:
 
     ``steps`` run in order, each once the one before has succeeded; the last one is the pivot:
     once it succeeds the saga is done and ``done_field`` of the entity is set to ``"1"`` in the
-    same atomic write. A ``concurrent`` saga sends every step's command at its start instead,
-    and is done once every step has succeeded, in whatever order they answer; a failure turns
-    back every step (a compensation that finds its command not yet run bars it). Fit for steps
-    whose commands do not depend on each other's results: one hop per step fewer.
+    same atomic write. A ``concurrent`` definition's saga may instead send every step's command
+    at its start (when the orchestrator's ``Speculation`` says so; the saga records which): it
+    is then done once every step has succeeded, in whatever order they answer, and a failure
+    turns back every step (a compensation that finds its command not yet run bars it). Fit
+    for steps whose commands do not depend on each other's results.
     ``snapshot`` names the entity fields the commands are built from. A saga does not start
     from a snapshot (as saga_begin.lua encodes it, JSON) longer than ``max_snapshot_bytes``:
     the bound must be one under which every command, compensation and outcome the steps build

@@ -29,6 +29,7 @@ _FIELDS = (
     "saga_reason",
     "saga_started",
     "saga_done_by",
+    "saga_concurrent",
 )
 
 
@@ -53,7 +54,9 @@ class SagaLog:
         """Master name -> the index shards it keeps (forgotten when a call finds it moved)."""
 
     # --- the saga state (one atomic script per change) -----------------------------------------
-    async def begin(self, entity_id: str, *, start: bool, now: int, deadline: int) -> list[str]:
+    async def begin(
+        self, entity_id: str, *, start: bool, now: int, deadline: int, concurrent: bool = False
+    ) -> list[str]:
         """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['TOO_BIG', bytes]
         | ['STARTED', id, data]``.
         The caller registers a saga it may start in the index first (``index_add``).
@@ -64,12 +67,14 @@ class SagaLog:
         reply = await self._store.script(
             "saga_begin",
             [self._def.entity_key(entity_id)],
-            self._begin_args(entity_id, start=start, now=now, deadline=deadline),
+            self._begin_args(
+                entity_id, start=start, now=now, deadline=deadline, concurrent=concurrent
+            ),
         )
         return [part.decode() for part in reply]
 
     async def begin_indexed(
-        self, entity_id: str, *, now: int, deadline: int, due: int
+        self, entity_id: str, *, now: int, deadline: int, due: int, concurrent: bool = False
     ) -> list[str] | None:
         """``begin(start=True)`` that registers the saga it starts in an index shard of the same
         master in the same step (and re-registers a live saga it joins, should a failover have
@@ -81,7 +86,12 @@ class SagaLog:
         if shard is None:
             return None
         args = self._begin_args(
-            entity_id, start=True, now=now, deadline=deadline, index=(shard, due)
+            entity_id,
+            start=True,
+            now=now,
+            deadline=deadline,
+            index=(shard, due),
+            concurrent=concurrent,
         )
         replies = await self._store.on_master_of(key, [ScriptCall("saga_begin", [key], args)])
         if replies is None:
@@ -97,6 +107,7 @@ class SagaLog:
         now: int,
         deadline: int,
         index: tuple[int, int] | None = None,
+        concurrent: bool = False,
     ) -> list[Any]:
         # The index shard and the entry's score, or nothing (the caller registers it itself).
         indexed = ["", ""]
@@ -112,6 +123,7 @@ class SagaLog:
             self._def.done_field,
             *indexed,
             self._def.max_snapshot_bytes,
+            "1" if concurrent else "0",
             *self._def.snapshot,
         ]
 
@@ -158,7 +170,6 @@ class SagaLog:
             kind,
             step,
             steps,
-            "1" if self._def.concurrent else "0",
             now,
             reason,
             self._def.done_field,
@@ -183,6 +194,7 @@ class SagaLog:
             marks=reply[3].decode(),
             snapshot=json.loads(reply[4]),
             reason=reply[5].decode(),
+            concurrent=reply[6] == b"1",
         )
 
     async def touch(self, entity_id: str, state: SagaState, now: int) -> int:
@@ -223,7 +235,8 @@ class SagaLog:
             reason=v[7],
             started=int(v[8] or 0),
             done_by=v[9],
-            done=v[10] == "1",
+            concurrent=v[10] == "1",
+            done=v[11] == "1",
         )
 
     async def reset(
@@ -233,15 +246,14 @@ class SagaLog:
         saga of it still running; pipelined per node, replicated when this returns. Returns
         every live saga found, whose current compensation the caller sends."""
         entity_ids: list[str] = []
-        # A concurrent saga's every command went out at its start: it turns back from the last.
-        turn_back_from = len(self._def.steps) - 1 if self._def.concurrent else ""
+        last = len(self._def.steps) - 1  # where a concurrent saga turns back from
 
         def calls() -> Iterator[tuple[list[str], list[Any]]]:
             for entity_id, fields in entities:
                 entity_ids.append(entity_id)
                 pairs = [x for kv in fields.items() for x in kv]
                 key = self._def.entity_key(entity_id)
-                yield [key], [now, reason, self._def.done_field, turn_back_from, *pairs]
+                yield [key], [now, reason, self._def.done_field, last, *pairs]
 
         replies = await self._store.bulk_script("saga_reset", calls())
         return [
@@ -251,6 +263,7 @@ class SagaLog:
                 step=int(reply[1]),
                 snapshot=json.loads(reply[2] or b"{}"),
                 started=int(reply[3] or 0),
+                concurrent=reply[4] == b"1",
             )
             for entity_id, reply in zip(entity_ids, replies, strict=True)
             if reply

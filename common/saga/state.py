@@ -23,6 +23,7 @@ class SagaState:
     started: int
     done_by: str = ""  # the saga that last made the entity done (kept across a reset)
     done: bool = False  # the entity's done field (an order's ``paid``) now
+    concurrent: bool = False  # every step was asked for at its start
 
     @property
     def live(self) -> bool:
@@ -46,6 +47,7 @@ class TurnedBack:
     step: int
     snapshot: dict[str, str]
     started: int
+    concurrent: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,3 +59,4 @@ class Replied:
     marks: str  # per step: 's' took effect, 'c' holds nothing, '-' not heard from
     snapshot: dict[str, str]
     reason: str
+    concurrent: bool

@@ -122,4 +122,5 @@ class Sweeper:
                 state.saga_id,
                 resends,
             )
-            return self._orch.next_messages(state.run(entity_id), (state.status, state.step))
+            at = (state.status, state.step)
+            return self._orch.next_messages(state.run(entity_id), at, concurrent=state.concurrent)

@@ -56,7 +56,8 @@ async def test_retry_moves_a_lost_saga_and_charges_once(api: Api, stack: Stack) 
 
     status, result = await admin(stack, "retry", order, "--saga", saga, "--wait", "20")
     assert status == 0 and result["done"], result
-    assert result["sent"] == ["StockUpdateRequested on STOCK"]
+    # Both commands: the checkout saga asks for the stock and the charge at once.
+    assert result["sent"] == ["StockUpdateRequested on STOCK", "PaymentRequested on PAYMENT"]
     assert result["final"]["status"] == "succeeded"
     assert await balances(api, item, user, order) == (8, 94, True)
 
@@ -83,13 +84,16 @@ async def test_abort_turns_a_lost_saga_back_and_bars_its_late_command(
         stack, "abort", order, "--saga", saga, "--reason", "aborted by operator", "--wait", "20"
     )
     assert status == 0 and result["done"], result
-    assert result["sent"] == ["StockCompensationRequested on STOCK"]
+    both = ["PaymentCancelRequested on PAYMENT", "StockCompensationRequested on STOCK"]
+    assert result["sent"] == both
     assert (result["final"]["status"], result["final"]["reason"]) == (
         "failed",
         "aborted by operator",
     )
     _, report = await admin(stack, "show", order)
-    assert [r["record"] for r in report["records"]["stock"]] == ["X"]  # the tombstone
+    # The tombstones: the charge went out with the reservation, so both steps are barred.
+    assert [r["record"] for r in report["records"]["stock"]] == ["X"]
+    assert [r["record"] for r in report["records"]["payment"]] == ["X"]
     assert report["consistent"] is True
 
     # The lost command turns up after all: the tombstone refuses it. A later message on the
@@ -125,7 +129,8 @@ async def test_abort_while_payment_is_down(api: Api, stack: Stack) -> None:
         assert saga in {row["saga_id"] for row in listed}
         status, result = await admin(stack, "abort", order, "--saga", saga)
         assert status == 0 and result["done"], result
-        assert result["sent"] == ["PaymentCancelRequested on PAYMENT"]
+        both = ["PaymentCancelRequested on PAYMENT", "StockCompensationRequested on STOCK"]
+        assert result["sent"] == both
         assert result["state"]["status"] == "compensating"
     finally:
         stack.run("ctl", "start", *payments)

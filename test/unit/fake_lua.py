@@ -166,7 +166,7 @@ def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
         return [b"JOINED", saga_id]
     if argv[0] == b"check":
         return [b"READY"]
-    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[9:]}
+    snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[10:]}
     data = cjson_encode(snapshot)
     if len(data) > _num(argv[8]):
         return [b"TOO_BIG", b"%d" % len(data)]
@@ -190,6 +190,7 @@ def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
             b"saga_data": data,
             b"saga_indexed": indexed,
             b"saga_marks": b"",
+            b"saga_concurrent": argv[9],
         },
     )
     return [b"STARTED", new_id, data]
@@ -223,8 +224,10 @@ def saga_move(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 
 def saga_reply(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
-    saga_id, status, raw_step, data, raw_marks = r.hmget(
-        keys[0], [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_marks"]
+    saga_id, status, raw_step, data, raw_marks, concurrent = r.hmget(
+        keys[0],
+        [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_marks"]
+        + [b"saga_concurrent"],
     )
     if saga_id != argv[0]:
         return [0]
@@ -252,17 +255,17 @@ def saga_reply(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
         if status != b"running" or j < step:
             return [0]
         marks[j] = "c"
-        to_status, to_step = back(n - 1 if argv[4] == b"1" else j)
+        to_status, to_step = back(n - 1 if concurrent == b"1" else j)
     else:
         if status != b"compensating" or j > step or marks[j] == "c":
             return [0]
         marks[j] = "c"
         to_status, to_step = back(step)
     drop = ""
-    if argv[9] != b"" and to_status in (b"succeeded", b"failed"):
-        shard = _index_here(keys, argv[9])
+    if argv[8] != b"" and to_status in (b"succeeded", b"failed"):
+        shard = _index_here(keys, argv[8])
         indexed = r.hget(keys[0], b"saga_indexed")
-        score = r.zscore(shard, argv[8])
+        score = r.zscore(shard, argv[7])
         if indexed and score is not None and score == float(indexed):
             drop = shard
     joined = "".join(marks).encode()
@@ -271,24 +274,26 @@ def saga_reply(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
         r.hset(
             keys[0],
             {b"saga_status": to_status, b"saga_step": b"%d" % to_step}
-            | {b"saga_updated": argv[5], b"saga_resends": b"0"},
+            | {b"saga_updated": argv[4], b"saga_resends": b"0"},
         )
-    if argv[6] != b"":
-        r.hset(keys[0], {b"saga_reason": argv[6]})
+    if argv[5] != b"":
+        r.hset(keys[0], {b"saga_reason": argv[5]})
     if to_status == b"succeeded":
-        r.hset(keys[0], {argv[7]: b"1", b"saga_done_by": argv[0]})
+        r.hset(keys[0], {argv[6]: b"1", b"saga_done_by": argv[0]})
     if drop:
-        r.zrem(drop, argv[8])
+        r.zrem(drop, argv[7])
     reason = r.hget(keys[0], b"saga_reason") or b""
-    return [1, to_status, b"%d" % to_step, joined, data, reason]
+    return [1, to_status, b"%d" % to_step, joined, data, reason, concurrent or b"0"]
 
 
 def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
-    saga_id, status, step, data, started = r.hmget(
-        keys[0], [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_started"]
+    saga_id, status, step, data, started, concurrent = r.hmget(
+        keys[0],
+        [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_started"]
+        + [b"saga_concurrent"],
     )
     if status == b"running":
-        step = argv[3] or step
+        step = argv[3] if concurrent == b"1" else step
         r.hset(
             keys[0],
             {b"saga_status": b"compensating", b"saga_step": step or b"0"}
@@ -297,7 +302,7 @@ def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     fields = dict(zip(argv[4::2], argv[5::2], strict=True))
     r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0]} | fields)
     if status in (b"running", b"compensating"):
-        return [saga_id, step or b"0", data or b"{}", started or b"0"]
+        return [saga_id, step or b"0", data or b"{}", started or b"0", concurrent or b"0"]
     return []
 
 
@@ -347,7 +352,7 @@ SCRIPTS: dict[str, Script] = {
 
 SOURCES: dict[str, str] = {
     "reset": "be33ad235411b6d015706cce278e2d24caafe02d",
-    "saga_reset": "ed26317fae39d4ea5a2058582e228784ff6fc425",
+    "saga_reset": "28be3a0b7781a217d231b23b34e4b0ce294df5c4",
     "add_item": "051e4bd7eb6a28ef4c6f03d5e551c9edd10437a3",
     "adjust": "1b5a2793096ef6905ff811946f6825e145cb397c",
     "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
@@ -355,9 +360,9 @@ SOURCES: dict[str, str] = {
     "take": "de5f7b46e9f332eb5b67ee3b80d4cdb005f7e7a1",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
     "sweep_lease": "78d06d95d2407aca2ab2fb09748ba916b93b653f",
-    "saga_begin": "407e867718cc3ebe7766aeafb646e976d254058b",
+    "saga_begin": "11705443399846575d5ebbf7bc92c86b23f0e8de",
     "saga_move": "921b0c1d463683d944c8f4561b003ea913ae7798",
-    "saga_reply": "0daf3b303274b0f717ca2015c04b571f169be085",
+    "saga_reply": "7a181f96352a0cf21e877cd32559f1c9ffef1710",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",
 }
 """Script name -> sha1 of the Lua text the function above reproduces."""

@@ -65,6 +65,12 @@ CASES: dict[str, tuple[bool, int, list[Reply], list[After]]] = {
         [("running", 1, "s-"), ("compensating", 0, "sc"), None, ("failed", -1, "cc")],
     ),
     "one at a time: the stock fails": (False, 2, [(F, 0), (S, 0)], [("failed", -1, "c-"), None]),
+    "one at a time, in order": (
+        False,
+        2,
+        [(S, 0), (S, 0), (S, 1)],
+        [("running", 1, "s-"), None, ("succeeded", 1, "ss")],
+    ),
 }
 
 
@@ -74,24 +80,24 @@ async def play(
     """Start a saga on ``key`` (saga_begin), apply ``replies`` (saga_reply); where each left it,
     and the entity's ``paid`` field at the end. A reply for another saga is always stale."""
     await run("hset", [key], ["paid", "0", "user_id", "u"])
-    begin = ["start", entity_id, "n1", 1000, 9000, "paid", "", "", 10**6, "user_id"]
+    flag = "1" if concurrent else "0"
+    begin = ["start", entity_id, "n1", 1000, 9000, "paid", "", "", 10**6, flag, "user_id"]
     started = await run("saga_begin", [key], list(begin))
     assert isinstance(started, list) and started[0] == b"STARTED", started
     saga_id = started[1].decode()
-    flag = "1" if concurrent else "0"
-    other = [f"{saga_id}x", S, 0, steps, flag, 1500, "", "paid", entity_id, ""]
+    other = [f"{saga_id}x", S, 0, steps, 1500, "", "paid", entity_id, ""]
     assert await run("saga_reply", [key], other) == [0]
     after: list[After] = []
     for n, (kind, step) in enumerate(replies):
         reason = "why" if kind == F else ""
-        args = [saga_id, kind, step, steps, flag, 2000 + n, reason, "paid", entity_id, ""]
+        args = [saga_id, kind, step, steps, 2000 + n, reason, "paid", entity_id, ""]
         reply = await run("saga_reply", [key], args)
         assert isinstance(reply, list)
         if reply == [0]:
             after.append(None)
             continue
         status, at, marks = (part.decode() for part in reply[1:4])
-        assert reply[4] == started[2]  # the snapshot
+        assert (reply[4], reply[6]) == (started[2], flag.encode())  # the snapshot, the mode
         after.append((status, int(at), marks))
     paid = await run("hget", [key], ["paid"])
     assert paid is None or isinstance(paid, bytes)

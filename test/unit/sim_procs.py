@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from common.consumer import ConsumerLoop
 from common.errors import Unavailable
 from common.messages import ORDER_STATUS_UPDATE, PAYMENT, STOCK
 from common.participant import build_participant
+from common.saga.orchestrator import Speculation
 from common.saga.sweeper import Sweeper
 from common.saga.waiters import Verdict, Waiters
 from common.terms import ITEMS, USERS
@@ -80,6 +82,9 @@ class OrderWorker:
             index_shards=w.knobs.index_shards,
         )
         self.orchestrator = order.orchestrator
+        # Each saga asks for its steps at once or one by one at random: both ways, and sagas of
+        # either kind side by side, meet every fault the simulation makes.
+        self.orchestrator.speculation = CoinFlip(random.Random(w.rng.random()))
         self.log = order.orchestrator.log
         self.waiters = order.waiters
         self.checkout = order.checkout
@@ -169,3 +174,14 @@ def _report(world: World) -> Callable[[Actor, asyncio.Task[Any]], None]:
             world.error(f"{actor.name}: {task.exception()!r}")
 
     return done
+
+
+class CoinFlip(Speculation):
+    """A speculation that asks for every step at once for about half the sagas."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self._rng = rng
+
+    def __call__(self) -> bool:
+        return self._rng.random() < 0.5

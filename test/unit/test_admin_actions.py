@@ -33,7 +33,10 @@ class FakeLog:
         self.index_shards = 16
 
     def put(self, entity: str, status: str, step: int, *, started: int = 0) -> SagaState:
-        state = SagaState(f"{entity}:1:aa", status, step, started, 10**13, 0, SNAPSHOT, "", started)
+        state = SagaState(
+            f"{entity}:1:aa", status, step, started, 10**13, 0, SNAPSHOT, "", started,
+            concurrent=True,
+        )  # fmt: skip
         self.sagas[entity] = state
         return state
 

@@ -87,7 +87,7 @@ def test_adjust_and_create_answers() -> None:
 def test_saga_scripts_answers() -> None:
     r, key = FakeRedis(), "{order:o}"
     fields = ["user_id", "items", "total_cost"]
-    begin = ["check", "o", "n1", 1000, 5000, "paid", "", "0", 1000, *fields]
+    begin = ["check", "o", "n1", 1000, 5000, "paid", "", "0", 1000, "0", *fields]
     assert run(r, "saga_begin", [key], *begin) == [b"UNKNOWN"]
     r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
     assert run(r, "saga_begin", [key], *begin) == [b"READY"]
@@ -98,7 +98,7 @@ def test_saga_scripts_answers() -> None:
     big = {b"user_id": b"v", b"items": b'[["\xc3\xa9/x",1]]', b"total_cost": b"0", b"paid": b"0"}
     r.hset("{order:p}", big)
     size = len('{"user_id":"v","items":"[[\\"\u00e9\\/x\\",1]]","total_cost":"0"}'.encode())
-    too_big = ["start", "p", "n1", 1000, 5000, "paid", "", "0", size - 1, *fields]
+    too_big = ["start", "p", "n1", 1000, 5000, "paid", "", "0", size - 1, "0", *fields]
     assert run(r, "saga_begin", ["{order:p}"], *too_big) == [b"TOO_BIG", b"%d" % size]
     assert r.hget("{order:p}", b"saga_status") is None  # nothing started
     move = ["o:1:n1", "running", 0, "running", 1, 1500, "", "paid", "o", ""]
@@ -118,7 +118,7 @@ def test_a_saga_indexed_by_its_start_leaves_the_index_at_its_end() -> None:
     near = next(f"idx{{{i}}}" for i in range(100) if master_of(f"idx{{{i}}}") == master_of(key))
     far = next(f"idx{{{i}}}" for i in range(100) if master_of(f"idx{{{i}}}") != master_of(key))
     r.hset(key, {b"user_id": b"u", b"paid": b"0"})
-    begin = ["start", "o", "n1", 1000, 5000, "paid", near, repr(3000.5), 1000, "user_id"]
+    begin = ["start", "o", "n1", 1000, 5000, "paid", near, repr(3000.5), 1000, "0", "user_id"]
     with pytest.raises(ResponseError):  # a shard on another master: refused, nothing written
         run(r, "saga_begin", [key], *[*begin[:6], far, *begin[7:]])
     assert r.hget(key, b"saga_attempt") is None
@@ -219,23 +219,29 @@ def test_a_reset_fences_off_the_sagas_begun_before_it() -> None:
 def test_a_saga_reset_turns_a_running_saga_back_and_keeps_an_ended_one() -> None:
     r, key = FakeRedis(), "{order:r}"
     r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
-    begin = ["start", "r", "n1", 1000, 5000, "paid", "", "0", 10**6, "user_id", "items"]
+    begin = ["start", "r", "n1", 1000, 5000, "paid", "", "0", 10**6, "0", "user_id", "items"]
     started = run(r, "saga_begin", [key], *begin)
     fields = ["user_id", "v", "items", '[["i",1]]', "total_cost", "3"]
-    turned = run(r, "saga_reset", [key], 2000, "order reset", "paid", "", *fields)
-    assert turned == [b"r:1:n1", b"0", started[2], b"1000"]  # type: ignore[index]
+    turned = run(r, "saga_reset", [key], 2000, "order reset", "paid", 1, *fields)
+    assert turned == [b"r:1:n1", b"0", started[2], b"1000", b"0"]  # type: ignore[index]
     assert r.hmget(key, [b"saga_status", b"saga_reason", b"reset_at", b"user_id"]) == [
         b"compensating",
         b"order reset",
         b"2000",
         b"v",
     ]
-    again = run(r, "saga_reset", [key], 2500, "order reset", "paid", "", *fields)
+    again = run(r, "saga_reset", [key], 2500, "order reset", "paid", 1, *fields)
     assert again == turned  # still turning back: its compensation is sent again
     back = ["r:1:n1", "compensating", 0, "failed", -1, 3000, "", "paid", "r", ""]
     assert run(r, "saga_move", [key], *back)[0] == 1  # type: ignore[index]
-    assert run(r, "saga_reset", [key], 3500, "order reset", "paid", "", *fields) == []
+    assert run(r, "saga_reset", [key], 3500, "order reset", "paid", 1, *fields) == []
     assert r.hget(key, b"saga_id") == b"r:1:n1"  # an ended saga's fields stay too
+    # A saga that asked for every step at once turns back from the last one (here 1).
+    at_once = [*begin[:9], "1", *begin[10:]]
+    assert run(r, "saga_begin", [key], *at_once)[0] == b"STARTED"  # type: ignore[index]
+    turned = run(r, "saga_reset", [key], 4000, "order reset", "paid", 1, *fields)
+    assert (turned[0], turned[1], turned[4]) == (b"r:2:n1", b"1", b"1")  # type: ignore[index]
+    assert r.hmget(key, [b"saga_status", b"saga_step"]) == [b"compensating", b"1"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

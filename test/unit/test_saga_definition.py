@@ -72,8 +72,9 @@ def test_next_messages_follow_the_log() -> None:
     run = a_run()
     assert orchestrator.handlers().keys() == CHECKOUT.replies.keys()
 
-    def sent(at: tuple[str, int], reason: str = "") -> list[tuple[str, type]]:
-        return [(t, type(m)) for t, m in orchestrator.next_messages(run, at, reason)]
+    def sent(at: tuple[str, int], *, concurrent: bool = True) -> list[tuple[str, type]]:
+        messages = orchestrator.next_messages(run, at, concurrent=concurrent)
+        return [(t, type(m)) for t, m in messages]
 
     # Concurrent: running, every command from the current step on; turning back, every
     # compensation from the current step down.
@@ -83,6 +84,10 @@ def test_next_messages_follow_the_log() -> None:
     assert sent((SagaStatus.RUNNING, 1)) == [charge]
     assert sent((SagaStatus.COMPENSATING, 1)) == [cancel, restore]
     assert sent((SagaStatus.COMPENSATING, 0)) == [restore]
+    # One by one: only the current step's.
+    assert sent((SagaStatus.RUNNING, 0), concurrent=False) == [reserve]
+    assert sent((SagaStatus.RUNNING, 1), concurrent=False) == [charge]
+    assert sent((SagaStatus.COMPENSATING, 1), concurrent=False) == [cancel]
     assert sent((SagaStatus.SUCCEEDED, 1)) == [(m.ORDER_STATUS_UPDATE, m.CheckoutFinished)]
     (_, outcome), *_ = orchestrator.next_messages(run, (SagaStatus.FAILED, -1), "no credit")
     assert outcome == m.CheckoutFinished(

@@ -10,7 +10,8 @@
 -- ARGV[8] that entry's score,
 -- ARGV[9] the largest snapshot (bytes) a saga may start from: every message it may send must fit
 --         in one Kafka record (SagaDefinition.max_snapshot_bytes),
--- ARGV[10..] entity fields copied into the saga's snapshot (its commands are built from it)
+-- ARGV[10] '1' when the saga asks for every step at once (a concurrent saga), '0' one by one,
+-- ARGV[11..] entity fields copied into the saga's snapshot (its commands are built from it)
 -- Returns {'UNKNOWN'} | {'DONE', saga_id} | {'JOINED', saga_id} | {'READY'}
 --       | {'TOO_BIG', snapshot bytes} | {'STARTED', saga_id, snapshot}
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -33,7 +34,7 @@ if ARGV[1] == 'check' then
   return {'READY'}
 end
 local snapshot = {}
-for i = 10, #ARGV do
+for i = 11, #ARGV do
   snapshot[ARGV[i]] = redis.call('HGET', KEYS[1], ARGV[i]) or ''
 end
 local data = cjson.encode(snapshot)
@@ -50,5 +51,5 @@ local saga_id = ARGV[2] .. ':' .. attempt .. ':' .. ARGV[3]
 redis.call('HSET', KEYS[1], 'saga_id', saga_id, 'saga_status', 'running', 'saga_step', '0',
   'saga_started', ARGV[4], 'saga_updated', ARGV[4], 'saga_deadline', ARGV[5],
   'saga_resends', '0', 'saga_reason', '', 'saga_data', data, 'saga_indexed', indexed,
-  'saga_marks', '')
+  'saga_marks', '', 'saga_concurrent', ARGV[10])
 return {'STARTED', saga_id, data}

@@ -1,21 +1,23 @@
 #!lua flags=allow-cross-slot-keys
 -- A participant's reply moves its saga: a compare-and-set of the saga's position, like
--- saga_move, that also keeps the replies which come before their turn. A saga whose commands all
--- go out at its start (SagaDefinition.concurrent) hears from its steps in any order: a step that
--- answers while an earlier one is still out is marked, and the position moves past it once the
--- earlier one answers. saga_marks holds one character per step: 's' its command took effect,
--- 'c' it holds nothing (compensated, or its command failed), '-' not heard from.
+-- saga_move, that also keeps the replies which come before their turn. A saga whose commands
+-- all went out at its start (saga_concurrent, set by saga_begin) hears from its steps in any
+-- order: a step that answers while an earlier one is still out is marked, and the position
+-- moves past it once the earlier one answers. saga_marks holds one character per step: 's' its
+-- command took effect, 'c' it holds nothing (compensated, or its command failed), '-' not heard
+-- from.
 -- Running, the position is the first step not known to have succeeded; turning back, the
 -- highest step not known to hold nothing. A failure turns the saga back from the highest step
 -- whose command went out (the last one for a concurrent saga, the failed one otherwise).
 -- KEYS[1] the entity hash
 -- ARGV[1] saga id, ARGV[2] 'succeeded' | 'failed' | 'compensated', ARGV[3] the step answering,
--- ARGV[4] how many steps, ARGV[5] '1' for a concurrent saga, ARGV[6] now (ms),
--- ARGV[7] reason ('' keeps the old one), ARGV[8] done field, ARGV[9] entity id,
--- ARGV[10] '' or the in-flight index shard its start registered it in (as in saga_move).
--- Returns {0} for a stale or repeated reply, else {1, status, step, marks, snapshot, reason}.
+-- ARGV[4] how many steps, ARGV[5] now (ms), ARGV[6] reason ('' keeps the old one),
+-- ARGV[7] done field, ARGV[8] entity id,
+-- ARGV[9] '' or the in-flight index shard its start registered it in (as in saga_move).
+-- Returns {0} for a stale or repeated reply, else
+-- {1, status, step, marks, snapshot, reason, concurrent ('1' or '0')}.
 local h = redis.call('HMGET', KEYS[1], 'saga_id', 'saga_status', 'saga_step', 'saga_data',
-  'saga_marks')
+  'saga_marks', 'saga_concurrent')
 if h[1] ~= ARGV[1] then
   return {0}
 end
@@ -59,7 +61,7 @@ elseif kind == 'failed' then
   end
   mark(j, 'c')
   local top = j
-  if ARGV[5] == '1' then
+  if h[6] == '1' then
     top = n - 1
   end
   to_status, to_step = back(top)
@@ -71,24 +73,25 @@ else
   to_status, to_step = back(step)
 end
 local drop = false
-if ARGV[10] ~= '' and (to_status == 'succeeded' or to_status == 'failed') then
+if ARGV[9] ~= '' and (to_status == 'succeeded' or to_status == 'failed') then
   -- Read before any write: a shard on another master fails the call with nothing changed.
   local indexed = redis.call('HGET', KEYS[1], 'saga_indexed')
-  local score = redis.call('ZSCORE', ARGV[10], ARGV[9])
+  local score = redis.call('ZSCORE', ARGV[9], ARGV[8])
   drop = indexed and indexed ~= '' and score and tonumber(score) == tonumber(indexed)
 end
 redis.call('HSET', KEYS[1], 'saga_marks', marks)
 if to_status ~= status or to_step ~= step then
   redis.call('HSET', KEYS[1], 'saga_status', to_status, 'saga_step', tostring(to_step),
-    'saga_updated', ARGV[6], 'saga_resends', '0')
+    'saga_updated', ARGV[5], 'saga_resends', '0')
 end
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[1], 'saga_reason', ARGV[7])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'saga_reason', ARGV[6])
 end
 if to_status == 'succeeded' then  -- which saga paid stays known, across a later reset too
-  redis.call('HSET', KEYS[1], ARGV[8], '1', 'saga_done_by', ARGV[1])
+  redis.call('HSET', KEYS[1], ARGV[7], '1', 'saga_done_by', ARGV[1])
 end
 if drop then
-  redis.call('ZREM', ARGV[10], ARGV[9])
+  redis.call('ZREM', ARGV[9], ARGV[8])
 end
-return {1, to_status, tostring(to_step), marks, h[4], redis.call('HGET', KEYS[1], 'saga_reason') or ''}
+local reason = redis.call('HGET', KEYS[1], 'saga_reason') or ''
+return {1, to_status, tostring(to_step), marks, h[4], reason, h[6] or '0'}

@@ -1,18 +1,18 @@
 -- batch_init of an entity a saga may be running on: replace the entity's own fields and, in the
 -- same step, turn back a saga of it that is still running (as Orchestrator.abort does: its
--- current step and every one before are compensated; a concurrent saga's every step), so that no saga begun before the reset
--- can finish on the new entity. The saga's fields stay: its compensations' replies end it, the
+-- current step and every one before are compensated, a concurrent saga's every step), so that
+-- no saga begun before the reset can finish on the new entity. The saga's fields stay: its compensations' replies end it, the
 -- sweeper follows it, and a checkout waiting on it gets its verdict.
 -- KEYS[1] the entity hash
--- ARGV[1] now (ms), ARGV[2] reason, ARGV[3] done field, ARGV[4] '' or the step a running saga
--- turns back from (a concurrent saga's last: every command of it went out at its start),
--- ARGV[5..] field, value pairs
+-- ARGV[1] now (ms), ARGV[2] reason, ARGV[3] done field, ARGV[4] the last step (a concurrent
+-- saga turns back from it: every command of it went out at its start), ARGV[5..] field, value
+-- pairs
 -- Returns {} or, for a live saga (turned back now or already turning back),
--- {saga_id, step, snapshot, started}
+-- {saga_id, step, snapshot, started, concurrent ('1' or '0')}
 local h = redis.call('HMGET', KEYS[1], 'saga_id', 'saga_status', 'saga_step', 'saga_data',
-  'saga_started')
+  'saga_started', 'saga_concurrent')
 if h[2] == 'running' then
-  if ARGV[4] ~= '' then
+  if h[6] == '1' then
     h[3] = ARGV[4]
   end
   redis.call('HSET', KEYS[1], 'saga_status', 'compensating', 'saga_step', h[3] or '0',
@@ -20,6 +20,7 @@ if h[2] == 'running' then
 end
 redis.call('HSET', KEYS[1], ARGV[3], '0', 'reset_at', ARGV[1], unpack(ARGV, 5))
 if h[2] == 'running' or h[2] == 'compensating' then
-  return {h[1], h[3] or '0', h[4] or '{}', h[5] or '0'}  -- (a nil would cut the table short)
+  -- (a nil would cut the table short)
+  return {h[1], h[3] or '0', h[4] or '{}', h[5] or '0', h[6] or '0'}
 end
 return {}
