@@ -188,8 +188,9 @@ def render(report: dict[str, Any]) -> str:
         return "\n".join(lines)
     lines.append(f"  saga {saga['saga_id']}  trace {saga['trace_id']}")
     lines.append(
-        f"  {saga['status']} at step {saga['step']} ({saga['step_name']}), "
-        f"age {saga['age_s']} s, last move {saga['since_last_move_s']} s ago, "
+        f"  {saga['status']} at step {saga['step']} ({saga['step_name']}"
+        + (", every step asked at once" if saga["at_once"] else "")
+        + f"), age {saga['age_s']} s, last move {saga['since_last_move_s']} s ago, "
         f"re-sends {saga['resends']}" + (f", reason: {saga['reason']}" if saga["reason"] else "")
     )
     lines.append("history (derived from the saga state and the participants' records):")

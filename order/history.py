@@ -141,6 +141,7 @@ async def describe(
         "status": state.status,
         "step": state.step,
         "step_name": steps[state.step] if 0 <= state.step < len(steps) else "-",
+        "at_once": state.concurrent,  # both steps were asked for at its start
         "reason": state.reason,
         "resends": state.resends,
         "started_ms": state.started,

@@ -102,10 +102,13 @@ async def admin(stack: Stack, *args: str) -> tuple[int, Any]:
         raise AssertionError(f"admin {args}: {proc.returncode} {out!r} {err!r}") from exc
 
 
-async def lost_saga(nodes: str, order_id: str, *, age_ms: int = 60_000) -> str:
-    """Start the order's checkout saga as the orchestrator would, but send nothing: its first
-    command is lost. Its index entry is due in an hour and its deadline is an hour away, so the
-    sweeper leaves it alone: only an operator moves it. Returns the saga id."""
+async def lost_saga(
+    nodes: str, order_id: str, *, age_ms: int = 60_000, concurrent: bool = False
+) -> str:
+    """Start the order's checkout saga as the orchestrator would (asking for every step at
+    once if ``concurrent``), but send nothing: its commands are lost. Its index entry is due in
+    an hour and its deadline is an hour away, so the sweeper leaves it alone: only an operator
+    moves it. Returns the saga id."""
     settings = load_settings({"REDIS_NODES": nodes})
     store = Store(settings)
     log = SagaLog(store, CHECKOUT)
@@ -115,7 +118,9 @@ async def lost_saga(nodes: str, order_id: str, *, age_ms: int = 60_000) -> str:
         later = now + 3_600_000
         await log.index_add(order_id, later)
         found = await store.durable(
-            lambda: log.begin(order_id, start=True, now=now - age_ms, deadline=later)
+            lambda: log.begin(
+                order_id, start=True, now=now - age_ms, deadline=later, concurrent=concurrent
+            )
         )
         assert found[0] == "STARTED", found
         return found[1]
