@@ -74,7 +74,9 @@ class SagaAdmin:
 
     async def retry(self, entity_id: str, saga_id: str | None = None) -> Action:
         """Re-send the current step (command or compensation) of a live saga, as the sweeper
-        would; the participants' operation records make a second delivery harmless."""
+        would (for a saga that asked for every step at once, every command from the current
+        step on, or every compensation from it down); the participants' operation records make
+        a second delivery harmless."""
         state = await self._log.read(entity_id)
         refusal = _refusal(state, saga_id)
         if refusal is not None or state is None:
@@ -92,8 +94,8 @@ class SagaAdmin:
 
     async def abort(self, entity_id: str, saga_id: str | None = None, reason: str = "") -> Action:
         """Turn a running saga back through its compensations (the current step's included:
-        its participant settles whether it ran). A saga already compensating gets its current
-        compensation re-sent."""
+        its participant settles whether it ran; a saga that asked for every step at once, all
+        of them). A saga already compensating gets its current compensation re-sent."""
         state = await self._log.read(entity_id)
         refusal = _refusal(state, saga_id)
         if refusal is not None or state is None:
