@@ -17,6 +17,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"setting {name} must be an integer, got {raw!r}") from exc
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first when unset)."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ValueError(f"setting {name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+CHECKOUT_STEPS = ("auto", "at-once", "one-by-one")
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -57,6 +70,10 @@ class Settings:
     saga_step_timeout_ms: int
     saga_deadline_ms: int
     stock_url: str
+    checkout_steps: str
+    """How a checkout asks for the stock and the charge (``CHECKOUT_STEPS``): ``auto`` at once
+    while few recent checkouts failed, one by one otherwise; ``at-once``; ``one-by-one`` (the
+    design guide's order)."""
     log_level: str
     log_format: str = "json"
     log_messages: bool = False
@@ -95,6 +112,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         saga_step_timeout_ms=_int(env, "SAGA_STEP_TIMEOUT_MS", 2000),
         saga_deadline_ms=_int(env, "SAGA_DEADLINE_MS", 10000),
         stock_url=env.get("STOCK_URL", "http://127.0.0.1:8000/stock").rstrip("/"),
+        checkout_steps=_choice(env, "CHECKOUT_STEPS", CHECKOUT_STEPS),
         log_level=env.get("LOG_LEVEL", "INFO"),
         log_format=env.get("LOG_FORMAT", "json").strip().lower() or "json",
         log_messages=_bool(env, "LOG_MESSAGES", False),

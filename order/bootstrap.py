@@ -22,7 +22,7 @@ from common.messages import (
     CheckoutFinished,
 )
 from common.saga.log import INDEX_SHARDS, SagaLog
-from common.saga.orchestrator import Clock, Orchestrator, now_ms
+from common.saga.orchestrator import Clock, Orchestrator, Speculation, now_ms
 from common.saga.sweeper import Sweeper
 from common.saga.verdict import Verdicts
 from common.saga.waiters import Waiters
@@ -71,11 +71,23 @@ def checkout_orchestrator(
     clock: Clock = now_ms,
     rng: random.Random | None = None,
     index_shards: int = INDEX_SHARDS,
+    steps: str = "auto",
 ) -> Orchestrator:
-    """The checkout saga's orchestrator, its log in ``store`` (the order's own hashes)."""
+    """The checkout saga's orchestrator, its log in ``store`` (the order's own hashes);
+    ``steps`` is ``CHECKOUT_STEPS``: when it asks for the stock and the charge at once."""
     log = SagaLog(store, CHECKOUT, rng=rng, index_shards=index_shards)
+    speculation = {
+        "auto": Speculation,
+        "at-once": Speculation.always,
+        "one-by-one": Speculation.never,
+    }[steps]()
     return Orchestrator(
-        CHECKOUT, log, step_timeout_ms=step_timeout_ms, deadline_ms=deadline_ms, clock=clock
+        CHECKOUT,
+        log,
+        step_timeout_ms=step_timeout_ms,
+        deadline_ms=deadline_ms,
+        clock=clock,
+        speculation=speculation,
     )
 
 
@@ -102,6 +114,7 @@ def build(
         clock=clock,
         rng=rng,
         index_shards=index_shards,
+        steps=settings.checkout_steps,
     )
     verdicts = Verdicts(
         orchestrator,

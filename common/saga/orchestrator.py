@@ -71,6 +71,14 @@ class Speculation:
     window: int = 50
     failure_rate: float = 0.0
 
+    @classmethod
+    def always(cls) -> Speculation:
+        return cls(max_failure_rate=1.0)
+
+    @classmethod
+    def never(cls) -> Speculation:
+        return cls(max_failure_rate=-1.0)
+
     def __call__(self) -> bool:
         return self.failure_rate <= self.max_failure_rate
 

@@ -60,3 +60,10 @@ def test_a_bad_integer_names_the_setting(raw: str) -> None:
 def test_a_bad_port_is_refused() -> None:
     with pytest.raises(ValueError):
         load_settings({"REDIS_NODES": "localhost:http"})
+
+
+def test_checkout_steps_is_one_of_three_and_auto_by_default() -> None:
+    assert load_settings({}).checkout_steps == "auto"
+    assert load_settings({"CHECKOUT_STEPS": " One-By-One "}).checkout_steps == "one-by-one"
+    with pytest.raises(ValueError, match="CHECKOUT_STEPS"):
+        load_settings({"CHECKOUT_STEPS": "sometimes"})

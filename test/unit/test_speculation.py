@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from common.saga.orchestrator import Speculation
+from order.bootstrap import checkout_orchestrator
 from test.unit.scenario_kit import Services, answered_paid, until
 
 STEPS = ("StockUpdateRequested", "PaymentRequested")
@@ -86,3 +89,23 @@ def test_the_speculation_comes_back_once_checkouts_succeed_again() -> None:
     # Neither one odd outcome nor a long history decides it: about a window's worth does.
     assert 5 < failures < speculation.window
     assert 0 < successes < speculation.window
+
+
+@pytest.mark.parametrize(
+    ("steps", "first", "after_failures"),
+    [
+        ("auto", True, False),
+        ("at-once", True, True),
+        ("one-by-one", False, False),
+    ],
+)
+def test_checkout_steps_chooses_the_speculation(
+    steps: str, first: bool, after_failures: bool
+) -> None:
+    orchestrator = checkout_orchestrator(
+        Services().stores["order"], step_timeout_ms=1000, deadline_ms=5000, steps=steps
+    )
+    assert orchestrator.speculation() is first
+    for _ in range(orchestrator.speculation.window):
+        orchestrator.speculation.record(succeeded=False)
+    assert orchestrator.speculation() is after_failures
