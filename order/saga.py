@@ -1,5 +1,7 @@
-"""The checkout saga, declared: reserve the order's stock and charge its user, both asked at
-once (a concurrent saga): paid once both have answered yes; a no from either turns both back.
+"""The checkout saga, declared: reserve the order's stock and charge its user. A concurrent
+saga: while few checkouts fail, both are asked at once (``Speculation``, ``CHECKOUT_STEPS``)
+and the order is paid once both answered yes, a no from either turning both back; otherwise
+one after the other, the charge once the stock is reserved.
 
 Each step's compensation stands next to it. Timeouts, retries, compare-and-set and the sweeper
 live in ``common.saga``; this file only says what checkout is.

@@ -140,18 +140,8 @@ class SagaLog:
         """Move the saga from ``frm`` to ``to`` (status, step); its snapshot and the reason it
         turned back (if it did), or None if it was not at ``frm``. A move to an end also drops
         the index entry the saga's start made, when the start could make it beside the saga."""
-        shard = self.shard_near(entity_id) if to[0] in ENDED else None
         args: list[Arg] = [saga_id, frm[0], frm[1], to[0], to[1], now, reason, self._def.done_field]
-        key = self._def.entity_key(entity_id)
-        index = "" if shard is None else self.shard_key(shard)
-        try:
-            reply = await self._store.script("saga_move", [key], [*args, entity_id, index])
-        except ResponseError as exc:
-            if not index or "non local key" not in str(exc):
-                raise
-            # The shard moved to another master (nothing was changed): the sweeper drops it.
-            self._near.clear()
-            reply = await self._store.script("saga_move", [key], [*args, entity_id, ""])
+        reply = await self._move_script("saga_move", entity_id, args, may_end=to[0] in ENDED)
         if not reply[0]:
             return None
         snapshot: dict[str, str] = json.loads(reply[1])
@@ -173,19 +163,9 @@ class SagaLog:
             now,
             reason,
             self._def.done_field,
-            entity_id,
         ]
-        key = self._def.entity_key(entity_id)
         # Whether it ends is known only inside the script: name the shard whenever it may.
-        shard = self.shard_near(entity_id)
-        index = "" if shard is None else self.shard_key(shard)
-        try:
-            reply = await self._store.script("saga_reply", [key], [*args, index])
-        except ResponseError as exc:
-            if not index or "non local key" not in str(exc):
-                raise
-            self._near.clear()  # the shard moved (nothing was changed): the sweeper drops it
-            reply = await self._store.script("saga_reply", [key], [*args, ""])
+        reply = await self._move_script("saga_reply", entity_id, args, may_end=True)
         if not reply[0]:
             return None
         return Replied(
@@ -196,6 +176,24 @@ class SagaLog:
             reason=reply[5].decode(),
             concurrent=reply[6] == b"1",
         )
+
+    async def _move_script(
+        self, script: str, entity_id: str, args: list[Arg], *, may_end: bool
+    ) -> Any:
+        """Run a move script (saga_move, saga_reply) on the entity with ``args``, then the entity
+        id and, when the move ``may_end`` the saga, an index shard beside it (whose entry an end
+        drops). A shard that moved to another master fails the call with nothing changed: then
+        once more without one, and the sweeper drops the entry."""
+        key = self._def.entity_key(entity_id)
+        shard = self.shard_near(entity_id) if may_end else None
+        index = "" if shard is None else self.shard_key(shard)
+        try:
+            return await self._store.script(script, [key], [*args, entity_id, index])
+        except ResponseError as exc:
+            if not index or "non local key" not in str(exc):
+                raise
+            self._near.clear()
+            return await self._store.script(script, [key], [*args, entity_id, ""])
 
     async def touch(self, entity_id: str, state: SagaState, now: int) -> int:
         """Claim a re-send of the current step; 0 if the saga moved since ``state`` was read."""
