@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from test.client import Api, until
 from test.conftest import Stack
-from test.faults.load import Load, Shop, all_sagas_ended
+from test.faults.load import Load, Shop, all_sagas_ended, check_conservation
 
 BASELINE_S = 5.0
 """The load runs this long before the fault; the baseline is its rate over all but the first
@@ -99,9 +99,8 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
     # Enough orders to keep the load going through the baseline and past the slowest recovery
     # (about 3,400 were used at ~420/s through a Redis failover; 2,500 ran out before the rate
     # came back; a 4 s baseline takes up to 2,000 more).
-    shop = await Shop.make(
-        api, n_items=20, n_users=60, n_orders=9000, stock_each=25, credit_each=12
-    )
+    shop = Shop(n_items=20, n_users=60, n_orders=9000, stock_each=25, credit_each=12)
+    await shop.init(api)
     load = Load(api, shop, clients=24)
     resends_before = await sweeper_resends(stack)
     running = asyncio.ensure_future(load.run())
@@ -122,7 +121,7 @@ async def test_fault_under_load(api: Api, stack: Stack, fault: str) -> None:
     _record(fault, baseline, recovery, statuses, resends)
     print(f"rate per second after the fault, over the baseline: {_shape(load, baseline, fault_at)}")
     assert set(statuses) <= {200, 400}, f"5xx or dropped replies: {statuses}"
-    await _check_invariants(api, shop, load.replies)
+    await check_conservation(api, load.replies, shop.stock, shop.credit)
     assert recovered_at is not None, f"throughput not back to 90% within {within}s"
 
 
@@ -134,34 +133,6 @@ async def _recovery(load: Load, baseline: float, fault_at: float, within: float)
         if now - fault_at >= 1.0 and load.rate(now - 1.0, now) >= 0.9 * baseline:
             return now - 1.0 if now - 1.0 > fault_at else fault_at
     return None
-
-
-async def _check_invariants(api: Api, shop: Shop, replies: dict[str, int]) -> None:
-    """Stock and credit conserved; every 2xx paid (charged once), every 4xx holds nothing."""
-    sem = asyncio.Semaphore(50)
-
-    async def paid(order_id: str) -> bool:
-        async with sem:
-            return await api.paid(order_id)
-
-    paid_flags = dict(zip(shop.orders, await asyncio.gather(*map(paid, shop.orders)), strict=True))
-    for order_id, status in replies.items():
-        assert paid_flags[order_id] == (status == 200), (order_id, status)
-    units: dict[str, int] = {item: 0 for item in shop.items}
-    spent: dict[str, int] = {user: 0 for user in shop.users}
-    for order_id, (user, lines) in shop.orders.items():
-        if paid_flags[order_id]:
-            for item, qty in lines:
-                units[item] += qty
-                spent[user] += qty * shop.price
-    stocks = await asyncio.gather(*map(api.stock, shop.items))
-    credits = await asyncio.gather(*map(api.credit, shop.users))
-    assert dict(zip(shop.items, stocks, strict=True)) == {
-        item: shop.stock_each - units[item] for item in shop.items
-    }
-    assert dict(zip(shop.users, credits, strict=True)) == {
-        user: shop.credit_each - spent[user] for user in shop.users
-    }
 
 
 async def sweeper_resends(stack: Stack) -> dict[str, float]:

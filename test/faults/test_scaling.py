@@ -22,7 +22,7 @@ import aiohttp
 from common.settings import load_settings
 from test.client import Api, until
 from test.conftest import Stack
-from test.faults.load import all_sagas_ended
+from test.faults.load import all_sagas_ended, check_conservation
 from test.faults.scaling import ROLES, Groups, Role, Work, refuses, work
 
 STEPS = (3, 1, 2)  # every service starts at 2 workers (scaled there first)
@@ -182,7 +182,8 @@ async def test_scaling_under_load(api: Api, stack: Stack) -> None:
     assert statuses[200] > 0 and statuses[400] > 0, statuses
     assert set(load.reads) == {200}, f"reads: {load.reads} {load.errors}"
     await all_sagas_ended(cluster.stack, list(load.checkouts))
-    await _check_conservation(api, load.checkouts, initial_stock)
+    credit = {str(u): CREDIT_EACH for u in range(N_USERS)}
+    await check_conservation(api, load.checkouts, initial_stock, credit)
     for scaled in results:
         _check_work(scaled)
 
@@ -348,33 +349,3 @@ def _check_work(scaled: Scaled) -> None:
     for what, counts in (("requests", scaled.requests), ("messages", scaled.messages)):
         even = sum(counts.values()) / len(counts)
         assert all(v >= FAIR * even for v in counts.values()), (scaled.line(), what)
-
-
-async def _check_conservation(api: Api, replies: dict[str, int], stock: dict[str, int]) -> None:
-    """2xx <=> paid; each item's stock and each user's credit are exactly what the paid orders
-    left (orders never checked out are unpaid: they were never touched)."""
-    limit = asyncio.Semaphore(64)
-
-    async def find(order_id: str) -> dict[str, object]:
-        async with limit:
-            found: dict[str, object] = await api.ok("GET", f"/orders/find/{order_id}")
-            return found
-
-    orders = dict(zip(replies, await asyncio.gather(*map(find, replies)), strict=True))
-    wrong = {o: s for o, s in replies.items() if (s == 200) != orders[o]["paid"]}
-    assert not wrong, f"replies that are not the order's state: {list(wrong.items())[:5]}"
-    credit = {str(u): CREDIT_EACH for u in range(N_USERS)}
-    for order in orders.values():
-        if order["paid"]:
-            credit[str(order["user_id"])] -= int(str(order["total_cost"]))
-            for item, quantity in order["items"]:  # type: ignore[attr-defined]
-                stock[item] -= quantity
-
-    async def read(path: str, key: str) -> int:
-        async with limit:
-            return int((await api.ok("GET", path))[key])
-
-    items = await asyncio.gather(*(read(f"/stock/find/{i}", "stock") for i in stock))
-    assert dict(zip(stock, items, strict=True)) == stock
-    users = await asyncio.gather(*(read(f"/payment/find_user/{u}", "credit") for u in credit))
-    assert dict(zip(credit, users, strict=True)) == credit
