@@ -36,6 +36,9 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
         "client-42.attempt_1",
         "x" * 64,
     ],
+    # Fresh UUIDs per run, but the same test ids in every process that collects them
+    # (pytest-xdist runs the unit tests in two).
+    ids=["uuid", "uuid-upper", "uuid-hex", "ulid", "letter", "digit", "dotted", "longest"],
 )
 def test_usual_request_ids_are_the_key_as_given(given: str) -> None:
     assert idempotency_key(given) == given
