@@ -1,7 +1,13 @@
 """The saga's topics: created by the services themselves at start (and again if a broker comes
 back without them), with the partitions and replicas of the settings. Nothing else creates
 topics (the broker's auto-creation is off). ``python -m common.topics`` creates them once, for a
-deployment that wants them before any service starts."""
+deployment that wants them before any service starts.
+
+A topic that a service's workers share as a consumer group gets ``TOPIC_PARTITIONS`` partitions
+(the most workers that can share its work). ORDER_STATUS_UPDATE is read whole by every order
+worker, without a group: partitions would share no work there, while each one costs every
+fetch its listeners make and every broker start (each partition is a log to load), so it has
+one."""
 
 from __future__ import annotations
 
@@ -11,10 +17,18 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from common.messages import ALL_TOPICS
+from common.messages import ALL_TOPICS, ORDER_STATUS_UPDATE
 from common.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+BROADCAST_TOPICS = frozenset({ORDER_STATUS_UPDATE})
+"""Topics every reader reads whole: one partition each."""
+
+
+def partitions_of(topic: str, settings: Settings) -> int:
+    """How many partitions ``topic`` is made with."""
+    return 1 if topic in BROADCAST_TOPICS else settings.topic_partitions
 
 
 class Topics:
@@ -53,26 +67,28 @@ class Topics:
         if not self._counted:
             await self._compare_partitions([t for t in ALL_TOPICS if t in existing])
         if missing:
-            partitions = self._settings.topic_partitions
             replicas = self._settings.topic_replication
             response = await self._admin.create_topics(
-                [NewTopic(t, partitions, replicas) for t in missing]
+                [NewTopic(t, partitions_of(t, self._settings), replicas) for t in missing]
             )
             for topic, code, *detail in response.topic_errors:
                 if code == 0:
-                    log.info("created topic %s (%d partitions)", topic, partitions)
+                    log.info(
+                        "created topic %s (%d partitions)",
+                        topic,
+                        partitions_of(topic, self._settings),
+                    )
                 elif code != TopicAlreadyExistsError.errno:  # another worker made it first
                     raise for_code(code)(f"creating topic {topic}: {detail}")
         return missing
 
     async def _compare_partitions(self, topics: list[str]) -> None:
-        """Once per process: warn about a topic whose partition count is not TOPIC_PARTITIONS. A
-        topic keeps the count it was made with (the broker's log outlives a change of the
-        setting, and nothing here re-partitions), so at most that many workers of a service
-        share its work; that should not pass unseen. A failed look is logged, not raised: the
-        check only informs."""
+        """Once per process: warn about a topic whose partition count is not the one it would be
+        made with (``partitions_of``). A topic keeps the count it was made with (the broker's log
+        outlives a change of the setting, and nothing here re-partitions), so at most that many
+        workers of a service share its work; that should not pass unseen. A failed look is
+        logged, not raised: the check only informs."""
         assert self._admin is not None
-        wanted = self._settings.topic_partitions
         try:
             described = await self._admin.describe_topics(topics) if topics else []
         except KafkaError as exc:
@@ -81,10 +97,11 @@ class Topics:
         self._counted = True
         for topic in described:
             have = len(topic["partitions"])
+            wanted = partitions_of(topic["topic"], self._settings)
             if have != wanted:
                 log.warning(
-                    "topic %s has %d partitions, not TOPIC_PARTITIONS=%d: a topic keeps the "
-                    "count it was made with, and at most %d workers of a service share its work",
+                    "topic %s has %d partitions, not %d: a topic keeps the count it was made "
+                    "with, and at most %d workers of a service share its work",
                     topic["topic"],
                     have,
                     wanted,

@@ -1,5 +1,7 @@
 """The topic maker creates what is missing and says when an existing topic's partition count is
-not the one the settings ask for (a broker's log outlives a change of TOPIC_PARTITIONS)."""
+not the one the settings ask for (a broker's log outlives a change of TOPIC_PARTITIONS). The
+topics consumer groups share get TOPIC_PARTITIONS; ORDER_STATUS_UPDATE, read whole by every order
+worker, one."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from common import topics as topics_module
-from common.messages import ALL_TOPICS, STOCK
+from common.messages import ALL_TOPICS, ORDER_STATUS_UPDATE, STOCK
 from common.settings import load_settings
 from common.topics import Topics
 
@@ -56,10 +58,14 @@ async def made(monkeypatch: pytest.MonkeyPatch, admin: FakeAdmin) -> Topics:
     return topics
 
 
+# What each topic is made with under TOPIC_PARTITIONS=16.
+MADE = {**{t: 16 for t in ALL_TOPICS}, ORDER_STATUS_UPDATE: 1}
+
+
 async def test_a_topic_with_another_partition_count_is_named_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    admin = FakeAdmin({t: (6 if t == STOCK else 16) for t in ALL_TOPICS})
+    admin = FakeAdmin({**MADE, STOCK: 6})
     topics = await made(monkeypatch, admin)
     assert await topics.ensure() == []
     assert await topics.ensure() == []  # the topic keeper's later rounds do not look again
@@ -74,7 +80,7 @@ async def test_missing_topics_are_made_with_the_settings_count(
     admin = FakeAdmin({STOCK: 16})
     topics = await made(monkeypatch, admin)
     assert sorted(await topics.ensure()) == sorted(t for t in ALL_TOPICS if t != STOCK)
-    assert admin.partitions == {t: 16 for t in ALL_TOPICS}
+    assert admin.partitions == MADE
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
@@ -89,3 +95,16 @@ async def test_a_failed_count_is_logged_and_tried_again(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings[0].startswith("could not count the topics' partitions")
     assert len(warnings) == 1 + len(ALL_TOPICS)
+
+
+async def test_a_broadcast_topic_made_with_the_group_count_is_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker whose log holds ORDER_STATUS_UPDATE from before it had one partition keeps its
+    16 (the listeners read them all); the start says so."""
+    admin = FakeAdmin({t: 16 for t in ALL_TOPICS})
+    topics = await made(monkeypatch, admin)
+    assert await topics.ensure() == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"topic {ORDER_STATUS_UPDATE} has 16 partitions, not 1")
