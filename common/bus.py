@@ -33,7 +33,12 @@ from common.types import Outgoing
 log = logging.getLogger(__name__)
 
 TOPIC_CHECK_S = 5.0
-"""How often the topics are looked for: a broker that came back empty has none."""
+"""How often the topics are looked for while the broker acknowledges what is sent: a broker that
+came back empty has none."""
+TOPIC_RECHECK_S = 0.5
+"""How often they are looked for while a send has waited longer than this for the broker's
+acknowledgement (the broker is away, or back without the topics, where sends wait for them): an
+empty broker gets its topics again within about this of its return, not up to TOPIC_CHECK_S."""
 
 PRODUCER_BROKEN = (
     OutOfOrderSequenceNumber,
@@ -57,6 +62,10 @@ class Bus:
         self._producer: AIOKafkaProducer | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._unacknowledged: dict[asyncio.Future[Any], float] = {}
+        # Publishes still inside the producer's send (waiting for a topic's metadata, which a
+        # broker that came back empty has none of until the keeper makes the topics): when each
+        # began.
+        self._sending: dict[object, float] = {}
         self._replacing = asyncio.Lock()
 
     @property
@@ -91,12 +100,7 @@ class Bus:
         if producer is None:
             raise KafkaError("producer not started")
         try:
-            futures = [
-                await producer.send(
-                    topic, encode(msg), key=msg.entity_id.encode(), headers=telemetry.headers(msg)
-                )
-                for topic, msg in messages
-            ]
+            futures = await self._hand_over(producer, messages)
             sent_at = time.monotonic()
             for future in futures:
                 self._unacknowledged[future] = sent_at
@@ -109,6 +113,23 @@ class Bus:
         if not acknowledged:
             for future in futures:
                 future.add_done_callback(self._unacknowledged_done)
+
+    async def _hand_over(
+        self, producer: AIOKafkaProducer, messages: Sequence[Outgoing]
+    ) -> list[asyncio.Future[Any]]:
+        """Give ``messages`` to the producer; the time it holds them before they are queued
+        counts in ``unacknowledged_for``."""
+        began = object()
+        self._sending[began] = time.monotonic()
+        try:
+            return [
+                await producer.send(
+                    topic, encode(msg), key=msg.entity_id.encode(), headers=telemetry.headers(msg)
+                )
+                for topic, msg in messages
+            ]
+        finally:
+            del self._sending[began]
 
     def _unacknowledged_done(self, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is None:
@@ -134,19 +155,32 @@ class Bus:
             self._producer = producer
 
     def unacknowledged_for(self) -> float:
-        """Seconds the oldest send still waiting for the broker's acknowledgement has waited
-        (0 when none waits): long while the broker is down or restarting."""
-        if not self._unacknowledged:
-            return 0.0
-        return time.monotonic() - min(self._unacknowledged.values())
+        """Seconds the oldest send still waiting for the broker's acknowledgement (or still
+        inside the producer's send) has waited, 0 when none waits: long while the broker is
+        down or restarting, or back without the topics."""
+        oldest = min([*self._unacknowledged.values(), *self._sending.values()], default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     async def _keep_topics(self) -> None:
+        looked, warned = time.monotonic(), float("-inf")
         while True:
-            await asyncio.sleep(TOPIC_CHECK_S)
+            await asyncio.sleep(TOPIC_RECHECK_S)
+            now = time.monotonic()
+            if not topics_due(now - looked, self.unacknowledged_for()):
+                continue
+            looked = now
             try:
                 await self._topics.ensure()
             except (KafkaError, OSError) as exc:
-                log.warning("topic keeper: %r", exc)
+                if now - warned >= TOPIC_CHECK_S:  # while the broker is away: not every look
+                    warned = now
+                    log.warning("topic keeper: %r", exc)
+
+
+def topics_due(since_look_s: float, waiting_s: float) -> bool:
+    """Whether the topic keeper looks now, ``since_look_s`` after its last look, while the oldest
+    unacknowledged send has waited ``waiting_s``."""
+    return since_look_s >= TOPIC_CHECK_S or waiting_s >= TOPIC_RECHECK_S
 
 
 async def retry_forever(start: Callable[[], Awaitable[Any]], what: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from common import topics as topics_module
+from common.bus import TOPIC_CHECK_S, TOPIC_RECHECK_S, topics_due
 from common.messages import ALL_TOPICS, ORDER_STATUS_UPDATE, STOCK
 from common.settings import load_settings
 from common.topics import Topics
@@ -108,3 +109,13 @@ async def test_a_broadcast_topic_made_with_the_group_count_is_named(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert warnings[0].startswith(f"topic {ORDER_STATUS_UPDATE} has 16 partitions, not 1")
+
+
+def test_the_keeper_looks_often_only_while_sends_wait_for_the_broker() -> None:
+    """Every TOPIC_CHECK_S while the broker acknowledges; every TOPIC_RECHECK_S while a send
+    waits longer than that (a broker away, or back empty and waiting for its topics)."""
+    assert not topics_due(TOPIC_RECHECK_S, 0.0)
+    assert not topics_due(TOPIC_CHECK_S - 0.01, TOPIC_RECHECK_S - 0.01)
+    assert topics_due(TOPIC_CHECK_S, 0.0)
+    assert topics_due(TOPIC_RECHECK_S, TOPIC_RECHECK_S)
+    assert TOPIC_RECHECK_S < TOPIC_CHECK_S
