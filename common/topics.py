@@ -101,11 +101,13 @@ class Topics:
             if have != wanted:
                 log.warning(
                     "topic %s has %d partitions, not %d: a topic keeps the count it was made "
-                    "with, and at most %d workers of a service share its work",
+                    "with%s",
                     topic["topic"],
                     have,
                     wanted,
-                    have,
+                    ""
+                    if topic["topic"] in BROADCAST_TOPICS  # read whole: the count shares no work
+                    else f", and at most {have} workers of a service share its work",
                 )
 
 

@@ -109,6 +109,7 @@ async def test_a_broadcast_topic_made_with_the_group_count_is_named(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert warnings[0].startswith(f"topic {ORDER_STATUS_UPDATE} has 16 partitions, not 1")
+    assert "workers" not in warnings[0]  # no group shares it: its count limits no one
 
 
 def test_the_keeper_looks_often_only_while_sends_wait_for_the_broker() -> None:
