@@ -2,12 +2,13 @@
 # The one check command, for people and CI: installs what is missing, then runs
 #   1. ruff check . and ruff format --check ., then mypy (strict, on common/, the services,
 #      every test and the benchmarks in stress-test/)
-#   2. unit tests (test/unit, no I/O)
+#   2. unit tests (test/unit, no I/O; one pytest process per core, at most 4: pytest-xdist)
 #   3. on a fresh local stack of its own: test/integration, test/system,
 #      test/run_consistency_test.py, test/faults
 #   4. test/deploy/validate.sh (deployment files)
 # and exits non-zero if any of them failed (it runs the rest anyway). Arguments go to every
-# pytest run, e.g. ./run_tests.sh -k checkout -x
+# pytest run, e.g. ./run_tests.sh -k checkout -x (-n 0 runs the unit tests in one process, as
+# --pdb needs)
 #
 # The test stack lives in TEST_STATE_DIR [<repo>/.run-test], is started empty and is always
 # stopped and deleted at the end. It takes the ports of run_local.sh (GATEWAY_PORT etc., same
