@@ -68,16 +68,13 @@ class Topics:
             await self._compare_partitions([t for t in ALL_TOPICS if t in existing])
         if missing:
             replicas = self._settings.topic_replication
+            partitions = {t: partitions_of(t, self._settings) for t in missing}
             response = await self._admin.create_topics(
-                [NewTopic(t, partitions_of(t, self._settings), replicas) for t in missing]
+                [NewTopic(t, count, replicas) for t, count in partitions.items()]
             )
             for topic, code, *detail in response.topic_errors:
                 if code == 0:
-                    log.info(
-                        "created topic %s (%d partitions)",
-                        topic,
-                        partitions_of(topic, self._settings),
-                    )
+                    log.info("created topic %s (%d partitions)", topic, partitions[topic])
                 elif code != TopicAlreadyExistsError.errno:  # another worker made it first
                     raise for_code(code)(f"creating topic {topic}: {detail}")
         return missing

@@ -22,7 +22,7 @@ import aiohttp
 from common.settings import load_settings
 from test.client import Api, until
 from test.conftest import Stack
-from test.faults.load import all_sagas_ended, check_conservation
+from test.faults.load import Shop, all_sagas_ended, check_conservation
 from test.faults.scaling import ROLES, Groups, Role, Work, refuses, work
 
 STEPS = (3, 1, 2)  # every service starts at 2 workers (scaled there first)
@@ -39,6 +39,13 @@ RESULTS = Path(os.environ.get("SCALE_RESULTS", "/tmp/scale-results.txt"))
 N_ITEMS, SCARCE_ITEMS, SCARCE_UNITS, STOCK_EACH = 40, 8, 3, 400
 N_USERS, CREDIT_EACH = 1500, 6
 N_ORDERS = 30000
+SHOP = Shop(
+    n_items=N_ITEMS,
+    n_users=N_USERS,
+    n_orders=N_ORDERS,
+    stock_each=STOCK_EACH,
+    credit_each=CREDIT_EACH,
+)
 CHECKOUT_CLIENTS, CHECKOUT_PACE_S = 24, 0.16  # at most 150 checkouts/s: the machine is small
 READERS, READ_PACE_S = 6, 0.05  # GETs on stock and payment, so that they serve HTTP too
 
@@ -182,8 +189,7 @@ async def test_scaling_under_load(api: Api, stack: Stack) -> None:
     assert statuses[200] > 0 and statuses[400] > 0, statuses
     assert set(load.reads) == {200}, f"reads: {load.reads} {load.errors}"
     await all_sagas_ended(cluster.stack, list(load.checkouts))
-    credit = {str(u): CREDIT_EACH for u in range(N_USERS)}
-    await check_conservation(api, load.checkouts, initial_stock, credit)
+    await check_conservation(api, load.checkouts, initial_stock, SHOP.credit)
     for scaled in results:
         _check_work(scaled)
 
@@ -198,11 +204,9 @@ async def _replied(load: ScaleLoad, n: int) -> bool:
 
 
 async def _make_data(api: Api) -> dict[str, int]:
-    """Items, users and orders with the literal ids of batch_init; returns each item's stock."""
-    await api.ok("POST", f"/stock/batch_init/{N_ITEMS}/{STOCK_EACH}/1")
-    await api.ok("POST", f"/payment/batch_init/{N_USERS}/{CREDIT_EACH}")
-    await api.ok("POST", f"/orders/batch_init/{N_ORDERS}/{N_ITEMS}/{N_USERS}/1")
-    stock = {str(i): STOCK_EACH for i in range(N_ITEMS)}
+    """The shop's batch_init data with its scarce items cut down; returns each item's stock."""
+    await SHOP.init(api)
+    stock = SHOP.stock
     for i in range(SCARCE_ITEMS):
         await api.ok("POST", f"/stock/subtract/{i}/{STOCK_EACH - SCARCE_UNITS}")
         stock[str(i)] = SCARCE_UNITS
