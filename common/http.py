@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from quart import Quart, Response, request
 
+from common import one_write
 from common.errors import AppError, BadRequest
 
 # Amounts, prices and quantities stay below 2**53 so that Lua (whose numbers are doubles) compares
@@ -95,7 +96,9 @@ def create_app(name: str, *, startup: Hook, shutdown: Hook, waiting: Waiting = l
     Errors of the service's taxonomy become their HTTP status with a JSON body. ``/health``
     (liveness) answers 200 once startup finished; ``/ready`` (readiness) only once, moreover,
     ``waiting`` names nothing: every consumer has joined its group and holds its partitions.
+    Each answer leaves the worker in one write (``common.one_write``).
     """
+    one_write.install()
     app = Quart(name)
     app.config["ready"] = False
 

@@ -1,0 +1,113 @@
+"""An answer leaves a worker in one write, so a worker killed mid-answer has sent nothing and the
+gateway can still send the request to another worker (common/one_write.py)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h11
+import pytest
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config
+from hypercorn.events import Event, RawData
+from hypercorn.protocol.events import Body, EndBody, Response
+from hypercorn.protocol.h11 import H11Protocol
+
+from common import one_write
+
+REPO = Path(__file__).resolve().parents[2]
+ANSWER = b'{"order_id":"1","paid":true}'
+
+
+async def _writes(*events: object) -> list[bytes]:
+    """The bytes of each write hypercorn's HTTP/1.1 protocol makes for ``events``, the answer to
+    one request."""
+    sent: list[Event] = []
+
+    async def record(event: Event) -> None:
+        sent.append(event)
+
+    protocol = H11Protocol(
+        app=None,  # type: ignore[arg-type]
+        config=Config(),
+        context=WorkerContext(max_requests=None),
+        task_group=None,  # type: ignore[arg-type]
+        connection_state=None,  # type: ignore[arg-type]
+        ssl=False,
+        client=None,
+        server=None,
+        send=record,
+    )
+    protocol.connection.receive_data(b"POST /checkout/1 HTTP/1.1\r\nhost: gw\r\n\r\n")
+    assert isinstance(protocol.connection.next_event(), h11.Request)
+    for event in events:
+        await protocol.stream_send(event)  # type: ignore[arg-type]
+    return [event.data for event in sent if isinstance(event, RawData) and event.data]
+
+
+async def test_head_and_body_leave_in_one_write() -> None:
+    one_write.install()
+    length = (b"content-length", str(len(ANSWER)).encode())
+    writes = await _writes(
+        Response(stream_id=1, headers=[length], status_code=200),
+        Body(stream_id=1, data=ANSWER),
+        EndBody(stream_id=1),
+    )
+    assert len(writes) == 1, writes
+    assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b"\r\n\r\n" + ANSWER)
+
+
+# A hypercorn server whose app starts its answer and is then SIGKILLed before the body.
+_DYING_SERVER = """
+import asyncio, os, signal, sys
+from hypercorn.asyncio import serve
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config
+if sys.argv[2] == "one-write":
+    from common.one_write import install
+    install()
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": message["type"] + ".complete"})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"2")]})
+    os.kill(os.getpid(), signal.SIGKILL)
+
+config = Config()
+config.bind = [f"fd://{sys.argv[1]}"]
+asyncio.run(serve(app, config))
+"""
+
+
+@pytest.mark.parametrize("mode", ["one-write", "hypercorn as it is"])
+def test_a_worker_killed_mid_answer(mode: str) -> None:
+    """With one write, the client (nginx) sees the connection close with nothing sent, which it
+    retries elsewhere; hypercorn as it is has sent the head, after which nginx cannot."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = subprocess.Popen(
+            [sys.executable, "-c", _DYING_SERVER, str(listener.fileno()), mode],
+            cwd=REPO,
+            pass_fds=[listener.fileno()],
+        )
+        port = listener.getsockname()[1]
+    # Only the server holds the listening socket now: if it dies before accepting, the
+    # connection is refused or reset rather than left waiting.
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nhost: worker\r\n\r\n")
+        try:
+            while chunk := client.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    assert server.wait(timeout=30) == -9, "the server was not killed mid-answer"
+    if mode == "one-write":
+        assert received == b""
+    else:
+        assert received.startswith(b"HTTP/1.1 200 ")
