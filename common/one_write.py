@@ -10,7 +10,8 @@ checkout among 2,012 in the fault suite's "order worker SIGKILL" case in CI on 2
 Held back until the body's first bytes, the head goes out with them. A worker killed before that
 write has sent nothing, and nginx sends the request to another worker (its X-Request-Id makes
 that safe); after it, the whole answer (the services always give a content-length) is in the
-kernel's send buffer, which delivers it after the process is gone.
+kernel's send buffer, which delivers it after the process is gone. (A streamed answer would
+have its head held until its first chunk; no route here streams.)
 """
 
 from __future__ import annotations
