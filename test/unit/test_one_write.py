@@ -4,9 +4,6 @@ gateway can still send the request to another worker (common/one_write.py)."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import h11
 import pytest
@@ -17,8 +14,8 @@ from hypercorn.protocol.events import Body, EndBody, Response
 from hypercorn.protocol.h11 import H11Protocol
 
 from common import one_write
+from test import dying_worker
 
-REPO = Path(__file__).resolve().parents[2]
 ANSWER = b'{"order_id":"1","paid":true}'
 
 
@@ -60,44 +57,11 @@ async def test_head_and_body_leave_in_one_write() -> None:
     assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b"\r\n\r\n" + ANSWER)
 
 
-# A hypercorn server whose app starts its answer and is then SIGKILLed before the body.
-_DYING_SERVER = """
-import asyncio, os, signal, sys
-from hypercorn.asyncio import serve
-from hypercorn.asyncio.worker_context import WorkerContext
-from hypercorn.config import Config
-if sys.argv[2] == "one-write":
-    from common.one_write import install
-    install()
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
-            await send({"type": message["type"] + ".complete"})
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", b"2")]})
-    os.kill(os.getpid(), signal.SIGKILL)
-
-config = Config()
-config.bind = [f"fd://{sys.argv[1]}"]
-asyncio.run(serve(app, config))
-"""
-
-
 @pytest.mark.parametrize("mode", ["one-write", "hypercorn as it is"])
 def test_a_worker_killed_mid_answer(mode: str) -> None:
     """With one write, the client (nginx) sees the connection close with nothing sent, which it
     retries elsewhere; hypercorn as it is has sent the head, after which nginx cannot."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        server = subprocess.Popen(
-            [sys.executable, "-c", _DYING_SERVER, str(listener.fileno()), mode],
-            cwd=REPO,
-            pass_fds=[listener.fileno()],
-        )
-        port = listener.getsockname()[1]
-    # Only the server holds the listening socket now: if it dies before accepting, the
-    # connection is refused or reset rather than left waiting.
+    worker, port = dying_worker.start(mode)
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
         client.sendall(b"GET / HTTP/1.1\r\nhost: worker\r\n\r\n")
@@ -106,7 +70,7 @@ def test_a_worker_killed_mid_answer(mode: str) -> None:
                 received += chunk
         except ConnectionResetError:
             pass
-    assert server.wait(timeout=30) == -9, "the server was not killed mid-answer"
+    assert worker.wait(timeout=30) == -9, "the worker was not killed mid-answer"
     if mode == "one-write":
         assert received == b""
     else:
