@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -97,3 +98,10 @@ async def until(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> N
     while not await check():
         assert loop.time() < end, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port free on every interface right now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -31,7 +30,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from test.client import Api
+from test.client import Api, free_port
 from test.conftest import Stack
 from test.deploy.environments import (
     REPO,
@@ -156,12 +155,6 @@ def worker_env(deployment: str, service: str, here: Here, bin_dir: Path) -> dict
         env[name] = readdress(name, text, addresses)
     env["PORT"] = str(here.ports[service])
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
 
 
 class Worker:

@@ -11,7 +11,6 @@ import grp
 import os
 import pwd
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,16 +18,10 @@ import aiohttp
 import pytest
 
 from test import dying_worker
-from test.client import until
+from test.client import free_port, until
 
 REPO = Path(__file__).resolve().parents[2]
 STANDBY_ANSWER = b'{"order_id":"1","paid":true}'
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _standby(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -88,7 +81,7 @@ async def test_a_worker_killed_mid_answer_behind_the_gateway(
 ) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     worker, worker_port = dying_worker.start(mode)
-    gateway = _free_port()
+    gateway = free_port()
     conf = tmp_path / "nginx.conf"
     conf.write_text(_nginx_conf(tmp_path, gateway, worker_port, standby_port))
     proxy = await asyncio.create_subprocess_exec(
