@@ -44,8 +44,9 @@ async def _send_h11_event(self: Any, event: Any) -> None:
 
 def install() -> None:
     """Make hypercorn's HTTP/1.1 protocol send each answer's head with its body (idempotent)."""
-    if getattr(H11Protocol, "_send_h11_event", None) is _send_h11_event:
+    current = getattr(H11Protocol, "_send_h11_event", None)
+    if current is _send_h11_event:
         return
-    if not callable(getattr(H11Protocol, "_send_h11_event", None)):
+    if not callable(current):
         raise RuntimeError("hypercorn's H11Protocol has no _send_h11_event to replace")
     setattr(H11Protocol, "_send_h11_event", _send_h11_event)  # noqa: B010 (mypy: a method)
