@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -73,13 +74,13 @@ async def check_conservation(
             for item, quantity in order["items"]:  # type: ignore[attr-defined]
                 stock[item] -= quantity
 
-    async def read(path: str, key: str) -> int:
+    async def limited(read: Awaitable[int]) -> int:
         async with limit:
-            return int((await api.ok("GET", path))[key])
+            return await read
 
-    items = await asyncio.gather(*(read(f"/stock/find/{i}", "stock") for i in stock))
+    items = await asyncio.gather(*(limited(api.stock(i)) for i in stock))
     assert dict(zip(stock, items, strict=True)) == stock
-    users = await asyncio.gather(*(read(f"/payment/find_user/{u}", "credit") for u in credit))
+    users = await asyncio.gather(*(limited(api.credit(u)) for u in credit))
     assert dict(zip(credit, users, strict=True)) == credit
 
 
