@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import aiohttp
 
 from common.errors import NotFound, Unavailable
+
+# Ids that no path segment carries to stock unchanged (a gateway decodes %2F into a slash and
+# resolves dot segments): no item has one, since stock makes its ids of letters and digits.
+_NO_SEGMENT = {"", ".", ".."}
 
 
 class StockClient:
@@ -24,9 +30,17 @@ class StockClient:
             await session.close()
 
     async def price(self, item_id: str) -> int:
+        """The price of ``item_id``; NotFound if stock has no such item.
+
+        The id goes to stock percent-encoded as one path segment, so stock is asked about
+        exactly this id: joined as it is, a ``?`` or ``#`` would cut it short ("<item>?x" read
+        as <item>) and control characters and dot segments would be dropped or resolved."""
         assert self._session is not None
+        if item_id in _NO_SEGMENT or "/" in item_id:
+            raise NotFound(f"item {item_id!r} not found")
+        segment = quote(item_id, safe="", errors="surrogatepass")
         try:
-            async with self._session.get(f"{self._base_url}/find/{item_id}") as reply:
+            async with self._session.get(f"{self._base_url}/find/{segment}") as reply:
                 if reply.status == 400:
                     raise NotFound(f"item {item_id!r} not found")
                 if reply.status != 200:

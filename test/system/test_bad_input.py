@@ -134,3 +134,55 @@ def test_bad_input_is_4xx_and_changes_nothing(gateway_url: str) -> None:
             assert await snapshot(api, item, user, order) == before
 
     asyncio.run(run())
+
+
+# Item ids that a URL built by plain string joining would change on the way to stock: a query
+# or a fragment cuts the id short (so "<item>?x" was priced as <item> and added, a 200 for an
+# item that does not exist), control characters are dropped, a trailing dot segment resolved.
+ALTERED_ON_THE_WAY = ["?", "#", "?a", "#a", "..?", "\n", "\r\n", "\t", " ", "%", "%3F"]
+
+
+def test_add_item_refuses_every_item_id_that_is_no_item(gateway_url: str) -> None:
+    """addItem to a real order with an item id no item has answers 400 and leaves the order as
+    it was, also when the id begins with a real item's id and the rest is what a URL would cut
+    off. (Slashes and lone dot segments are left out: the gateway decodes %2F, merges slashes
+    and resolves dot segments, as nginx does, so "<item>%2F" is the client's URL for <item>
+    itself, and a lone "." or "/" makes a path of no route, 404.)"""
+
+    async def run() -> None:
+        async with Api(gateway_url) as api:
+            item = await api.item(price=3, stock=5)
+            user = await api.user(credit=7)
+            order = await api.order(user, [(item, 1)])
+            before = await snapshot(api, item, user, order)
+            seen: list[tuple[str, int]] = []
+
+            async def add(item_id: str) -> None:
+                reply = await api.request(
+                    "POST", f"/orders/addItem/{order}/{quote(item_id, safe='')}/1"
+                )
+                seen.append((item_id, reply.status))
+                assert reply.status == 400, (item_id, reply)
+
+            for suffix in ALTERED_ON_THE_WAY:
+                await add(suffix)
+                await add(item + suffix)
+            await add(item + ".")
+            await add(item + "..")
+
+            @settings(
+                max_examples=150,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(st.text(min_size=1, max_size=12).filter(lambda t: "/" not in t))
+            def hammer(suffix: str) -> None:
+                asyncio.run_coroutine_threadsafe(add(item + suffix), loop).result()
+
+            loop = asyncio.get_running_loop()
+            await asyncio.to_thread(hammer)
+            assert len(seen) >= 150
+            assert await snapshot(api, item, user, order) == before
+
+    asyncio.run(run())
