@@ -28,6 +28,14 @@ class Refused(BadRequest):
     """A valid request the current state refuses (not enough stock or credit, order paid)."""
 
 
+class RequestIdReused(BadRequest):
+    """The request's X-Request-Id (its idempotency key) already did something else to this
+    entity: a retry asks for the same thing, so this is another request under a used key."""
+
+    def __init__(self, entity: str) -> None:
+        super().__init__(f"this X-Request-Id was already used for another request on {entity}")
+
+
 class Unavailable(AppError):
     """A dependency (Redis, the broker) did not answer in time; the effect did not happen."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from common.errors import NotFound, Refused
+from common.errors import NotFound, Refused, RequestIdReused
 from common.observability import telemetry
 from common.terms import LedgerKind, Taken
 from common.types import Arg, Storage
@@ -42,11 +42,19 @@ class Ledger:
     def key(self, entity_id: str) -> str:
         return f"{{{self._kind}:{entity_id}}}"
 
-    async def create(self, entity_id: str, fields: Mapping[str, int]) -> str:
-        """A new entity (kept if it exists: a retried create); its id once a replica holds it."""
+    async def create(
+        self, entity_id: str, fields: Mapping[str, int], *, same: tuple[str, ...] = ()
+    ) -> str:
+        """A new entity (kept if it exists: a retried create); its id once a replica holds it.
+        An existing entity whose ``same`` fields differ from ``fields``' was made by another
+        request with this request id: refused (RequestIdReused), nothing changed."""
         key = self.key(entity_id)
         args = [x for kv in self._with_ceiling(fields).items() for x in kv]
-        await self._store.durable(lambda: self._store.script("create", [key], args))
+        created = await self._store.durable(lambda: self._store.script("create", [key], args))
+        if not created and same:
+            found = await self._store.hmget(key, same)
+            if found != [str(fields[name]).encode() for name in same]:
+                raise RequestIdReused(f"{self._kind} {entity_id!r}")
         return entity_id
 
     async def find(self, entity_id: str, fields: tuple[str, ...]) -> dict[str, int]:
@@ -72,6 +80,8 @@ class Ledger:
             raise Refused(f"{self._kind} {entity_id!r} has {value} {self.field}, not {-delta}")
         if status == "OVERFLOW":
             raise Refused(f"{self._kind} {entity_id!r} would exceed {BALANCE_LIMIT} {self.field}")
+        if status == "REUSED":
+            raise RequestIdReused(f"{self._kind} {entity_id!r}")
         return int(value)
 
     async def take(self, entity_id: str, saga_id: str, amount: int, started: int) -> Taken:

@@ -9,7 +9,7 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from common.errors import NotFound, Refused
+from common.errors import NotFound, Refused, RequestIdReused
 from common.ledger import BALANCE_LIMIT, REQUEST_RECORD_TTL_S
 from common.saga.orchestrator import Orchestrator
 from common.types import Arg, Publisher, Storage
@@ -47,10 +47,14 @@ class Orders:
         self._bus = bus
 
     async def create(self, order_id: str, user_id: str) -> str:
-        """A new order (kept if it exists: a retried create); its id once replicated."""
+        """A new order (kept if it exists: a retried create); its id once replicated. An
+        existing order of another user was made by another request with this request id:
+        refused (RequestIdReused), nothing changed."""
         key = order_key(order_id)
         fields: list[Arg] = ["user_id", user_id, "items", "[]", "total_cost", 0, "paid", 0]
-        await self._store.durable(lambda: self._store.script("create", [key], fields))
+        created = await self._store.durable(lambda: self._store.script("create", [key], fields))
+        if not created and await self._store.hmget(key, ("user_id",)) != [user_id.encode()]:
+            raise RequestIdReused(f"order {order_id!r}")
         return order_id
 
     async def find(self, order_id: str) -> dict[str, Any]:
@@ -89,6 +93,8 @@ class Orders:
         status = status.decode()
         if status == "UNKNOWN":
             raise NotFound(f"order {order_id!r} not found")
+        if status == "REUSED":
+            raise RequestIdReused(f"order {order_id!r}")
         if status != "OK":
             raise Refused(_ADD_ITEM_REFUSALS[status].format(repr(order_id)))
         return int(total)

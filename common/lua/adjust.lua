@@ -4,11 +4,15 @@
 -- an increase may not lift the ceiling past the limit; a decrease is never refused for it.
 -- KEYS[1] entity hash, KEYS[2] request record (same slot; makes a client retry a no-op)
 -- ARGV[1] field, ARGV[2] delta, ARGV[3] limit, ARGV[4] request record ttl (s)
--- Returns {status, value}: status OK | UNKNOWN | NEGATIVE | OVERFLOW.
+-- Returns {status, value}: status OK | UNKNOWN | NEGATIVE | OVERFLOW, or REUSED when the
+-- request id already did another delta here (the record keeps status:value:delta).
 local done = redis.call('GET', KEYS[2])
 if done then
-  local sep = string.find(done, ':', 1, true)
-  return {string.sub(done, 1, sep - 1), tonumber(string.sub(done, sep + 1))}
+  local status, value, asked = string.match(done, '^([^:]*):([^:]*):?(.*)$')
+  if asked ~= '' and asked ~= ARGV[2] then
+    return {'REUSED', 0}
+  end
+  return {status, tonumber(value)}
 end
 local h = redis.call('HMGET', KEYS[1], ARGV[1], 'ceiling')
 local status, value
@@ -28,5 +32,5 @@ else
     redis.call('HSET', KEYS[1], 'ceiling', string.format('%d', ceiling + delta))
   end
 end
-redis.call('SET', KEYS[2], status .. ':' .. string.format('%d', value), 'EX', ARGV[4])
+redis.call('SET', KEYS[2], status .. ':' .. string.format('%d', value) .. ':' .. ARGV[2], 'EX', ARGV[4])
 return {status, value}

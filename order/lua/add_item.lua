@@ -3,11 +3,17 @@
 -- KEYS[1] the order hash, KEYS[2] request record (makes a client retry a no-op)
 -- ARGV[1] item id, ARGV[2] quantity, ARGV[3] unit price, ARGV[4] total cost limit,
 -- ARGV[5] request record ttl (s), ARGV[6] most lines, ARGV[7] most bytes of lines (as stored)
--- Returns {status, total_cost}: OK | UNKNOWN | PAID | BUSY | OVERFLOW | TOO_BIG
+-- Returns {status, total_cost}: OK | UNKNOWN | PAID | BUSY | OVERFLOW | TOO_BIG, or REUSED
+-- when the request id already asked for another line here (the record keeps
+-- status:total:quantity:item).
+local line = ARGV[2] .. ':' .. ARGV[1]
 local done = redis.call('GET', KEYS[2])
 if done then
-  local sep = string.find(done, ':', 1, true)
-  return {string.sub(done, 1, sep - 1), tonumber(string.sub(done, sep + 1))}
+  local status, total, asked = string.match(done, '^([^:]*):([^:]*):?(.*)$')
+  if asked ~= '' and asked ~= line then
+    return {'REUSED', 0}
+  end
+  return {status, tonumber(total)}
 end
 local h = redis.call('HMGET', KEYS[1], 'user_id', 'paid', 'saga_status', 'items', 'total_cost')
 local status, total = 'OK', tonumber(h[5] or '0')
@@ -31,5 +37,5 @@ else
     redis.call('HSET', KEYS[1], 'items', encoded, 'total_cost', string.format('%d', total))
   end
 end
-redis.call('SET', KEYS[2], status .. ':' .. string.format('%d', total), 'EX', ARGV[5])
+redis.call('SET', KEYS[2], status .. ':' .. string.format('%d', total) .. ':' .. line, 'EX', ARGV[5])
 return {status, total}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -58,3 +59,61 @@ async def test_a_retried_create_returns_the_same_entity(api: Api, gateway_url: s
             user_id = (await reply.json())["user_id"]
     assert user_id not in ("0", created[0])
     assert await api.credit(user_id) == 0
+
+
+async def test_a_request_id_reused_for_another_request_is_refused(
+    api: Api, gateway_url: str
+) -> None:
+    """An X-Request-Id is the key of one request: the same request again is a retry (the
+    first answer, no new effect); another request under it (another route, amount, line or
+    user) is a 400 that changes nothing, not the first request's answer."""
+    item = await api.item(price=3, stock=10)
+    user = await api.user(credit=10)
+    order = await api.order(user)
+
+    async with aiohttp.ClientSession() as session:
+
+        async def send(path: str, request_id: str) -> tuple[int, Any]:
+            headers = {"X-Request-Id": request_id}
+            async with session.post(gateway_url + path, headers=headers) as reply:
+                return reply.status, await reply.json()
+
+        cases = [
+            (
+                f"/payment/add_funds/{user}/5",
+                [f"/payment/pay/{user}/5", f"/payment/add_funds/{user}/6"],
+            ),
+            (f"/stock/add/{item}/4", [f"/stock/subtract/{item}/4", f"/stock/add/{item}/1"]),
+            (
+                f"/orders/addItem/{order}/{item}/1",
+                [
+                    f"/orders/addItem/{order}/{item}/2",
+                    f"/orders/addItem/{order}/{await api.item()}/1",
+                ],
+            ),
+            ("/stock/item/create/5", ["/stock/item/create/6"]),
+            (f"/orders/create/{user}", [f"/orders/create/{await api.user()}"]),
+        ]
+        for first, others in cases:
+            request_id = str(uuid.uuid4())
+            status, answer = await send(first, request_id)
+            assert status == 200, (first, answer)
+            before = (
+                await api.credit(user),
+                await api.stock(item),
+                await api.ok("GET", f"/orders/find/{order}"),
+            )
+            for other in others:
+                status, refused = await send(other, request_id)
+                assert status == 400, (first, other, refused)
+                assert "X-Request-Id" in refused["error"], refused
+            assert await send(first, request_id) == (200, answer), first
+            after = (
+                await api.credit(user),
+                await api.stock(item),
+                await api.ok("GET", f"/orders/find/{order}"),
+            )
+            assert after == before, first
+    assert (await api.credit(user), await api.stock(item)) == (15, 14)
+    found = await api.ok("GET", f"/orders/find/{order}")
+    assert (found["items"], found["total_cost"]) == ([[item, 1]], 3)

@@ -72,11 +72,20 @@ def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return epoch
 
 
+def _replayed(done: bytes, asked: bytes) -> list[Any]:
+    """What a request record ``status:value[:what was asked]`` answers for a request that asks
+    ``asked``: the first outcome, or REUSED when its id asked for something else (a record
+    written before records kept what was asked answers as it is)."""
+    status, value, *first = done.split(b":", 2)
+    if first and first[0] != asked:
+        return [b"REUSED", 0]
+    return [status, int(_num(value))]
+
+
 def adjust(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     done = r.get(keys[1])
     if done is not None:
-        sep = done.index(b":")
-        return [done[:sep], int(_num(done[sep + 1 :]))]
+        return _replayed(done, argv[1])
     current, ceiling = r.hmget(keys[0], [argv[0], b"ceiling"])
     value: float
     if current is None:
@@ -93,15 +102,15 @@ def adjust(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
             status = b"OK"
             value = r.hincrby(keys[0], argv[0], int(argv[1]))
             r.hset(keys[0], {b"ceiling": b"%d" % int(_num(ceiling) + delta)})
-    r.set(keys[1], status + b":" + b"%d" % int(value), ex_s=int(argv[3]))
+    r.set(keys[1], status + b":" + b"%d" % int(value) + b":" + argv[1], ex_s=int(argv[3]))
     return [status, int(value)]
 
 
 def add_item(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    line = argv[1] + b":" + argv[0]
     done = r.get(keys[1])
     if done is not None:
-        sep = done.index(b":")
-        return [done[:sep], int(_num(done[sep + 1 :]))]
+        return _replayed(done, line)
     user_id, paid, status, items, total_raw = r.hmget(
         keys[0], [b"user_id", b"paid", b"saga_status", b"items", b"total_cost"]
     )
@@ -124,7 +133,7 @@ def add_item(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
         else:
             total += added
             r.hset(keys[0], {b"items": encoded, b"total_cost": b"%d" % int(total)})
-    r.set(keys[1], result + b":" + b"%d" % int(total), ex_s=int(argv[4]))
+    r.set(keys[1], result + b":" + b"%d" % int(total) + b":" + line, ex_s=int(argv[4]))
     return [result, int(total)]
 
 
@@ -353,8 +362,8 @@ SCRIPTS: dict[str, Script] = {
 SOURCES: dict[str, str] = {
     "reset": "be33ad235411b6d015706cce278e2d24caafe02d",
     "saga_reset": "28be3a0b7781a217d231b23b34e4b0ce294df5c4",
-    "add_item": "051e4bd7eb6a28ef4c6f03d5e551c9edd10437a3",
-    "adjust": "1b5a2793096ef6905ff811946f6825e145cb397c",
+    "add_item": "4fe304b3390c0197ec0257a18db30ff6f19c6d94",
+    "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",
     "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
     "restore": "6fc2de001a4e5227fabb13ccab2ca89d27c84777",
     "take": "de5f7b46e9f332eb5b67ee3b80d4cdb005f7e7a1",

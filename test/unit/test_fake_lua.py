@@ -84,6 +84,30 @@ def test_adjust_and_create_answers() -> None:
     assert r.hget("{user:c}", b"ceiling") == b"99"
 
 
+def test_a_request_id_answers_only_the_request_it_first_made() -> None:
+    """A request record keeps what its request asked: a retry gets the first outcome, another
+    request under the same id gets REUSED and changes nothing; a record from before records
+    kept it (``status:value``) answers as it is."""
+    r, user, order = FakeRedis(), "{user:u}", "{order:o}"
+    r.hset(user, {b"credit": b"10", b"ceiling": b"10"})
+    assert run(r, "adjust", [user, f"{user}:rq:1"], "credit", 5, 100, 60) == [b"OK", 15]
+    assert run(r, "adjust", [user, f"{user}:rq:1"], "credit", 5, 100, 60) == [b"OK", 15]
+    assert run(r, "adjust", [user, f"{user}:rq:1"], "credit", -5, 100, 60) == [b"REUSED", 0]
+    assert run(r, "adjust", [user, f"{user}:rq:2"], "credit", -20, 100, 60) == [b"NEGATIVE", 15]
+    assert run(r, "adjust", [user, f"{user}:rq:2"], "credit", -1, 100, 60) == [b"REUSED", 0]
+    assert r.hget(user, b"credit") == b"15"
+    r.set(f"{user}:rq:old", b"OK:7", ex_s=60)
+    assert run(r, "adjust", [user, f"{user}:rq:old"], "credit", 3, 100, 60) == [b"OK", 7]
+
+    r.hset(order, {b"user_id": b"u", b"paid": b"0", b"items": b"[]", b"total_cost": b"0"})
+    line = [order, f"{order}:rq:1"]
+    assert run(r, "add_item", line, "a:b", 2, 3, 100, 60, 10, 1000) == [b"OK", 6]
+    assert run(r, "add_item", line, "a:b", 2, 3, 100, 60, 10, 1000) == [b"OK", 6]
+    assert run(r, "add_item", line, "a:b", 1, 3, 100, 60, 10, 1000) == [b"REUSED", 0]
+    assert run(r, "add_item", line, "a", 2, 3, 100, 60, 10, 1000) == [b"REUSED", 0]
+    assert json.loads(r.hget(order, b"items") or b"") == [["a:b", 2]]
+
+
 def test_saga_scripts_answers() -> None:
     r, key = FakeRedis(), "{order:o}"
     fields = ["user_id", "items", "total_cost"]
