@@ -180,12 +180,16 @@ def bounded_reason(parts: list[str]) -> str:
     reason = "; ".join(parts)
     if len(reason) <= MAX_REASON_CHARS:
         return reason
+    room = MAX_REASON_CHARS - 40
     kept: list[str] = []
     for part in parts:
-        if len("; ".join([*kept, part])) > MAX_REASON_CHARS - 40:
+        if len("; ".join([*kept, part])) > room:
             break
         kept.append(part)
-    return "; ".join([*kept, f"and {len(parts) - len(kept)} more"])[:MAX_REASON_CHARS]
+    if not kept:  # the first part alone is too long: the start of it still says what failed
+        kept.append(parts[0][: room - 1] + "…")
+    left_out = len(parts) - len(kept)
+    return "; ".join([*kept, f"and {left_out} more"] if left_out else kept)
 
 
 def encode(message: Message) -> bytes:

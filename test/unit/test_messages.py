@@ -109,6 +109,16 @@ def test_a_reason_is_bounded_and_says_what_it_left_out(count: int) -> None:
         assert kept[-1] == f"and {count - (len(kept) - 1)} more"
 
 
+@pytest.mark.parametrize("count", [1, 2, 15])
+def test_a_reason_whose_first_part_is_too_long_keeps_its_start(count: int) -> None:
+    parts = [("x" * 5000) + f"{i}: unknown" for i in range(count)]
+    reason = bounded_reason(parts)
+    assert len(reason) <= MAX_REASON_CHARS
+    first, *rest = reason.split("; ")
+    assert first.startswith("x" * 900) and first.endswith("…")
+    assert rest == ([f"and {count - 1} more"] if count > 1 else [])
+
+
 def test_notable_messages_are_named_not_guessed() -> None:
     """What is logged when sent with LOG_MESSAGES off: failures, compensations and unpaid
     outcomes, declared on the message classes (telemetry reads ``notable``)."""
