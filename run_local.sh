@@ -35,8 +35,8 @@
 #   REDIS_CLUSTER_NODE_TIMEOUT_MS  [3000] a dead master's replica is promoted after about this
 #   UP_TIMEOUT_S         [120] how long `up` waits for everything to be healthy
 #   STOCK_URL            [http://127.0.0.1:$GATEWAY_PORT/stock] where order reads item prices
-#   CHECKOUT_TIMEOUT_MS, CHECKOUT_STEPS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS, LOG_LEVEL,
-#   LOG_FORMAT, LOG_MESSAGES, OTEL_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT
+#   CHECKOUT_TIMEOUT_MS, CHECKOUT_ANSWER_MS, CHECKOUT_STEPS, SAGA_STEP_TIMEOUT_MS, SAGA_DEADLINE_MS,
+#   LOG_LEVEL, LOG_FORMAT, LOG_MESSAGES, OTEL_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT
 #                        passed to the services when set
 # Settings are read by `up`; a second `up` with other settings applies them to the running stack
 # (Redis settings only take effect after a `down`). A worker count set by `scale` lasts as long

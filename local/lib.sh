@@ -19,8 +19,8 @@ REDIS_NODES_PER_CLUSTER=6
 # beyond that would consume nothing.
 MAX_REPLICAS=$(sed -n "s/^TOPIC_PARTITIONS=//p" "$REPO_DIR/env/common.env")
 # Variables handed from the caller's environment to every service worker when set.
-PASS_THROUGH_VARS=(KAFKA_LINGER_MS CHECKOUT_TIMEOUT_MS CHECKOUT_STEPS SAGA_STEP_TIMEOUT_MS SAGA_DEADLINE_MS
-    LOG_LEVEL LOG_FORMAT LOG_MESSAGES OTEL_EXPORTER OTEL_EXPORTER_OTLP_ENDPOINT)
+PASS_THROUGH_VARS=(KAFKA_LINGER_MS CHECKOUT_TIMEOUT_MS CHECKOUT_ANSWER_MS CHECKOUT_STEPS SAGA_STEP_TIMEOUT_MS
+    SAGA_DEADLINE_MS LOG_LEVEL LOG_FORMAT LOG_MESSAGES OTEL_EXPORTER OTEL_EXPORTER_OTLP_ENDPOINT)
 
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -67,9 +67,11 @@ load_settings() {
         is_uint "${!name}" || die "$name must be a non-negative integer, got '${!name}'"
     done
     [[ $STANDBY == [01] ]] || die "STANDBY must be 0 or 1, got '$STANDBY'"
-    if [[ -n ${CHECKOUT_TIMEOUT_MS:-} ]] && ! is_uint "$CHECKOUT_TIMEOUT_MS"; then
-        die "CHECKOUT_TIMEOUT_MS must be a non-negative integer, got '$CHECKOUT_TIMEOUT_MS'"
-    fi
+    for name in CHECKOUT_TIMEOUT_MS CHECKOUT_ANSWER_MS; do
+        if [[ -n ${!name:-} ]] && ! is_uint "${!name}"; then
+            die "$name must be a non-negative integer, got '${!name}'"
+        fi
+    done
     for name in ORDER_REPLICAS PAYMENT_REPLICAS STOCK_REPLICAS; do
         check_replicas "$name" "${!name}"
     done
@@ -85,12 +87,13 @@ check_replicas() {
 can share its work: each topic has $MAX_REPLICAS partitions, and a worker beyond that would get none"
 }
 
-# The longest an HTTP checkout waits for its saga, in seconds (order/checkout.py): up to
-# CHECKOUT_TIMEOUT_MS for the verdict, then half that again while a saga it turned back finishes
-# compensating. (The containers' entrypoint gives hypercorn this + 5 s too.)
+# The longest an HTTP checkout is held, in seconds: its answer budget (common/saga/verdict.py),
+# CHECKOUT_ANSWER_MS or CHECKOUT_TIMEOUT_MS if that is longer, which covers its turn, its saga
+# and the compensation of a saga it turned back. (The containers' entrypoint gives hypercorn
+# this + 5 s too.)
 checkout_wait_max_s() {
-    local ms=${CHECKOUT_TIMEOUT_MS:-20000}
-    echo $(((ms * 3 / 2 + 999) / 1000))
+    local answer=${CHECKOUT_ANSWER_MS:-55000} timeout=${CHECKOUT_TIMEOUT_MS:-20000}
+    echo $((((10#$answer > 10#$timeout ? 10#$answer : 10#$timeout) + 999) / 1000))
 }
 
 # Settings of one service, by name: replicas, first HTTP port, first Redis port.

@@ -27,13 +27,17 @@ WORKER_ID="${WORKER_ID:-$(hostname)}"
 export WORKER_ID
 
 # How long a stopping worker (SIGTERM: compose stop, pod deletion, scale-in) lets the requests
-# it holds finish; hypercorn's default, 3 s, cut checkouts short. A checkout waits up to
-# CHECKOUT_TIMEOUT_MS for its saga, then up to half that again while a timed-out saga is turned
-# back (order/checkout.py): 1.5 x CHECKOUT_TIMEOUT_MS + 5 s. compose's stop_grace_period and
-# the pods' terminationGracePeriodSeconds leave room for it (test/deploy checks them).
+# it holds finish; hypercorn's default, 3 s, cut checkouts short. A checkout is held at most
+# its answer budget (common/saga/verdict.py): CHECKOUT_ANSWER_MS, or CHECKOUT_TIMEOUT_MS if
+# that is longer, covering its turn, its saga and the compensation of a saga it turned back.
+# So the budget + 5 s. compose's stop_grace_period and the pods' terminationGracePeriodSeconds
+# leave room for it (test/deploy checks them).
 checkout_ms="${CHECKOUT_TIMEOUT_MS:-20000}"
 require_number CHECKOUT_TIMEOUT_MS "$checkout_ms" "a number of milliseconds"
-graceful_s=$(((checkout_ms * 3 / 2 + 999) / 1000 + 5))
+answer_ms="${CHECKOUT_ANSWER_MS:-55000}"
+require_number CHECKOUT_ANSWER_MS "$answer_ms" "a number of milliseconds"
+if [ "$checkout_ms" -gt "$answer_ms" ]; then answer_ms=$checkout_ms; fi
+graceful_s=$(((answer_ms + 999) / 1000 + 5))
 
 # The port hypercorn listens on, on every interface. Compose and k8s leave PORT unset: their
 # healthchecks, probes, Services and the gateway's upstreams all use 8000. A check that runs

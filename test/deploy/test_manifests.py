@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from common.settings import load_settings
 from test.deploy.environments import (
     REPO,
     compose_service_env,
@@ -914,7 +915,7 @@ def test_entrypoint_starts_hypercorn_with_uvloop(tmp_path: Path, service: str) -
     assert worker == f"WORKER_ID={service}-7"
     assert args == (
         f"--worker-class uvloop --workers 0 --bind 0.0.0.0:{PORT} --keep-alive 75"
-        f" --graceful-timeout 35 {service}.app:create_app()"
+        f" --graceful-timeout 60 {service}.app:create_app()"
     )
 
 
@@ -932,21 +933,40 @@ def hypercorn_args(tmp_path: Path, **env: str) -> list[str]:
     return done.stdout.splitlines()[1].split()
 
 
-def graceful_timeout(tmp_path: Path, checkout_timeout_ms: str) -> int:
-    args = hypercorn_args(tmp_path, CHECKOUT_TIMEOUT_MS=checkout_timeout_ms)
+def graceful_timeout(tmp_path: Path, settings: dict[str, str]) -> int:
+    """hypercorn's --graceful-timeout for a worker with ``settings``' checkout budgets."""
+    budgets = {
+        k: v for k, v in settings.items() if k in ("CHECKOUT_TIMEOUT_MS", "CHECKOUT_ANSWER_MS")
+    }
+    args = hypercorn_args(tmp_path, **budgets)
     return int(args[args.index("--graceful-timeout") + 1])
 
 
-@pytest.mark.parametrize(("checkout_ms", "graceful_s"), [("20000", 35), ("4000", 11), ("1", 6)])
+@pytest.mark.parametrize(
+    ("checkout_ms", "answer_ms", "graceful_s"),
+    [
+        ("20000", "55000", 60),
+        ("20000", None, 60),
+        ("4000", "1000", 9),
+        ("70000", "55000", 75),
+        ("1", "1", 6),
+    ],
+)
 def test_graceful_timeout_outlasts_a_checkout(
-    tmp_path: Path, checkout_ms: str, graceful_s: int
+    tmp_path: Path, checkout_ms: str, answer_ms: str | None, graceful_s: int
 ) -> None:
-    """A checkout waits CHECKOUT_TIMEOUT_MS for its saga, then up to half as long for the
-    compensation of a timed-out one (order/checkout.py): hypercorn lets it finish."""
-    assert graceful_timeout(tmp_path, checkout_ms) == graceful_s
-    assert graceful_s >= int(checkout_ms) * 1.5 / 1000
-    done = run_entrypoint(tmp_path, SERVICE_NAME="order", CHECKOUT_TIMEOUT_MS="20s")
-    assert done.returncode == 64 and "CHECKOUT_TIMEOUT_MS" in done.stderr
+    """A checkout is held at most its answer budget (common/saga/verdict.py: CHECKOUT_ANSWER_MS,
+    55 s by default, or CHECKOUT_TIMEOUT_MS if that is longer), which covers its turn, its saga
+    and the compensation of a saga it turned back: hypercorn lets it finish."""
+    settings = {"CHECKOUT_TIMEOUT_MS": checkout_ms}
+    if answer_ms is not None:
+        settings["CHECKOUT_ANSWER_MS"] = answer_ms
+    assert graceful_timeout(tmp_path, settings) == graceful_s
+    budget_ms = max(int(checkout_ms), int(answer_ms or load_settings({}).checkout_answer_ms))
+    assert graceful_s >= budget_ms / 1000
+    for name in ("CHECKOUT_TIMEOUT_MS", "CHECKOUT_ANSWER_MS"):
+        done = run_entrypoint(tmp_path, SERVICE_NAME="order", **{name: "20s"})
+        assert done.returncode == 64 and name in done.stderr
 
 
 def seconds(duration: str) -> int:
@@ -960,13 +980,13 @@ def test_grace_periods_let_running_checkouts_finish(
     tmp_path: Path, compose: dict[str, Any], k8s: list[dict[str, Any]]
 ) -> None:
     common = read_env_file(REPO / "env" / "common.env")
-    graceful = graceful_timeout(tmp_path, common["CHECKOUT_TIMEOUT_MS"])
+    graceful = graceful_timeout(tmp_path, common)
     for service in SERVICES:
         stop = seconds(compose["services"][service]["stop_grace_period"])
         assert stop >= graceful + SHUTDOWN_MARGIN_S, service
 
     config = k8s_objects(k8s, "ConfigMap")["checkout-config"]["data"]
-    graceful = graceful_timeout(tmp_path, config["CHECKOUT_TIMEOUT_MS"])
+    graceful = graceful_timeout(tmp_path, config)
     for service in SERVICES:
         pod = k8s_objects(k8s, "Deployment")[service]["spec"]["template"]["spec"]
         (container,) = pod["containers"]

@@ -47,7 +47,7 @@ ENTRYPOINT = REPO / "env" / "service" / "entrypoint.sh"
 SERVICES = ("stock", "payment", "order")  # stock first: order's STOCK_URL names it
 DEPLOYED_PORT = 8000  # every service's port in both deployments (test/deploy checks it)
 READY_S = 90
-# compose's stop_grace_period (50 s) and the pods' terminationGracePeriodSeconds (60 s) bound a
+# compose's stop_grace_period (80 s) and the pods' terminationGracePeriodSeconds (90 s) bound a
 # worker's graceful stop; one holding no request stops in a second or two.
 STOP_S = 60
 # Each checkout's messages go to one partition of 16 (its order id's), held by one member of
