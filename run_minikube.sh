@@ -34,6 +34,8 @@ SERVICES=(order payment stock)
 URLS_FILE="test/urls.minikube.json"
 # Deployments that existed before this run applied k8s/ (see wait_for_rollout).
 EXISTING=()
+# Set when the broker's ConfigMap changed under a running broker (apply_manifests).
+RESTART_BROKER=0
 
 log() { printf 'run_minikube: %s\n' "$*" >&2; }
 die() {
@@ -172,9 +174,15 @@ apply_manifests() {
         fi
     done
     leave_replicas_to_the_hpa
-    # The broker's settings, from the file every deployment reads.
-    kubectl create configmap kafka-broker --from-env-file=env/kafka/broker.env \
-        --dry-run=client -o yaml | kubectl apply -f -
+    # The broker's settings, from the file every deployment reads. The broker reads them (envFrom)
+    # only when its pod starts, so a running broker is restarted when they changed.
+    local applied
+    applied=$(kubectl create configmap kafka-broker --from-env-file=env/kafka/broker.env \
+        --dry-run=client -o yaml | kubectl apply -f -)
+    echo "$applied"
+    if [[ $applied == *" configured"* ]] && kubectl get statefulset kafka >/dev/null 2>&1; then
+        RESTART_BROKER=1
+    fi
     # A Job's pod template is immutable: drop the finished one so the topics are checked again.
     kubectl delete job kafka-topics --ignore-not-found
     local tries=0
@@ -189,6 +197,10 @@ apply_manifests() {
 
 wait_for_rollout() {
     local service
+    if ((RESTART_BROKER)); then
+        log "the broker's settings changed: restarting it"
+        kubectl rollout restart statefulset/kafka
+    fi
     kubectl rollout status statefulset/kafka --timeout=600s
     kubectl wait --for=condition=complete job/kafka-topics --timeout=600s
     # The image tag does not change between builds: a Deployment that was running before this
