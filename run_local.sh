@@ -257,7 +257,10 @@ generate_gateway() {
         done
         standby=$(standby_port "$service")
         if [[ -n $standby ]]; then
-            servers+=("    server 127.0.0.1:$standby max_fails=1 fail_timeout=2s backup;")
+            # max_fails=0 as well: the backup gets requests only while no active worker listens,
+            # so no traffic would ever clear a failure counted against it, and at the next kill
+            # nginx would let one probe through and answer the other requests 502.
+            servers+=("    server 127.0.0.1:$standby max_fails=0 backup;")
         fi
         upstreams+=("$(fill "$LOCAL_DIR/upstream.conf.in" UPSTREAM="${service}_upstream" \
             SERVERS="$(printf '%s\n' "${servers[@]}")")")

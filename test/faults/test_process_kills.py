@@ -120,3 +120,46 @@ async def test_whole_stack_restarted_takes_checkouts(api: Api, stack: Stack) -> 
         return (await api.post(f"/orders/checkout/{order}")).status == 200
 
     await until(checkout_pays, within=60)
+
+
+async def test_a_standby_that_failed_once_takes_the_next_kill(api: Api, stack: Stack) -> None:
+    """The standby is the gateway's backup: it gets requests only while no active worker
+    listens, so a failure nginx once counted against it is never cleared by traffic. At the
+    next SIGKILL of the active worker it must still take every request at once (with
+    ``max_fails=1`` nginx let one probe through and answered the others 502)."""
+    user = await api.user(credit=0)
+    # A true double outage first: both workers of payment stopped, one request fails at the
+    # gateway (nginx counts that against the standby), then both run again.
+    await asyncio.to_thread(stack.run, "ctl", "stop", "payment-0", "payment-standby")
+    assert (await api.post(f"/payment/add_funds/{user}/1")).status == 502
+    await asyncio.to_thread(stack.run, "ctl", "start", "payment-0", "payment-standby")
+
+    async def serving() -> bool:
+        return (await api.post(f"/payment/add_funds/{user}/1")).status == 200
+
+    await until(serving, within=30)
+    added = await api.credit(user)
+    # Past the gateway's fail_timeout (2 s), as a standby that failed long ago would be.
+    await asyncio.sleep(2.5)
+
+    replies: list[Reply] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        while not stop.is_set():
+            replies.append(await api.post(f"/payment/add_funds/{user}/1"))
+
+    clients = [asyncio.ensure_future(client()) for _ in range(12)]
+    await until(lambda: _at_least(replies, 200), within=20)
+    killed = await asyncio.to_thread(stack.kill, "payment-0")
+    await until(lambda: running(stack, "payment-0", killed), within=30)
+    served = len(replies)
+    await until(lambda: _at_least(replies, served + 200), within=20)
+    stop.set()
+    await asyncio.gather(*clients)
+    assert Counter(r.status for r in replies) == {200: len(replies)}
+    assert await api.credit(user) == added + len(replies)
+
+
+async def _at_least(replies: list[Reply], count: int) -> bool:
+    return len(replies) >= count
