@@ -149,7 +149,7 @@ def build(
         settings.worker_id,
         interval_ms=max(settings.saga_step_timeout_ms // SWEEPS_PER_STEP, 100),
     )
-    stock = StockClient(settings.stock_url)
+    stock = StockClient(settings.stock_url, timeout_s=settings.redis_op_timeout_ms / 1000 + 2)
     runtime = Runtime(settings, store, bus)
     # A standby serves HTTP only: the active workers consume the replies and sweep.
     runtime.components += [stock] if settings.standby else [stock, replies, outcomes, sweeper]

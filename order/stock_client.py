@@ -14,15 +14,18 @@ _NO_SEGMENT = {"", ".", ".."}
 
 
 class StockClient:
-    """Reads item prices from the stock service over HTTP."""
+    """Reads item prices from the stock service over HTTP, waiting up to ``timeout_s`` for an
+    answer: stock itself retries its Redis reads for REDIS_OP_TIMEOUT_MS (a failover), so
+    order waits a little longer than that. No answer in time is Unavailable (503)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, timeout_s: float) -> None:
         self._base_url = base_url
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
 
     async def stop(self) -> None:
         session, self._session = self._session, None
@@ -46,5 +49,7 @@ class StockClient:
                 if reply.status != 200:
                     raise Unavailable(f"stock service answered {reply.status}")
                 return int((await reply.json())["price"])
-        except aiohttp.ClientError as exc:
-            raise Unavailable(f"stock service unreachable: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # aiohttp's timeout is a TimeoutError, not a ClientError: it was a 500 until
+            # 2026-11-30, while a stock master failed over for longer than the old 5 s.
+            raise Unavailable(f"stock service unreachable: {exc!r}") from exc
