@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError, SlotNotCoveredError
 
 from common.errors import Unavailable
@@ -157,17 +158,30 @@ class Replication:
             per_node.setdefault(node, key)
         await asyncio.gather(*(self._barrier(node, key) for node, key in per_node.items()))
 
-    async def replicate_all(self) -> None:
-        """``replicate`` for every master of the cluster (after a bulk write)."""
-        cluster = self._cluster()
-        masters = {node.name for node in cluster.get_primaries()}
+    def masters(self) -> dict[int, str]:
+        """The master serving each slot, as this client knows it now (for ``replicate_bulk``)."""
+        slots = self._cluster().nodes_manager.slots_cache
+        return {slot: nodes[0].name for slot, nodes in slots.items() if nodes}
+
+    async def replicate_bulk(self, masters: Mapping[int, str]) -> None:
+        """Return once a replica holds every write of a bulk made while ``masters`` (from
+        ``masters()``) served the slots: a barrier on each of those masters, the ones that took
+        the writes. Raises WriteMayBeLost if one of them no longer serves its slots or any slot
+        has changed master since: a failover came between a write and its barrier, and the new
+        master may lack what the old one took. (A barrier on the masters of the moment would
+        vouch for exactly those lost writes.)"""
         keys: dict[str, str] = {}
+        wanted = set(masters.values())
         i = 0
-        while len(keys) < len(masters) and i < 100_000:
+        while len(keys) < len(wanted) and i < 1_000_000:
             key = f"{{barrier:{i}}}"
-            keys.setdefault(master_name(cluster, key), key)
+            node = masters.get(key_slot(key.encode()))
+            if node is not None:
+                keys.setdefault(node, key)
             i += 1
         await self.replicate({key: node for node, key in keys.items()})
+        if self.masters() != masters:
+            raise WriteMayBeLost("a master failed over while a bulk write was made")
 
     async def _barrier(self, node: str, key: str) -> None:
         host, _, port = node.rpartition(":")

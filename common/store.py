@@ -114,10 +114,6 @@ class Store:
         ``Replication.replicate``); raises WriteMayBeLost when it may be gone."""
         await self._replication.replicate(written)
 
-    async def replicate_all(self) -> None:
-        """``replicate`` for every master of the cluster (after a bulk write)."""
-        await self._replication.replicate_all()
-
     async def script(
         self, name: str, keys: Sequence[str], args: Sequence[Arg], *, writes: bool = True
     ) -> Any:
@@ -265,7 +261,13 @@ class Store:
     ) -> list[Any]:
         """Run the registered script ``name`` once per ``(keys, args)``, pipelined per node in
         chunks, each chunk retried whole (the script must be safe to run twice); then wait
-        until a replica of every master holds it all. Returns the replies, in order."""
+        until a replica of every master that took them holds it all. Returns the replies, in
+        order. A master that failed over meanwhile may have lost some (``replicate_bulk``):
+        then WriteMayBeLost (a 503), and whoever asked runs it all again."""
+        masters = self._replication.masters()
+        if not masters:  # the client is finding the cluster anew: know its masters first
+            await self.retrying(self.cluster.initialize)
+            masters = self._replication.masters()
         body, sha = self._scripts[name]
         replies: list[Any] = []
         batch: list[tuple[Sequence[str], Sequence[Arg]]] = []
@@ -292,7 +294,7 @@ class Store:
                 await flush()
         if batch:
             await flush()
-        await self.replicate_all()
+        await self._replication.replicate_bulk(masters)
         return replies
 
     def _node_client(self, host: str, port: int) -> Redis:
