@@ -1,7 +1,8 @@
 """The HTTP side of checkout: the checkout saga's verdict (``common/saga/verdict.py``: start or
 join the order's saga, turn it back past its timeout, wait for its end) told as HTTP: 200 once
-paid, 400 once not paid and nothing held (or when its turn never came: nothing was started),
-404 for an unknown order. Never 5xx, never early."""
+paid, 400 once not paid and nothing held (also when its turn did not come in time: it started
+nothing, and no saga of the order was running), 404 for an unknown order. Never 5xx, never
+early."""
 
 from __future__ import annotations
 

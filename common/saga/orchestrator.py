@@ -150,6 +150,17 @@ class Orchestrator:
         commands = self.next_messages(run, (SagaStatus.RUNNING, 0), concurrent=concurrent)
         return Started(Outcome.STARTED, run.saga_id, tuple(commands))
 
+    async def look(self, entity_id: str) -> Started | None:
+        """What a start would find, starting nothing: DONE, JOINED (a live saga, kept in the
+        in-flight index), UNKNOWN or TOO_BIG; None when a start would begin a saga. Tracked like
+        a write (``SagaLog.begin``): run it under ``durable`` when an answer rests on it."""
+        found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
+        if found[0] == "READY":
+            return None
+        if found[0] == "JOINED":
+            await self.log.index_add(entity_id, self.clock() + self.step_timeout_ms)
+        return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
+
     async def _begin_one_by_one(
         self, entity_id: str, now: int, due: int, concurrent: bool
     ) -> list[str]:

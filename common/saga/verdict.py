@@ -10,8 +10,10 @@ read through the orchestrator (replicated before it is answered).
 Calls take turns: at most ``concurrency`` of them start or wait on a saga at once, the others
 wait in arrival order. A burst (the course's locust users arrive in waves of ~200) is then
 served first come, first answered, instead of every saga of the burst sharing the stack and
-all of them ending late together. A call whose turn does not come within its answer budget
-starts nothing and says so (``Outcome.BUSY``)."""
+all of them ending late together. A call whose turn does not come while enough of its answer
+budget is left to see a saga through (its timeout, and half as long again to turn it back)
+starts nothing, and answers from what the entity is then: done, the verdict of a saga another
+call runs on it, or ``Outcome.BUSY`` (no saga, nothing held)."""
 
 from __future__ import annotations
 
@@ -65,6 +67,8 @@ class Verdicts:
         self._waiters = waiters
         self._timeout_s = timeout_ms / 1000
         self._answer_s = max(answer_ms, timeout_ms) / 1000
+        # What a saga started now may need of the budget: its timeout, then turning it back.
+        self._see_through_s = min(self._answer_s, 1.5 * self._timeout_s)
         self._turns = asyncio.Semaphore(concurrency) if concurrency > 0 else None
 
     async def __call__(self, entity_id: str) -> Answer:
@@ -72,9 +76,11 @@ class Verdicts:
         answer_by = loop.time() + self._answer_s
         if self._turns is None:
             return await self._answer(entity_id, answer_by)
-        if not await self._take_turn(self._turns, answer_by - loop.time()):
-            telemetry.saga_begun(self._orch.definition.name, Outcome.BUSY.value, "")
-            return Answer(Outcome.BUSY)
+        # A free turn is taken at once; a queued call waits only while a saga it would start
+        # could still be seen through within the budget.
+        start_by = answer_by - self._see_through_s
+        if not await self._take_turn(self._turns, start_by - loop.time()):
+            return await self._without_turn(entity_id, answer_by)
         try:
             return await self._answer(entity_id, answer_by)
         finally:
@@ -94,13 +100,26 @@ class Verdicts:
         return True
 
     async def _answer(self, entity_id: str, answer_by: float) -> Answer:
-        loop = asyncio.get_running_loop()
         # A client that hangs up (or a gateway that gives up on this worker) cancels the
         # caller; the start and its first command are shielded from that, so a saga that
         # began always moves on at once instead of waiting for the sweeper's re-send.
         begin = asyncio.ensure_future(self._begin(entity_id, answer_by))
         begin.add_done_callback(_retrieve)
-        started = await asyncio.shield(begin)
+        return await self._follow(entity_id, await asyncio.shield(begin), answer_by)
+
+    async def _without_turn(self, entity_id: str, answer_by: float) -> Answer:
+        """No turn came in time to start a saga and see it through: start nothing, and answer
+        from what the entity is now (read like a write, since an answer rests on it). Done:
+        DONE. A saga of it live (another call's, on this worker or another): its verdict,
+        waited for without a turn, since this starts nothing. Else BUSY: not done, and no saga
+        holds anything for it."""
+        found = await self._store.durable(lambda: self._orch.look(entity_id))
+        return await self._follow(entity_id, found or Started(Outcome.BUSY), answer_by)
+
+    async def _follow(self, entity_id: str, started: Started, answer_by: float) -> Answer:
+        """The answer for what the start (or the look) found: the verdict of a saga it started
+        or joined, once that saga ended; else what it found."""
+        loop = asyncio.get_running_loop()
         telemetry.saga_begun(self._orch.definition.name, started.outcome.value, started.saga_id)
         if started.outcome not in (Outcome.STARTED, Outcome.JOINED):
             return Answer(started.outcome)
