@@ -43,14 +43,21 @@ class Ledger:
         return f"{{{self._kind}:{entity_id}}}"
 
     async def create(
-        self, entity_id: str, fields: Mapping[str, int], *, same: tuple[str, ...] = ()
+        self,
+        entity_id: str,
+        fields: Mapping[str, int],
+        request_id: str,
+        *,
+        same: tuple[str, ...] = (),
     ) -> str:
         """A new entity (kept if it exists: a retried create); its id once a replica holds it.
         An existing entity whose ``same`` fields differ from ``fields``' was made by another
-        request with this request id: refused (RequestIdReused), nothing changed."""
+        request with this request id: refused (RequestIdReused), nothing changed. The create's
+        ``request_id`` is kept on the entity, so another request under it there is refused too."""
         key = self.key(entity_id)
-        args = [x for kv in self._with_ceiling(fields).items() for x in kv]
-        created = await self._store.durable(lambda: self._store.script("create", [key], args))
+        keys = [key, f"{key}:rq:{request_id}"]
+        args = [REQUEST_RECORD_TTL_S, *(x for kv in self._with_ceiling(fields).items() for x in kv)]
+        created = await self._store.durable(lambda: self._store.script("create", keys, args))
         if not created and same:
             found = await self._store.hmget(key, same)
             if found != [str(fields[name]).encode() for name in same]:

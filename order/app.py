@@ -23,7 +23,8 @@ def create_app(settings: Settings | None = None, *, service: OrderService | None
 
     @app.post("/create/<user_id>")
     async def create_order(user_id: str) -> Response:
-        order_id = await orders.create(new_entity_id(request_id()), user_id)
+        key = request_id()
+        order_id = await orders.create(new_entity_id(key), user_id, key)
         return json_response({"order_id": order_id})
 
     @app.post("/batch_init/<n>/<n_items>/<n_users>/<item_price>")

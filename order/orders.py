@@ -46,13 +46,16 @@ class Orders:
         self._checkout = checkout
         self._bus = bus
 
-    async def create(self, order_id: str, user_id: str) -> str:
+    async def create(self, order_id: str, user_id: str, request_id: str) -> str:
         """A new order (kept if it exists: a retried create); its id once replicated. An
         existing order of another user was made by another request with this request id:
-        refused (RequestIdReused), nothing changed."""
+        refused (RequestIdReused), nothing changed. The create's ``request_id`` is kept on the
+        order, so another request under it there (an addItem) is refused too."""
         key = order_key(order_id)
-        fields: list[Arg] = ["user_id", user_id, "items", "[]", "total_cost", 0, "paid", 0]
-        created = await self._store.durable(lambda: self._store.script("create", [key], fields))
+        keys = [key, f"{key}:rq:{request_id}"]
+        fields: list[Arg] = [REQUEST_RECORD_TTL_S, "user_id", user_id, "items", "[]"]
+        fields += ["total_cost", 0, "paid", 0]
+        created = await self._store.durable(lambda: self._store.script("create", keys, fields))
         if not created and await self._store.hmget(key, ("user_id",)) != [user_id.encode()]:
             raise RequestIdReused(f"order {order_id!r}")
         return order_id

@@ -22,7 +22,8 @@ def create_app(
 
     @app.post("/create_user")
     async def create_user() -> Response:
-        user_id = await users.create(new_entity_id(request_id()), {"credit": 0})
+        key = request_id()
+        user_id = await users.create(new_entity_id(key), {"credit": 0}, key)
         return json_response({"user_id": user_id})
 
     @app.post("/batch_init/<n>/<starting_money>")

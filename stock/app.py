@@ -23,7 +23,8 @@ def create_app(
     @app.post("/item/create/<price>")
     async def create_item(price: str) -> Response:
         fields = {"stock": 0, "price": parse_number(price, "price")}
-        item_id = await items.create(new_entity_id(request_id()), fields, same=("price",))
+        key = request_id()
+        item_id = await items.create(new_entity_id(key), fields, key, same=("price",))
         return json_response({"item_id": item_id})
 
     @app.post("/batch_init/<n>/<starting_stock>/<item_price>")

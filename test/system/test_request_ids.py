@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
 
 from test.client import Api
+
+
+async def send_as(
+    session: aiohttp.ClientSession, gateway_url: str, path: str, request_id: str
+) -> tuple[int, Any]:
+    """POST ``path`` under ``request_id``: the status and the JSON answer."""
+    headers = {"X-Request-Id": request_id}
+    async with session.post(gateway_url + path, headers=headers) as reply:
+        return reply.status, await reply.json()
 
 
 async def post(session: aiohttp.ClientSession, url: str, request_id: str | None) -> int:
@@ -72,11 +82,7 @@ async def test_a_request_id_reused_for_another_request_is_refused(
     order = await api.order(user)
 
     async with aiohttp.ClientSession() as session:
-
-        async def send(path: str, request_id: str) -> tuple[int, Any]:
-            headers = {"X-Request-Id": request_id}
-            async with session.post(gateway_url + path, headers=headers) as reply:
-                return reply.status, await reply.json()
+        send = partial(send_as, session, gateway_url)
 
         cases = [
             (
@@ -117,3 +123,31 @@ async def test_a_request_id_reused_for_another_request_is_refused(
     assert (await api.credit(user), await api.stock(item)) == (15, 14)
     found = await api.ok("GET", f"/orders/find/{order}")
     assert (found["items"], found["total_cost"]) == ([[item, 1]], 3)
+
+
+async def test_a_create_s_request_id_is_spent_on_what_it_made(api: Api, gateway_url: str) -> None:
+    """The id of a create is kept on the entity it made: a mutation of that entity under the
+    same id is another request, a 400 that changes nothing, not a first use of the id."""
+    item = await api.item(price=2, stock=5)
+    async with aiohttp.ClientSession() as session:
+        send = partial(send_as, session, gateway_url)
+
+        made = [
+            ("/payment/create_user", "user_id", "/payment/add_funds/{}/50"),
+            ("/stock/item/create/3", "item_id", "/stock/add/{}/7"),
+            (f"/orders/create/{await api.user()}", "order_id", f"/orders/addItem/{{}}/{item}/1"),
+        ]
+        entities: list[str] = []
+        for create, field, mutate in made:
+            request_id = str(uuid.uuid4())
+            status, created = await send(create, request_id)
+            assert status == 200, created
+            entity = created[field]
+            status, refused = await send(mutate.format(entity), request_id)
+            assert status == 400 and "X-Request-Id" in refused["error"], (mutate, refused)
+            assert await send(create, request_id) == (200, created)  # the create's own retry
+            entities.append(entity)
+    user, new_item, order = entities
+    assert await api.credit(user) == 0
+    assert await api.stock(new_item) == 0
+    assert (await api.ok("GET", f"/orders/find/{order}"))["items"] == []

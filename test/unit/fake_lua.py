@@ -140,7 +140,8 @@ def add_item(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 def create(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     if r.exists(keys[0]):
         return 0
-    r.hset(keys[0], dict(zip(argv[::2], argv[1::2], strict=True)))
+    r.hset(keys[0], dict(zip(argv[1::2], argv[2::2], strict=True)))
+    r.set(keys[1], b"OK:0:create", ex_s=int(argv[0]))
     return 1
 
 
@@ -364,7 +365,7 @@ SOURCES: dict[str, str] = {
     "saga_reset": "28be3a0b7781a217d231b23b34e4b0ce294df5c4",
     "add_item": "4fe304b3390c0197ec0257a18db30ff6f19c6d94",
     "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",
-    "create": "a4a8d8c54b0e76a4a66efdae7ed890eeda3142f2",
+    "create": "4c9b5b564f8b95e1be632a687f109733187188c5",
     "restore": "6fc2de001a4e5227fabb13ccab2ca89d27c84777",
     "take": "de5f7b46e9f332eb5b67ee3b80d4cdb005f7e7a1",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",

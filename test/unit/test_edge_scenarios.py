@@ -205,7 +205,7 @@ async def test_hole5_a_refund_never_pushes_a_balance_past_the_limit() -> None:
     past the limit, and from then on even ``pay 1`` was refused."""
     svc = Services()
     users = svc.users
-    user = await users.create(next(fresh_ids("u")), {"credit": 0})
+    user = await users.create(next(fresh_ids("u")), {"credit": 0}, next(fresh_ids("r")))
     await users.adjust(user, 10, next(fresh_ids("rq")))
     saga_id = f"{next(fresh_ids('o'))}:1:aa"
     given(await users.take(user, saga_id, 10, started=1) is Taken.TAKEN, "charged")

@@ -56,8 +56,12 @@ def test_take_and_restore_answers() -> None:
 
 def test_adjust_and_create_answers() -> None:
     r = FakeRedis()
-    assert run(r, "create", ["{user:u}"], "credit", 5) == 1
-    assert run(r, "create", ["{user:u}"], "credit", 9) == 0
+    made = ["{user:u}", "{user:u}:rq:c"]
+    assert run(r, "create", made, 60, "credit", 5) == 1
+    assert run(r, "create", made, 60, "credit", 9) == 0
+    # The create's request id is spent on the entity it made: another request under it is not
+    # a retry.
+    assert run(r, "adjust", ["{user:u}", "{user:u}:rq:c"], "credit", 1, 100, 60) == [b"REUSED", 0]
     assert run(r, "adjust", ["{user:u}", "{user:u}:rq:1"], "credit", 7, 100, 60) == [b"OK", 12]
     assert run(r, "adjust", ["{user:u}", "{user:u}:rq:1"], "credit", 7, 100, 60) == [b"OK", 12]
     assert run(r, "adjust", ["{user:u}", "{user:u}:rq:2"], "credit", -13, 100, 60) == [

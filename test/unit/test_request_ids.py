@@ -108,7 +108,7 @@ async def test_subtract_with_one_dashed_uuid_twice_happens_once(
 ) -> None:
     items = apps.items
     item = f"i{uuid.uuid4().hex[:8]}"
-    await items.create(item, {"stock": 10, "price": 1})
+    await items.create(item, {"stock": 10, "price": 1}, "create-" + item)
     retried = str(uuid.uuid4())
     for _ in range(2):
         assert await post(apps.stock, f"/subtract/{item}/3", retried) == (
@@ -125,7 +125,7 @@ async def test_pay_with_one_dashed_uuid_twice_happens_once(
 ) -> None:
     users = apps.users
     user = f"u{uuid.uuid4().hex[:8]}"
-    await users.create(user, {"credit": 10})
+    await users.create(user, {"credit": 10}, "create-" + user)
     retried = str(uuid.uuid4())
     for _ in range(2):
         assert (await post(apps.payment, f"/pay/{user}/4", retried))[0] == 200
@@ -142,7 +142,7 @@ async def test_a_retried_create_returns_the_same_new_entity(
     apps: Participants,
 ) -> None:
     users = apps.users
-    await users.create("0", {"credit": 500})  # as batch_init makes it
+    await users.create("0", {"credit": 500}, "create-0")  # as batch_init makes it
     for request_id in (str(uuid.uuid4()), "0"):
         status, first = await post(apps.payment, "/create_user", request_id)
         assert status == 200
