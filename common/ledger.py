@@ -15,7 +15,7 @@ from common.observability import telemetry
 from common.terms import LedgerKind, Taken
 from common.types import Arg, Storage
 
-__all__ = ["BALANCE_LIMIT", "LUA_DIR", "Ledger", "Taken"]
+__all__ = ["BALANCE_LIMIT", "LUA_DIR", "Ledger", "Taken", "create_entity", "request_record"]
 
 LUA_DIR = Path(__file__).parent / "lua"
 # Balances stay below 2**53 so Lua, whose numbers are doubles, compares them exactly. Each
@@ -25,6 +25,34 @@ LUA_DIR = Path(__file__).parent / "lua"
 BALANCE_LIMIT = 2**53 - 1
 OP_RECORD_TTL_S = 7 * 24 * 3600
 REQUEST_RECORD_TTL_S = 3600
+
+
+def request_record(key: str, request_id: str) -> str:
+    """The key of the record that makes the client request ``request_id`` on the entity
+    ``key`` happen once, and keeps what it asked (same slot as the entity)."""
+    return f"{key}:rq:{request_id}"
+
+
+async def create_entity(
+    store: Storage,
+    key: str,
+    fields: Mapping[str, Arg],
+    request_id: str,
+    *,
+    same: tuple[str, ...] = (),
+    what: str,
+) -> None:
+    """Create the entity ``key`` with ``fields`` unless it exists (a retried create), once a
+    replica holds it. The create's ``request_id`` is kept on the entity, so another request
+    under it there is refused (adjust.lua, add_item.lua); an existing entity whose ``same``
+    fields differ from ``fields``' was made by another request under this id: RequestIdReused
+    (``what`` names it), nothing changed."""
+    keys = [key, request_record(key, request_id)]
+    args = [REQUEST_RECORD_TTL_S, *(x for kv in fields.items() for x in kv)]
+    created = await store.durable(lambda: store.script("create", keys, args))
+    if not created and same:
+        if await store.hmget(key, same) != [str(fields[name]).encode() for name in same]:
+            raise RequestIdReused(what)
 
 
 class Ledger:
@@ -51,17 +79,15 @@ class Ledger:
         same: tuple[str, ...] = (),
     ) -> str:
         """A new entity (kept if it exists: a retried create); its id once a replica holds it.
-        An existing entity whose ``same`` fields differ from ``fields``' was made by another
-        request with this request id: refused (RequestIdReused), nothing changed. The create's
-        ``request_id`` is kept on the entity, so another request under it there is refused too."""
-        key = self.key(entity_id)
-        keys = [key, f"{key}:rq:{request_id}"]
-        args = [REQUEST_RECORD_TTL_S, *(x for kv in self._with_ceiling(fields).items() for x in kv)]
-        created = await self._store.durable(lambda: self._store.script("create", keys, args))
-        if not created and same:
-            found = await self._store.hmget(key, same)
-            if found != [str(fields[name]).encode() for name in same]:
-                raise RequestIdReused(f"{self._kind} {entity_id!r}")
+        See ``create_entity`` for ``request_id`` and ``same``."""
+        await create_entity(
+            self._store,
+            self.key(entity_id),
+            self._with_ceiling(fields),
+            request_id,
+            same=same,
+            what=f"{self._kind} {entity_id!r}",
+        )
         return entity_id
 
     async def find(self, entity_id: str, fields: tuple[str, ...]) -> dict[str, int]:
@@ -75,7 +101,7 @@ class Ledger:
         """Add ``delta`` (may be negative) to the field; the new balance, once replicated.
         Done at most once per ``request_id``: a retry returns the first outcome."""
         key = self.key(entity_id)
-        request = f"{key}:rq:{request_id}"
+        request = request_record(key, request_id)
         args: list[Arg] = [self.field, delta, BALANCE_LIMIT, REQUEST_RECORD_TTL_S]
         status, value = await self._store.durable(
             lambda: self._store.script("adjust", [key, request], args)

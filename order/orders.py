@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from common.errors import NotFound, Refused, RequestIdReused
-from common.ledger import BALANCE_LIMIT, REQUEST_RECORD_TTL_S
+from common.ledger import BALANCE_LIMIT, REQUEST_RECORD_TTL_S, create_entity, request_record
 from common.saga.orchestrator import Orchestrator
 from common.types import Arg, Publisher, Storage
 from order.saga import order_key
@@ -51,13 +51,15 @@ class Orders:
         existing order of another user was made by another request with this request id:
         refused (RequestIdReused), nothing changed. The create's ``request_id`` is kept on the
         order, so another request under it there (an addItem) is refused too."""
-        key = order_key(order_id)
-        keys = [key, f"{key}:rq:{request_id}"]
-        fields: list[Arg] = [REQUEST_RECORD_TTL_S, "user_id", user_id, "items", "[]"]
-        fields += ["total_cost", 0, "paid", 0]
-        created = await self._store.durable(lambda: self._store.script("create", keys, fields))
-        if not created and await self._store.hmget(key, ("user_id",)) != [user_id.encode()]:
-            raise RequestIdReused(f"order {order_id!r}")
+        fields: dict[str, Arg] = {"user_id": user_id, "items": "[]", "total_cost": 0, "paid": 0}
+        await create_entity(
+            self._store,
+            order_key(order_id),
+            fields,
+            request_id,
+            same=("user_id",),
+            what=f"order {order_id!r}",
+        )
         return order_id
 
     async def find(self, order_id: str) -> dict[str, Any]:
@@ -80,7 +82,7 @@ class Orders:
         """Append a line, at most once per ``request_id``; the new total. Refused once the
         order is paid or checking out, or when the line would take it past its bound."""
         key = order_key(order_id)
-        request = f"{key}:rq:{request_id}"
+        request = request_record(key, request_id)
         args: list[Arg] = [
             item_id,
             quantity,
