@@ -144,11 +144,13 @@ render() {
 
 # The broker's settings for every deployment (env/kafka/broker.env, KAFKA_* variables as the
 # apache/kafka image takes them) as server.properties lines, converted as that image does:
-# KAFKA_ off, lower case, "___" -> "-", "__" -> "_", "_" -> ".".
+# KAFKA_ off, lower case, "___" -> "-", "__" -> "_", "_" -> "."; the JVM's options are no
+# properties (local/broker.sh hands them to java).
 shared_broker_properties() {
     local line key value
     while IFS= read -r line || [[ -n $line ]]; do
         [[ $line =~ ^KAFKA_([A-Z0-9_]+)=(.*)$ ]] || continue
+        [[ ${BASH_REMATCH[1]} == HEAP_OPTS || ${BASH_REMATCH[1]} == JVM_PERFORMANCE_OPTS ]] && continue
         key=${BASH_REMATCH[1],,} value=${BASH_REMATCH[2]}
         key=${key//___/-}
         key=${key//__/@}

@@ -16,17 +16,13 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mode=$1 libs=$2
 archive="${libs%/libs}/classes.jsa"
 
-# Sized for a 2-core machine that runs some 30 other processes: a small fixed heap, the serial
-# collector (no GC threads of its own), two JIT compiler threads, and only the quick C1 compiler
-# (TieredStopAtLevel=1). C2's compiling took 2-4 % of a core for minutes after every start and
-# most of a core right after a restart under load, while the broker's CPU per checkout was no
-# lower with it (2026-11-29, alternating restarts under wrk: 1.31 and 1.23 ms with C1, 1.41 and
-# 1.84 ms with C2).
-java_options=(
-    -Xms512m -Xmx512m -XX:+UseSerialGC -XX:CICompilerCount=2 -XX:TieredStopAtLevel=1
-    -XX:+ExitOnOutOfMemoryError
-    -Djava.awt.headless=true "-Dlog4j2.configurationFile=$here/kafka/log4j2.properties"
-)
+# shared KEY: KEY's value in env/kafka/broker.env, the settings every deployment's broker takes.
+shared() { sed -n "s/^$1=//p" "$here/../env/kafka/broker.env"; }
+
+# The JVM's heap and compiler come from env/kafka/broker.env, as in the apache/kafka images (it
+# says why: a small fixed heap, the serial collector, C1 only).
+read -ra java_options <<<"$(shared KAFKA_HEAP_OPTS) $(shared KAFKA_JVM_PERFORMANCE_OPTS)"
+java_options+=("-Dlog4j2.configurationFile=$here/kafka/log4j2.properties")
 
 format() { # PROPERTIES LOG_DIR CLUSTER_ID
     mkdir -p "$2"
@@ -60,9 +56,6 @@ start_broker() {
     done
     return 1
 }
-
-# shared KEY: KEY's value in env/kafka/broker.env, the settings every deployment's broker takes.
-shared() { sed -n "s/^$1=//p" "$here/../env/kafka/broker.env"; }
 
 make_archive() {
     local dir port pid python=$1
