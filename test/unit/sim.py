@@ -6,7 +6,8 @@ on ``FakeStore``s (three Redis Clusters that lose unreplicated writes on failove
 Kafka), under a ``VirtualTimeLoop``. A seeded ``random.Random`` decides every step: which parked
 call proceeds, when time passes, which process crashes where, which master fails over, which
 replica is killed, comes back and resyncs (a failover while it resyncs promotes it without what
-it missed), when the three services' ``batch_init`` reset every entity under the live sagas.
+it missed), when the three services' ``batch_init`` reset every entity under the live sagas,
+when the whole world stalls for half a minute (checkouts queued for a turn run out of time).
 Every checkout answer is checked the moment it is given (``sim_workload``); after a fault phase
 the faults stop and the world runs until it is quiescent; ``sim_check`` then checks the
 invariants of DESIGN.md. ``run_seed(seed)`` returns a ``Report`` whose ``trace`` replays the run.
@@ -75,6 +76,12 @@ class Knobs:
     """batch_init over live sagas: the three services at one instant, or the orders alone."""
     orders_only_reset: float = 0.4
     max_resets: int = 2
+    stall: float = 0.03
+    """Nothing moves for half a minute (a broker or network outage): what waits on a timer,
+    a checkout queued for its turn say, runs out of time."""
+    max_stalls: int = 1
+    burst: float = 0.6
+    """Probability that the workload sends a wave of checkouts to one worker at once."""
     oversized: float = 0.15
     """Probability that the workload holds an order too big for one Kafka record."""
     park: float = 0.7
@@ -202,8 +209,10 @@ class World:
         window (see ``Knobs.shield_start``)."""
         self.note(f"    {call[:120]} -> {repr(result)[:300]}")
         actor = current_actor()
-        if actor is not None and call.startswith("saga_begin") and result[0] == b"STARTED":
-            actor.notes["starting"] = True
+        if call.startswith("saga_begin") and result[0] == b"STARTED":
+            self.workload.began.setdefault(result[1].decode(), len(self.trace))
+            if actor is not None:
+                actor.notes["starting"] = True
 
     async def gate(self, label: str) -> None:
         actor = current_actor()
@@ -276,6 +285,8 @@ class World:
             options.append((0.4 if self.faulty else 3.0, self.release_held))
         if self.faulty:
             options.append((1.0, self.tick))
+            if self.stats.get("stalls", 0) < self.knobs.max_stalls:
+                options.append((self.knobs.stall, self.stall))
             options.append((self.knobs.crash, self.crash))
             options.append((self.knobs.failover, self.failover))
             options.append((self.knobs.broker_restart, self.broker_restart))
@@ -306,6 +317,12 @@ class World:
         else:
             due = self.loop.next_timer_ms()
             ms = max(1, due - self.loop.now_ms) if due is not None else 1000
+        self.loop.advance(ms)
+
+    def stall(self) -> None:
+        ms = self.rng.randint(21_000, 30_000)
+        self.count("stalls")
+        self.note(f"STALL: nothing moves for {ms} ms")
         self.loop.advance(ms)
 
     def release_held(self) -> None:

@@ -9,6 +9,8 @@
   acknowledged one is among them); "initial" is what the last batch_init set, if one ran;
 - every "paid" answer is a paid order; every "not paid" answer's saga holds nothing; no
   checkout answers 5xx. (Each answer is also checked the moment it is given: sim_workload.)
+- no "not paid" answer of any kind (its saga failed, its turn did not come, the order is too
+  big) for an order that the saga which paid it had begun to pay before the request came.
 
 A ``T:`` record holds something only while its entity was not reset since its saga began
 (take.lua's fence): what it took went with the old balance.
@@ -129,6 +131,7 @@ def check(world: World) -> list[str]:
 
     if world.stats.get("checkout_503"):
         out.append(f"{world.stats['checkout_503']} checkout(s) answered 503 (rule 5: never 5xx)")
+    out += refusals_of_paid_orders(world)
     for answer in wl.answers:
         if answer.asked_ms <= wl.reset_ms:
             continue  # about the world before the reset: checked when it was given
@@ -138,4 +141,33 @@ def check(world: World) -> list[str]:
             out.append(
                 f"checkout answered not paid but {answer.saga_id} holds {taken[answer.saga_id]}"
             )
+    return out
+
+
+def payer(world: World, order_id: str, at: int) -> str:
+    """The saga that paid ``order_id`` between the batch_inits around trace position ``at``
+    ('' if none did): what a reset found paid, or the order as it ends."""
+    wl = world.workload
+    after = [r for r in wl.resets if r > at]
+    if after:
+        return dict(wl.payers.get(order_id, [])).get(after[0], "")
+    h = world.redis["order"].data.get(order_key(order_id), {})
+    return h.get(b"saga_done_by", b"").decode() if h.get(b"paid") == b"1" else ""
+
+
+def refusals_of_paid_orders(world: World) -> list[str]:
+    """A 400 of any kind (a failed saga, no turn, too big) is true only if at some moment
+    between the request and its answer the order was not paid and no saga then live went on to
+    pay it: so never when the saga that paid it had begun before the request came."""
+    wl, out = world.workload, []
+    for answer in wl.answers:
+        if answer.outcome != NOT_PAID or any(answer.asked <= r <= answer.at for r in wl.resets):
+            continue
+        by = payer(world, answer.order_id, answer.asked)
+        began = wl.began.get(by)
+        if began is not None and began < answer.at:
+            world.count("answer not paid while its payer was live or done")
+        if began is not None and began < answer.asked:
+            out.append(f"checkout answered not paid, but {by}, begun before it was asked, paid")
+            out[-1] += f" order {answer.order_id}: {answer}"
     return out

@@ -17,7 +17,7 @@ from common.consumer import ConsumerLoop
 from common.errors import Unavailable
 from common.messages import ORDER_STATUS_UPDATE, PAYMENT, STOCK
 from common.participant import build_participant
-from common.saga.orchestrator import Speculation
+from common.saga.orchestrator import Speculation, Started
 from common.saga.sweeper import Sweeper
 from common.saga.waiters import Verdict, Waiters
 from common.terms import ITEMS, USERS
@@ -82,6 +82,16 @@ class OrderWorker:
             index_shards=w.knobs.index_shards,
         )
         self.orchestrator = order.orchestrator
+        look = self.orchestrator.look
+
+        async def look_noted(entity_id: str) -> Started | None:
+            """``Orchestrator.look``, noting on the checkout that its turn did not come."""
+            actor = current_actor()
+            if actor is not None:
+                actor.notes["no turn"] = True
+            return await look(entity_id)
+
+        self.orchestrator.look = look_noted  # type: ignore[method-assign]
         # Each saga asks for its steps at once or one by one at random: both ways, and sagas of
         # either kind side by side, meet every fault the simulation makes.
         self.orchestrator.speculation = CoinFlip(random.Random(w.rng.random()))

@@ -3,7 +3,9 @@ orders (multi-item, the same item twice, an empty one, sometimes one too big for
 with an addItem past its bound), checked out concurrently, again after a refusal and
 ``add_funds``, again once paid (as the stress test does), and sometimes batch_init over it all;
 and the record of every answer they got, each checked the moment it was given: a 200 only for a
-paid order, a 400 only for a saga that holds nothing."""
+paid order, a 400 only for a saga that holds nothing (and, once the run is over, a 400 of any
+kind never for an order a saga begun before the request paid: ``sim_check``). Waves of
+checkouts at one worker (``burst``) make some queue for a turn, some answer without one."""
 
 from __future__ import annotations
 
@@ -57,6 +59,13 @@ class Answer:
     outcome: str
     at_ms: int
     asked_ms: int
+    asked: int = 0
+    """Where the request arrived in the trace, and where it was answered (``at``)."""
+    at: int = 0
+    busy: bool = False
+    """A 400 of a checkout whose turn did not come: it started nothing (``Outcome.BUSY``)."""
+    turn: bool = True
+    """Whether it had a turn (else it answered from what the order was: ``_without_turn``)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,14 @@ class Workload:
         self.adjustments: list[Adjustment] = []
         self.acknowledged: list[Adjustment] = []
         self.reset_ms = 0  # when the last batch_init of the orders ran (0: never)
+        self.began: dict[str, int] = {}
+        """saga id -> where in the trace its start (saga_begin's STARTED) was seen"""
+        self.resets: list[int] = []
+        """Where in the trace each batch_init of the orders ran."""
+        self.payers: dict[str, list[tuple[int, str]]] = {}
+        """order id -> (where a reset ran, the saga that had paid the order before it)"""
+        self.open: dict[str, int] = {}
+        """order id -> its checkouts not answered yet"""
         self.sold: dict[str, OrderSpec] = {}
         """Sagas that paid an order a later reset of the orders alone made unpaid again: what
         they took stays sold (until stock and payment are reset too)."""
@@ -123,6 +140,8 @@ class Workload:
                 self.todo.append(partial(self.checkout, spec))  # a concurrent checkout
         if rng.random() < 0.5:
             self.todo.append(lambda: self.adjust("stock", rng.choice(item_ids), rng.randint(1, 2)))
+        if rng.random() < w.knobs.burst:
+            self.todo.append(self.burst)
         rng.shuffle(self.todo)
 
     def _lines(self) -> list[tuple[str, int]]:
@@ -137,20 +156,36 @@ class Workload:
         self.todo.pop(self.world.rng.randrange(len(self.todo)))()
 
     # --- requests -------------------------------------------------------------------------------
-    def checkout(self, spec: OrderSpec) -> None:
+    def burst(self) -> None:
+        """A wave of checkouts at one worker at once (the stress test's locust users arrive in
+        waves), some of one order: more than its turns, so that some queue for one."""
+        w = self.world
+        worker = w.rng.choice(list(w.workers))
+        w.count("bursts")
+        for _ in range(w.rng.randint(3, 6)):
+            self.checkout(w.rng.choice(list(self.orders.values())), worker)
+
+    def checkout(self, spec: OrderSpec, worker_name: str = "") -> None:
         w = self.world
         spec = self.orders[spec.order_id]  # as it is now (a reset may have come since)
         spec.checkouts += 1
-        worker = w.rng.choice(list(w.workers.values()))
+        worker = w.workers.get(worker_name) or w.rng.choice(list(w.workers.values()))
         name = f"{worker.name} checkout {spec.order_id}"
         w.note(f"client: {name}")
         asked = w.loop.now_ms
-        done = self._answered(spec, asked)
+        if self.open.get(spec.order_id):
+            w.count("concurrent checkouts of one order")
+        self.open[spec.order_id] = self.open.get(spec.order_id, 0) + 1
+        done = self._answered(spec, asked, len(w.trace))
         w.sched.spawn(name, worker.name, worker.checkout(spec.order_id), done)
 
-    def _answered(self, spec: OrderSpec, asked: int) -> Callable[[Actor, asyncio.Task[Any]], None]:
+    def _answered(
+        self, spec: OrderSpec, asked: int, asked_at: int
+    ) -> Callable[[Actor, asyncio.Task[Any]], None]:
         def done(actor: Actor, task: asyncio.Task[Any]) -> None:
             w = self.world
+            self.open[spec.order_id] -= 1
+            busy = False
             if task.cancelled():
                 outcome = NO_ANSWER
             elif task.exception() is None:
@@ -159,6 +194,12 @@ class Workload:
                 outcome = NOT_PAID
                 if "timed out" in str(task.exception()):
                     w.count("answer not paid: timed out")
+                busy = "no turn came" in str(task.exception())
+                if "still being given back" in str(task.exception()):
+                    # Past the answer budget with its compensation unfinished (verdict.py's
+                    # _decide): a true 400, but what it holds is given back only later.
+                    w.count("answer not paid: still compensating")
+                    actor.notes["compensating"] = True
             elif isinstance(task.exception(), Unavailable):
                 outcome = NO_ANSWER
                 w.count("checkout_503")
@@ -167,9 +208,16 @@ class Workload:
                 outcome = NO_ANSWER
                 w.error(f"{actor.name} raised {task.exception()!r}")
             saga_id = str(actor.notes.get("saga_id", ""))
-            self.answers.append(Answer(spec.order_id, saga_id, outcome, w.loop.now_ms, asked))
-            w.note(f"{actor.name} answered {outcome} (saga {saga_id or '-'})")
-            self._check_now(actor.name, spec.order_id, saga_id, outcome, asked)
+            turn = "no turn" not in actor.notes
+            now_ms, at = w.loop.now_ms, len(w.trace)
+            answer = Answer(
+                spec.order_id, saga_id, outcome, now_ms, asked, asked_at, at, busy, turn
+            )
+            self.answers.append(answer)
+            how = "" if turn else ", busy" if busy else ", without a turn"
+            w.note(f"{actor.name} answered {outcome} (saga {saga_id or '-'}{how})")
+            if "compensating" not in actor.notes:
+                self._check_now(actor.name, spec.order_id, saga_id, outcome, asked)
             now = self.orders[spec.order_id]
             if now.checkouts >= 4:
                 return
@@ -273,8 +321,12 @@ class Workload:
         what that saga took stays sold if the participants keep it (``keep_sold``)."""
         w = self.world
         self.reset_ms = w.loop.now_ms
+        self.resets.append(len(w.trace))
         for order_id, spec in specs.items():
             h = w.redis["order"].data.get(order_key(order_id), {})
+            if h.get(b"paid") == b"1":
+                payer = h.get(b"saga_done_by", b"").decode()
+                self.payers.setdefault(order_id, []).append((len(w.trace), payer))
             if keep_sold and h.get(b"paid") == b"1":
                 snapshot = json.loads(h.get(b"saga_data", b"{}"))
                 sold = OrderSpec(
@@ -326,6 +378,11 @@ class Workload:
         counts: dict[str, int] = {}
         for answer in self.answers:
             counts[f"answer {answer.outcome}"] = counts.get(f"answer {answer.outcome}", 0) + 1
+            if not answer.turn:
+                what = "busy" if answer.busy else answer.outcome
+                counts[f"answer without a turn: {what}"] = (
+                    counts.get(f"answer without a turn: {what}", 0) + 1
+                )
         for order_id in self.orders:
             status = self.saga_status(order_id).decode() or "never started"
             counts[f"order {status}"] = counts.get(f"order {status}", 0) + 1

@@ -20,6 +20,9 @@ from collections.abc import Callable
 import pytest
 
 from common import ledger
+from common.saga import verdict
+from common.saga.orchestrator import Outcome
+from common.saga.verdict import Answer
 from common.store import WriteMayBeLost
 from order import bootstrap as order_bootstrap
 from order import saga as order_saga
@@ -78,7 +81,11 @@ def test_the_search_covers_the_fault_paths() -> None:
     kinds: tuple[str, ...] = ("crashes", "failovers", "broker_restarts", "sweeper resends")
     kinds += ("sweeper aborts", "replicas lost", "failovers while resyncing", "resets")
     kinds += ("resets of orders alone", "oversized orders", "addItem past the bound refused")
-    for what in (*kinds, "answer paid", "answer not paid", "answer no answer"):
+    kinds += ("stalls", "bursts", "concurrent checkouts of one order")
+    answers: tuple[str, ...] = ("answer paid", "answer not paid", "answer no answer")
+    answers += ("answer without a turn: busy",)
+    answers += ("answer without a turn: paid", "answer without a turn: not paid")
+    for what in (*kinds, *answers):
         assert totals.get(what, 0) > 0, (what, totals)
     assert totals.get("order succeeded", 0) > 0 and totals.get("order failed", 0) > 0
 
@@ -97,7 +104,14 @@ def _never_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fake_store.FakeStore, "replicate", replicate)
 
 
-@pytest.mark.parametrize("sabotage", [_never_restores, _never_replicates])
+def _busy_without_looking(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def without_turn(self: verdict.Verdicts, entity_id: str, answer_by: float) -> Answer:
+        return Answer(Outcome.BUSY)  # a 400 without reading the order: paid or not, saga or not
+
+    monkeypatch.setattr(verdict.Verdicts, "_without_turn", without_turn)
+
+
+@pytest.mark.parametrize("sabotage", [_never_restores, _never_replicates, _busy_without_looking])
 def test_the_simulation_catches_sabotage(
     sabotage: Callable[[pytest.MonkeyPatch], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
