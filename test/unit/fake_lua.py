@@ -34,12 +34,12 @@ def _fenced(r: FakeRedis, key: str, started: bytes) -> bool:
 
 
 def take(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
-    if _fenced(r, keys[0], argv[3]):
-        r.set(keys[1], b"F", ex_s=int(argv[2]))
-        return b"F"
     done = r.get(keys[1])
     if done is not None:
         return done
+    if _fenced(r, keys[0], argv[3]):
+        r.set(keys[1], b"F", ex_s=int(argv[2]))
+        return b"F"
     current = r.hget(keys[0], argv[0])
     if current is None:
         result = b"U"
@@ -367,7 +367,7 @@ SOURCES: dict[str, str] = {
     "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",
     "create": "4c9b5b564f8b95e1be632a687f109733187188c5",
     "restore": "6fc2de001a4e5227fabb13ccab2ca89d27c84777",
-    "take": "de5f7b46e9f332eb5b67ee3b80d4cdb005f7e7a1",
+    "take": "69674bf2dabb59184a060f689a9102eec076bf9f",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
     "sweep_lease": "78d06d95d2407aca2ab2fb09748ba916b93b653f",
     "saga_begin": "11705443399846575d5ebbf7bc92c86b23f0e8de",

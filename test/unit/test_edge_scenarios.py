@@ -25,6 +25,7 @@ from common.messages import (
     PaymentRequested,
     StockCompensated,
     StockUpdated,
+    StockUpdateRequested,
     encode,
     saga_ids,
 )
@@ -412,6 +413,40 @@ async def test_hole4_a_take_after_a_stock_reset_is_refused(clock: Clock) -> None
     await svc.items.batch_init(1, {"stock": 10, "price": 1})
     await _quiet(svc, clock)
     assert svc.balance(svc.items, "0") == 10, "the reset stock was taken by an older saga"
+
+
+async def test_hole4_a_command_delivered_again_after_a_reset_gets_its_first_answer(
+    clock: Clock,
+) -> None:
+    """A saga paid its order; stock and users are reset (batch_init); then its two commands are
+    delivered again (a broker replaying them). Each got "fenced" this time, and its record
+    ``T:2`` was overwritten with ``F``: the order's admin view then found a paid saga that had
+    reserved and charged nothing ("saga succeeded but not every line is reserved")."""
+    svc = Services(clock)
+    await svc.batch_init(1, stock=10, credit=10)
+    clock.ms += 1000
+    started = await svc.stores["order"].durable(lambda: svc.orchestrator.start("0"))
+    await svc.bus.publish(started.commands)
+    await _quiet(svc, clock)
+    given(await _order_state(svc, "0") == (True, "succeeded"), "the saga paid the order")
+    clock.ms += 1000
+    await svc.items.batch_init(1, {"stock": 7, "price": 1})
+    await svc.users.batch_init(1, {"credit": 5})
+    commands = (StockUpdateRequested, PaymentRequested)
+    again = [(t, m) for t, m in svc.bus.published if isinstance(m, commands)]
+    given(len(again) == 2, "one command of each step")
+    replied = len(svc.bus.published) + len(again)
+    await svc.bus.publish(again)
+    await svc.deliver("stock", "payment")
+    assert [type(m) for _, m in svc.bus.published[replied:]] in (
+        [StockUpdated, PaymentCompleted],
+        [PaymentCompleted, StockUpdated],
+    )
+    assert svc.record(svc.items, "0", started.saga_id) == b"T:2"
+    assert svc.record(svc.users, "0", started.saga_id) == b"T:2"
+    await _quiet(svc, clock)
+    assert await _order_state(svc, "0") == (True, "succeeded")
+    assert (svc.balance(svc.items, "0"), svc.balance(svc.users, "0")) == (7, 5)
 
 
 async def test_hole4_a_rerun_of_the_benchmark_s_init_leaves_every_entity_as_it_sets_it(

@@ -244,6 +244,26 @@ def test_a_reset_fences_off_the_sagas_begun_before_it() -> None:
     assert r.hget(key, b"stock") == b"10"
 
 
+def test_a_take_delivered_again_after_a_reset_returns_its_stored_reply() -> None:
+    """The record is the stored reply, across a reset too: a redelivery neither takes from the
+    new balance nor turns what the saga took into "fenced"."""
+    r, key = FakeRedis(lambda: 5000), "{item:r}"
+    r.hset(key, {b"stock": b"10"})
+    for saga, reply in (("a", b"T:3"), ("s", b"S"), ("x", b"X")):
+        if saga == "x":
+            assert run(r, "restore", [key, f"{key}:op:x"], "stock", 60, 1000) is None
+        amount = 30 if saga == "s" else 3
+        assert run(r, "take", [key, f"{key}:op:{saga}"], "stock", amount, 60, 1000) == reply
+    assert run(r, "reset", [key], "stock", 10, "price", 1) == 5000
+    for saga, reply in (("a", b"T:3"), ("s", b"S"), ("x", b"X")):
+        assert run(r, "take", [key, f"{key}:op:{saga}"], "stock", 3, 60, 1000) == reply
+        assert r.get(f"{key}:op:{saga}") == reply
+    assert r.hget(key, b"stock") == b"10"
+    assert run(r, "restore", [key, f"{key}:op:a"], "stock", 60, 1000) == b"T:3"
+    assert r.hget(key, b"stock") == b"10"  # still fenced: nothing given back onto the new balance
+    assert run(r, "take", [key, f"{key}:op:a"], "stock", 3, 60, 1000) == b"F"
+
+
 def test_a_saga_reset_turns_a_running_saga_back_and_keeps_an_ended_one() -> None:
     r, key = FakeRedis(), "{order:r}"
     r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
