@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from common.errors import AppError
@@ -28,8 +28,20 @@ from common.observability import logs, telemetry
 log = logging.getLogger(__name__)
 
 Asgi = Callable[[Any, Any, Any], Awaitable[None]]
-Handler = Callable[[str], Awaitable[Any]]
-"""The route's parameter (one path segment, percent-decoded) -> the JSON payload of a 200."""
+Headers = Sequence[tuple[bytes, bytes]]
+"""A request's headers as ASGI gives them: (lower-case name, value) pairs."""
+Handler = Callable[[str, Headers], Awaitable[Any]]
+"""The route's parameter (one path segment, percent-decoded) and the request's headers -> the
+JSON payload of a 200."""
+
+
+def header(headers: Headers, name: bytes) -> str | None:
+    """The value of the header ``name`` (lower case), None if the request has none."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
 
 _JSON = (b"content-type", b"application/json")
 
@@ -57,15 +69,15 @@ class FastRoute:
             if path.startswith(self._prefix):
                 param = path[len(self._prefix) :]
                 if param and "/" not in param:
-                    await self._answer(param, send)
+                    await self._answer(param, scope["headers"], send)
                     return
         await self._inner(scope, receive, send)
 
-    async def _answer(self, param: str, send: Any) -> None:
+    async def _answer(self, param: str, headers: Headers, send: Any) -> None:
         arrived = time.perf_counter()
         try:
             try:
-                status, body = 200, json_body(await self._handler(param))
+                status, body = 200, json_body(await self._handler(param, headers))
             except AppError as exc:
                 status, body = error_answer(exc)
             except Exception:

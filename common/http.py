@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,29 @@ def parse_number(raw: str, name: str, *, minimum: int = 0) -> int:
 def request_id() -> str:
     """This request's idempotency key, from its ``X-Request-Id`` (see ``idempotency_key``)."""
     return idempotency_key(request.headers.get("X-Request-Id", ""))
+
+
+GATEWAY_READ_TIMEOUT_S = 60
+"""The gateway's ``proxy_read_timeout`` (env/gateway/routes.conf, k8s/ingress.yaml): it gives up on
+a worker this long after sending it a request, and retries the request on another."""
+GATEWAY_CLOCK_MARGIN_S = 5
+"""How far the gateway's clock may be ahead of a worker's."""
+
+
+def gateway_start_by(sent: str | None) -> int | None:
+    """Until when (ms since the epoch) a request may still start what its retry would start
+    again: before the gateway gives up on its first attempt, less a margin for the clocks.
+    ``sent`` is its ``X-Request-Start``, when the gateway first sent it (nginx's ``$msec``,
+    the same on every retry). A worker frozen past the gateway's timeout reads such a request
+    only when it resumes, after its retry on another worker may have been answered; without the
+    header (a request that did not come through the gateway), None: no bound."""
+    try:
+        seconds = float(sent) if sent else None
+    except ValueError:
+        return None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return int((seconds + GATEWAY_READ_TIMEOUT_S - GATEWAY_CLOCK_MARGIN_S) * 1000)
 
 
 def idempotency_key(given: str) -> str:

@@ -3,11 +3,11 @@ the sweeper, the outcome listener) is ``order/bootstrap.py``'s."""
 
 from __future__ import annotations
 
-from quart import Quart, Response
+from quart import Quart, Response, request
 
 from common.errors import BadRequest
-from common.fast_route import FastRoute
-from common.http import json_response, new_entity_id, parse_number, request_id
+from common.fast_route import FastRoute, Headers, header
+from common.http import gateway_start_by, json_response, new_entity_id, parse_number, request_id
 from common.settings import Settings, load_settings
 from order.bootstrap import OrderService, build
 
@@ -52,13 +52,20 @@ def create_app(settings: Settings | None = None, *, service: OrderService | None
         total = await orders.add_item(order_id, item_id, count, price, request_id())
         return json_response({"order_id": order_id, "total_cost": total})
 
-    async def checkout_answer(order_id: str) -> dict[str, object]:
-        await checkout(order_id)
+    async def checkout_answer(order_id: str, start_by_ms: int | None) -> dict[str, object]:
+        await checkout(order_id, start_by_ms)
         return {"order_id": order_id, "paid": True}
 
+    # A request the gateway gave up on (its worker was frozen past the gateway's timeout, and
+    # the gateway may have retried it elsewhere) starts no saga: common/http.py, gateway_start_by.
     @app.post("/checkout/<order_id>")
     async def checkout_order(order_id: str) -> Response:
-        return json_response(await checkout_answer(order_id))
+        start_by = gateway_start_by(request.headers.get("X-Request-Start"))
+        return json_response(await checkout_answer(order_id, start_by))
+
+    async def fast_checkout(order_id: str, headers: Headers) -> dict[str, object]:
+        start_by = gateway_start_by(header(headers, b"x-request-start"))
+        return await checkout_answer(order_id, start_by)
 
     # The hot route, answered in front of Quart (common/fast_route.py says why and what stays).
     app.asgi_app = FastRoute(  # type: ignore[method-assign]
@@ -66,6 +73,6 @@ def create_app(settings: Settings | None = None, *, service: OrderService | None
         service="order",
         method="POST",
         rule="/checkout/<order_id>",
-        handler=checkout_answer,
+        handler=fast_checkout,
     )
     return app

@@ -44,6 +44,7 @@ class Outcome(Enum):
     UNKNOWN = "unknown"
     TOO_BIG = "too_big"  # not started: a message of the saga would not fit in a Kafka record
     BUSY = "busy"  # not started: its turn did not come within the answer budget (verdict.py)
+    LATE = "late"  # not started: asked after its caller's start-by time (verdict.py)
 
 
 @dataclass(frozen=True)
@@ -108,14 +109,21 @@ class Orchestrator:
         """``read``, returned once a replica holds what was read: for an answer resting on it."""
         return await self.log.read_durably(entity_id)
 
-    async def start(self, entity_id: str, trace_id: str = "") -> Started:
+    async def start(
+        self, entity_id: str, trace_id: str = "", *, start_by: int | None = None
+    ) -> Started:
         """Start a saga for ``entity_id`` unless one is live or the entity is done.
 
         The saga is in the in-flight index from the moment it exists, so the sweeper always
         finds a live saga, whatever crashes after this call: registered in the same step on
         the fast path, before the saga on the slow one.
+
+        Past ``start_by`` (ms, this clock) nothing is started: what a start would find, else
+        ``LATE``. The clock is read just before the start goes out.
         """
         now = self.clock()
+        if start_by is not None and now >= start_by:
+            return await self.look(entity_id) or Started(Outcome.LATE)
         due = now + self.step_timeout_ms
         deadline = now + self.deadline_ms
         concurrent = self.definition.concurrent and self.speculation()
@@ -127,7 +135,7 @@ class Orchestrator:
             if found[0] == "JOINED":
                 await self.log.index_add(entity_id, self.clock() + self.step_timeout_ms)
             if found[0] == "READY":
-                found = await self._begin_one_by_one(entity_id, now, due, concurrent)
+                found = await self._begin_one_by_one(entity_id, now, due, concurrent, start_by)
         if found[0] == "TOO_BIG":
             log.warning(
                 "%s saga of %s not started: its snapshot is %s bytes, more than %d",
@@ -162,7 +170,7 @@ class Orchestrator:
         return Started(Outcome(found[0].lower()), found[1] if len(found) > 1 else "")
 
     async def _begin_one_by_one(
-        self, entity_id: str, now: int, due: int, concurrent: bool
+        self, entity_id: str, now: int, due: int, concurrent: bool, start_by: int | None
     ) -> list[str]:
         """The index entry first, then the saga: never a live saga outside the index. The entry
         is first due only after SLOW_START_GRACE_MS, so a sweeper cannot drop it (finding no
@@ -172,6 +180,8 @@ class Orchestrator:
         # On a replica before the saga exists: the entry may live on another master than the
         # saga, and a saga whose entry a failover there could erase would be driven by nobody.
         await self.log.index_add(entity_id, now + SLOW_START_GRACE_MS, durable=True)
+        if start_by is not None and self.clock() >= start_by:
+            return ["LATE"]  # the entry finds no saga and is dropped
         found = await self.log.begin(
             entity_id,
             start=True,

@@ -71,18 +71,21 @@ class Verdicts:
         self._see_through_s = min(self._answer_s, 1.5 * self._timeout_s)
         self._turns = asyncio.Semaphore(concurrency) if concurrency > 0 else None
 
-    async def __call__(self, entity_id: str) -> Answer:
+    async def __call__(self, entity_id: str, start_by_ms: int | None = None) -> Answer:
+        """``start_by_ms``: past this time (ms, the orchestrator's clock) the call starts no
+        saga, only joins one or reads the entity (``Outcome.LATE``: not started, nothing held):
+        its caller has given up on it by then and may have asked again elsewhere."""
         loop = asyncio.get_running_loop()
         answer_by = loop.time() + self._answer_s
         if self._turns is None:
-            return await self._answer(entity_id, answer_by)
+            return await self._answer(entity_id, answer_by, start_by_ms)
         # A free turn is taken at once; a queued call waits only while a saga it would start
         # could still be seen through within the budget.
         start_by = answer_by - self._see_through_s
         if not await self._take_turn(self._turns, start_by - loop.time()):
             return await self._without_turn(entity_id, answer_by)
         try:
-            return await self._answer(entity_id, answer_by)
+            return await self._answer(entity_id, answer_by, start_by_ms)
         finally:
             self._turns.release()
 
@@ -99,11 +102,11 @@ class Verdicts:
             return False
         return True
 
-    async def _answer(self, entity_id: str, answer_by: float) -> Answer:
+    async def _answer(self, entity_id: str, answer_by: float, start_by_ms: int | None) -> Answer:
         # A client that hangs up (or a gateway that gives up on this worker) cancels the
         # caller; the start and its first command are shielded from that, so a saga that
         # began always moves on at once instead of waiting for the sweeper's re-send.
-        begin = asyncio.ensure_future(self._begin(entity_id, answer_by))
+        begin = asyncio.ensure_future(self._begin(entity_id, answer_by, start_by_ms))
         begin.add_done_callback(_retrieve)
         return await self._follow(entity_id, await asyncio.shield(begin), answer_by)
 
@@ -132,10 +135,10 @@ class Verdicts:
         telemetry.saga_answered(verdict[0])
         return Answer(started.outcome, verdict)
 
-    async def _begin(self, entity_id: str, answer_by: float) -> Started:
+    async def _begin(self, entity_id: str, answer_by: float, start_by_ms: int | None) -> Started:
         # The saga's start is replicated before its first command goes out (or re-run, if a
         # failover may have erased it: the start then finds its own saga, or starts anew).
-        started = await self._start(entity_id, answer_by)
+        started = await self._start(entity_id, answer_by, start_by_ms)
         if started.outcome is Outcome.STARTED:
             try:
                 await self._bus.publish(started.commands, acknowledged=False)
@@ -145,7 +148,7 @@ class Verdicts:
                 )
         return started
 
-    async def _start(self, entity_id: str, answer_by: float) -> Started:
+    async def _start(self, entity_id: str, answer_by: float, start_by_ms: int | None) -> Started:
         """Start or join the saga, retrying while the store is unavailable (a failover takes
         seconds, a replica may be resyncing); only past the answer budget does Unavailable
         reach the caller (the start may then exist unreplicated: its outcome is unknown)."""
@@ -153,7 +156,9 @@ class Verdicts:
         while True:
             try:
                 # trace id "": the saga's own, derived from its id (observability/tracing.py)
-                return await self._store.durable(lambda: self._orch.start(entity_id, ""))
+                return await self._store.durable(
+                    lambda: self._orch.start(entity_id, "", start_by=start_by_ms)
+                )
             except Unavailable:
                 if loop.time() > answer_by:
                     raise

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from common.http import GATEWAY_READ_TIMEOUT_S
 from common.settings import load_settings
 from test.deploy.environments import (
     REPO,
@@ -573,6 +574,16 @@ def test_ingress_repeats_the_gateway_rules(k8s: list[dict[str, Any]]) -> None:
         for timeout in ("connect", "send", "read"):
             seconds = expected[f"proxy_{timeout}_timeout"].removesuffix("s")
             assert notes[f"proxy-{timeout}-timeout"] == seconds
+
+
+def test_the_gateway_tells_order_when_it_first_sent_a_request() -> None:
+    """Order starts no checkout saga for a request the gateway has given up on: it reckons that
+    time from the gateway's X-Request-Start ($msec, evaluated once per request, the same on its
+    retries) and the gateway's read timeout, which it must know."""
+    routes = routes_conf()
+    assert nginx_directives(routes)["proxy_read_timeout"] == f"{GATEWAY_READ_TIMEOUT_S}s"
+    assert re.search(r"^proxy_set_header X-Request-Start \$msec;$", routes, flags=re.M)
+    assert not re.search(r"location [^{]*\{[^}]*proxy_set_header", routes)  # none drops it
 
 
 def ingress_routes(k8s: list[dict[str, Any]]) -> list[tuple[re.Pattern[str], str, str]]:

@@ -9,7 +9,7 @@ import pytest
 from quart import Quart, Response
 
 from common.errors import NotFound, Refused, Unavailable
-from common.fast_route import FastRoute
+from common.fast_route import FastRoute, Headers
 from common.http import create_app, json_response
 from common.observability import metrics
 from common.observability.monitoring import install
@@ -19,7 +19,7 @@ RULE = "/checkout/<order_id>"
 SERVICE = "fast-route-test"
 
 
-async def answer(order_id: str) -> dict[str, object]:
+async def answer(order_id: str, headers: Headers = ()) -> dict[str, object]:
     if order_id == "unknown":
         raise NotFound(f"order {order_id!r} not found")
     if order_id == "poor":

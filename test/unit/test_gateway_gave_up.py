@@ -1,0 +1,61 @@
+"""A checkout the gateway has given up on starts no saga. A worker frozen past the gateway's
+``proxy_read_timeout`` (SIGSTOP, a paused VM) still holds, when it resumes, requests the gateway
+timed out and retried on another worker, which may have answered them already: 400 "no turn
+came in time" for a retry that queued behind 64 others on the standby. Seen on 2026-11-30:
+order-0 stopped for 100 s under 200 clients; the standby answered 14 checkouts 400 at 85 s,
+and order-0, resumed at 100 s, started and paid their sagas. The gateway sends when it first
+sent a request (``X-Request-Start``); past that and its timeout a checkout only joins or reads."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from common.errors import Refused
+from common.http import GATEWAY_CLOCK_MARGIN_S, GATEWAY_READ_TIMEOUT_S, gateway_start_by
+from common.messages import StockUpdateRequested
+from order.saga import order_key
+from test.unit.scenario_kit import Clock, Services, answered_paid, until
+
+
+def started(svc: Services) -> list[str]:
+    return [m.order_id for _, m in svc.bus.published if isinstance(m, StockUpdateRequested)]
+
+
+async def test_a_checkout_past_its_start_by_time_starts_nothing() -> None:
+    clock = Clock()
+    svc = Services(now_ms=clock)
+    item, user = svc.item(stock=1), svc.user(credit=1)
+    order = svc.order(user, [(item, 1)], total=1)
+    checkout = svc.checkout_edge(concurrency=4)
+    with pytest.raises(Refused, match="too late"):
+        await checkout(order, clock.ms)
+    assert svc.redis["order"].hget(order_key(order), b"saga_id") is None
+    assert started(svc) == []
+
+
+async def test_a_late_checkout_still_joins_a_live_saga_and_sees_a_paid_order() -> None:
+    clock = Clock()
+    svc = Services(now_ms=clock)
+    item, user = svc.item(stock=1), svc.user(credit=1)
+    order = svc.order(user, [(item, 1)], total=1)
+    checkout = svc.checkout_edge(timeout_ms=10_000, answer_ms=20_000, concurrency=4)
+    in_time = asyncio.create_task(checkout(order, clock.ms + 1))
+    await until(lambda: started(svc) == [order], in_time)
+    late = asyncio.create_task(checkout(order, clock.ms - 1))  # joins the running saga
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await svc.deliver()
+    assert await answered_paid(in_time)
+    assert await answered_paid(late)
+    assert await answered_paid(asyncio.create_task(checkout(order, clock.ms - 1)))
+    assert started(svc) == [order]
+    assert svc.balance(svc.items, item) == 0
+
+
+def test_the_start_by_time_is_the_gateway_s_first_send_plus_its_timeout_less_a_margin() -> None:
+    bound = (GATEWAY_READ_TIMEOUT_S - GATEWAY_CLOCK_MARGIN_S) * 1000
+    assert gateway_start_by("1796053658.111") == 1796053658111 + bound
+    for absent in (None, "", "soon", "nan", "inf", "-inf"):
+        assert gateway_start_by(absent) is None
