@@ -7,6 +7,7 @@ on the entity's hash tag, so it is atomic and safe to retry.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def request_record(key: str, request_id: str) -> str:
     """The key of the record that makes the client request ``request_id`` on the entity
     ``key`` happen once, and keeps what it asked (same slot as the entity)."""
     return f"{key}:rq:{request_id}"
+
+
+def reset_once_by(request_id: str | None) -> str:
+    """What a reset (batch_init) is done once for: its request's id, else a fresh one. The
+    entity keeps it: a copy of the request that comes again, after the entity has been used (a
+    worker frozen with it past the gateway's timeout resumes after the gateway's retry did it),
+    finds the entity reset by it and leaves it as it is."""
+    return request_id or uuid.uuid4().hex
 
 
 async def create_entity(
@@ -135,16 +144,22 @@ class Ledger:
         before = await self._store.script("restore", [key, f"{key}:op:{saga_id}"], args)
         telemetry.restored(self._kind, before)
 
-    async def batch_init(self, count: int, fields: Mapping[str, int]) -> None:
+    async def batch_init(
+        self, count: int, fields: Mapping[str, int], request_id: str | None = None
+    ) -> None:
         """Entities ``"0"`` … ``str(count-1)`` with ``fields``, overwriting (see ``reset``)."""
-        await self.reset((str(i), fields) for i in range(count))
+        await self.reset(((str(i), fields) for i in range(count)), request_id)
 
-    async def reset(self, entities: Iterable[tuple[str, Mapping[str, int]]]) -> None:
+    async def reset(
+        self, entities: Iterable[tuple[str, Mapping[str, int]]], request_id: str | None = None
+    ) -> None:
         """Replace each entity with fresh fields, stamped with the moment of its reset: every
         saga that began before is fenced off it (takes refused, nothing given back), so once
-        those sagas are over the entity holds exactly these fields. Pipelined per node."""
+        those sagas are over the entity holds exactly these fields. Pipelined per node.
+        Once per ``request_id`` (``reset_once_by``): a copy of the request changes nothing."""
+        by = reset_once_by(request_id)
         calls = (
-            ([self.key(entity_id)], [x for kv in self._with_ceiling(f).items() for x in kv])
+            ([self.key(entity_id)], [by, *(x for kv in self._with_ceiling(f).items() for x in kv)])
             for entity_id, f in entities
         )
         await self._store.bulk_script("reset", calls)

@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, service: OrderService | None
         price = parse_number(item_price, "item_price")
         if count > MAX_BATCH:
             raise BadRequest(f"n must be at most {MAX_BATCH}")
-        await orders.batch_init(count, items, users, price)
+        await orders.batch_init(count, items, users, price, request_id())
         return json_response({"msg": f"{count} orders over {items} items and {users} users"})
 
     @app.get("/find/<order_id>")

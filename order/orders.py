@@ -104,7 +104,9 @@ class Orders:
             raise Refused(_ADD_ITEM_REFUSALS[status].format(repr(order_id)))
         return int(total)
 
-    async def batch_init(self, n: int, n_items: int, n_users: int, item_price: int) -> None:
+    async def batch_init(
+        self, n: int, n_items: int, n_users: int, item_price: int, request_id: str | None = None
+    ) -> None:
         """Orders ``"0"`` … ``str(n-1)``: a random user, two random one-unit lines, unpaid.
 
         A checkout still running on one of them is turned back in the same step (its fields
@@ -124,11 +126,13 @@ class Orders:
                     },
                 )
 
-        await self.reset(entries())
+        await self.reset(entries(), request_id)
 
-    async def reset(self, orders: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Replace each order's fields (``batch_init``); see there."""
-        compensations = await self._checkout.reset(orders, RESET_REASON)
+    async def reset(
+        self, orders: Iterable[tuple[str, dict[str, Any]]], request_id: str | None = None
+    ) -> None:
+        """Replace each order's fields (``batch_init``), once per ``request_id``; see there."""
+        compensations = await self._checkout.reset(orders, RESET_REASON, request_id)
         try:
             await self._bus.publish(compensations)
         except Exception as exc:  # the sagas are compensating and indexed: the sweeper re-sends

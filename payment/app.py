@@ -30,7 +30,7 @@ def create_app(
     async def batch_init(n: str, starting_money: str) -> Response:
         count = batch_count(n)
         credit = parse_number(starting_money, "starting_money")
-        await users.batch_init(count, {"credit": credit})
+        await users.batch_init(count, {"credit": credit}, request_id())
         return json_response({"msg": f"{count} users with credit {credit}"})
 
     @app.get("/find_user/<user_id>")

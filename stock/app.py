@@ -32,7 +32,7 @@ def create_app(
         count = batch_count(n)
         stock = parse_number(starting_stock, "starting_stock")
         price = parse_number(item_price, "item_price")
-        await items.batch_init(count, {"stock": stock, "price": price})
+        await items.batch_init(count, {"stock": stock, "price": price}, request_id())
         return json_response({"msg": f"{count} items with stock {stock} at price {price}"})
 
     @app.get("/find/<item_id>")

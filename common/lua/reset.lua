@@ -2,10 +2,18 @@
 -- master's clock (ms) in the same step: a saga that began at or before it is fenced off the
 -- entity (take.lua, restore.lua), so nothing it took before comes back onto the new balance and
 -- nothing of the new balance goes to it. The saga's own records may outlive the reset: harmless.
--- KEYS[1] entity hash; ARGV field, value pairs
--- Returns the stamp.
+-- Once per batch_init request: a copy of the request that comes again (a worker frozen with it
+-- past the gateway's timeout resumes after the gateway's retry did it, and entities have been
+-- used since) finds the entity reset by it already and changes nothing.
+-- KEYS[1] entity hash; ARGV[1] the batch_init's request id, ARGV[2..] field, value pairs
+-- Returns the stamp (the one of the earlier reset, for a copy).
+local h = redis.call('HMGET', KEYS[1], 'reset_by', 'epoch')
+if h[1] == ARGV[1] then
+  return tonumber(h[2])
+end
 local now = redis.call('TIME')
 local epoch = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'epoch', string.format('%d', epoch), unpack(ARGV))
+redis.call('HSET', KEYS[1], 'epoch', string.format('%d', epoch), 'reset_by', ARGV[1],
+  unpack(ARGV, 2))
 return epoch

@@ -238,11 +238,12 @@ class SagaLog:
         )
 
     async def reset(
-        self, entities: Iterable[tuple[str, Mapping[str, Any]]], *, now: int, reason: str
+        self, entities: Iterable[tuple[str, Mapping[str, Any]]], *, now: int, reason: str, by: str
     ) -> list[TurnedBack]:
         """Replace each entity's own fields (its batch_init), turning back in the same step a
         saga of it still running; pipelined per node, replicated when this returns. Returns
-        every live saga found, whose current compensation the caller sends."""
+        every live saga found, whose current compensation the caller sends. Once per ``by``
+        (the request's id): an entity reset by it already is left as it is."""
         entity_ids: list[str] = []
         last = len(self._def.steps) - 1  # where a concurrent saga turns back from
 
@@ -251,7 +252,7 @@ class SagaLog:
                 entity_ids.append(entity_id)
                 pairs = [x for kv in fields.items() for x in kv]
                 key = self._def.entity_key(entity_id)
-                yield [key], [now, reason, self._def.done_field, last, *pairs]
+                yield [key], [now, reason, self._def.done_field, last, by, *pairs]
 
         replies = await self._store.bulk_script("saga_reset", calls())
         return [

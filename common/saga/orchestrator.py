@@ -12,6 +12,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 from typing import Any
 
+from common.ledger import reset_once_by
 from common.messages import Message
 from common.observability import telemetry
 from common.saga.definition import SagaDefinition, SagaRun
@@ -272,12 +273,17 @@ class Orchestrator:
         return self.next_messages(run, at, concurrent=state.concurrent)
 
     async def reset(
-        self, entities: Iterable[tuple[str, Mapping[str, Any]]], reason: str
+        self,
+        entities: Iterable[tuple[str, Mapping[str, Any]]],
+        reason: str,
+        request_id: str | None = None,
     ) -> list[Outgoing]:
         """Replace the entities' own fields (their batch_init); a saga still running on one is
         turned back in the same step, so no saga begun before the reset finishes on it. Returns
-        the compensations to send (of every live saga found), once the writes are replicated."""
-        turned = await self.log.reset(entities, now=self.clock(), reason=reason)
+        the compensations to send (of every live saga found), once the writes are replicated.
+        Once per ``request_id`` (common/ledger.py, ``reset_once_by``)."""
+        by = reset_once_by(request_id)
+        turned = await self.log.reset(entities, now=self.clock(), reason=reason, by=by)
         messages: list[Outgoing] = []
         for saga in turned:
             log.warning("saga %s turned back at step %s: %s", saga.saga_id, saga.step, reason)

@@ -151,3 +151,41 @@ async def test_a_create_s_request_id_is_spent_on_what_it_made(api: Api, gateway_
     assert await api.credit(user) == 0
     assert await api.stock(new_item) == 0
     assert (await api.ok("GET", f"/orders/find/{order}"))["items"] == []
+
+
+async def test_a_batch_init_under_a_used_request_id_changes_nothing(
+    api: Api, gateway_url: str
+) -> None:
+    """The copy of a batch_init that comes again (a worker frozen with it resumes after the
+    gateway's retry did it) leaves every entity as it has been used since; a new request resets."""
+    retried = {service: str(uuid.uuid4()) for service in ("stock", "payment", "orders")}
+    paths = {
+        "stock": "/stock/batch_init/3/5/1",
+        "payment": "/payment/batch_init/3/5",
+        "orders": "/orders/batch_init/3/3/3/1",
+    }
+    async with aiohttp.ClientSession() as session:
+        for service, path in paths.items():
+            assert await post(session, gateway_url + path, retried[service]) == 200
+        await api.ok("POST", "/stock/subtract/0/2")
+        await api.ok("POST", "/payment/pay/0/2")
+        await api.ok("POST", "/orders/checkout/1")
+        used = (
+            [await api.stock(i) for i in "012"],
+            [await api.credit(u) for u in "012"],
+            [await api.paid(o) for o in "012"],
+        )
+        assert used[2] == [False, True, False]
+        for service, path in paths.items():
+            assert await post(session, gateway_url + path, retried[service]) == 200
+        again = (
+            [await api.stock(i) for i in "012"],
+            [await api.credit(u) for u in "012"],
+            [await api.paid(o) for o in "012"],
+        )
+        assert again == used
+        for path in paths.values():
+            assert await post(session, gateway_url + path, None) == 200
+        assert [await api.stock(i) for i in "012"] == [5, 5, 5]
+        assert [await api.credit(u) for u in "012"] == [5, 5, 5]
+        assert [await api.paid(o) for o in "012"] == [False, False, False]

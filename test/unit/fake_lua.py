@@ -66,9 +66,13 @@ def restore(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 
 def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    reset_by, epoch_was = r.hmget(keys[0], [b"reset_by", b"epoch"])
+    if reset_by == argv[0] and epoch_was is not None:
+        return int(_num(epoch_was))
     epoch = r.now_ms()  # TIME on the entity's master: the simulation's one clock
     r.delete(keys[0])
-    r.hset(keys[0], {b"epoch": b"%d" % epoch} | dict(zip(argv[::2], argv[1::2], strict=True)))
+    fields = dict(zip(argv[1::2], argv[2::2], strict=True))
+    r.hset(keys[0], {b"epoch": b"%d" % epoch, b"reset_by": argv[0]} | fields)
     return epoch
 
 
@@ -297,11 +301,14 @@ def saga_reply(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 
 def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
-    saga_id, status, step, data, started, concurrent = r.hmget(
+    saga_id, status, step, data, started, concurrent, reset_by, reason = r.hmget(
         keys[0],
         [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_started"]
-        + [b"saga_concurrent"],
+        + [b"saga_concurrent", b"reset_by", b"saga_reason"],
     )
+    live = [saga_id, step or b"0", data or b"{}", started or b"0", concurrent or b"0"]
+    if reset_by == argv[4]:
+        return live if status == b"compensating" and reason == argv[1] else []
     if status == b"running":
         step = argv[3] if concurrent == b"1" else step
         r.hset(
@@ -309,10 +316,11 @@ def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
             {b"saga_status": b"compensating", b"saga_step": step or b"0"}
             | {b"saga_updated": argv[0], b"saga_resends": b"0", b"saga_reason": argv[1]},
         )
-    fields = dict(zip(argv[4::2], argv[5::2], strict=True))
-    r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0]} | fields)
+    fields = dict(zip(argv[5::2], argv[6::2], strict=True))
+    r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0], b"reset_by": argv[4]} | fields)
     if status in (b"running", b"compensating"):
-        return [saga_id, step or b"0", data or b"{}", started or b"0", concurrent or b"0"]
+        live[1] = step or b"0"
+        return live
     return []
 
 
@@ -361,8 +369,8 @@ SCRIPTS: dict[str, Script] = {
 """Script name (the .lua file's stem) -> its reproduction."""
 
 SOURCES: dict[str, str] = {
-    "reset": "be33ad235411b6d015706cce278e2d24caafe02d",
-    "saga_reset": "28be3a0b7781a217d231b23b34e4b0ce294df5c4",
+    "reset": "354d71804a484a716a32a701d203f775cba14b8d",
+    "saga_reset": "ca00c63c317c96355248436d5abc253a9efa4ff5",
     "add_item": "4fe304b3390c0197ec0257a18db30ff6f19c6d94",
     "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",
     "create": "4c9b5b564f8b95e1be632a687f109733187188c5",

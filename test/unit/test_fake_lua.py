@@ -233,7 +233,7 @@ def test_a_reset_fences_off_the_sagas_begun_before_it() -> None:
     r, key = FakeRedis(lambda: 5000), "{item:r}"
     r.hset(key, {b"stock": b"10"})
     assert run(r, "take", [key, f"{key}:op:a"], "stock", 3, 60, 1000) == b"T:3"
-    assert run(r, "reset", [key], "stock", 10, "price", 1) == 5000
+    assert run(r, "reset", [key], "req-1", "stock", 10, "price", 1) == 5000
     assert r.hget(key, b"epoch") == b"5000" and r.hget(key, b"stock") == b"10"
     assert run(r, "restore", [key, f"{key}:op:a"], "stock", 60, 1000) == b"T:3"
     assert r.hget(key, b"stock") == b"10"  # nothing given back onto the new balance
@@ -254,7 +254,7 @@ def test_a_take_delivered_again_after_a_reset_returns_its_stored_reply() -> None
             assert run(r, "restore", [key, f"{key}:op:x"], "stock", 60, 1000) is None
         amount = 30 if saga == "s" else 3
         assert run(r, "take", [key, f"{key}:op:{saga}"], "stock", amount, 60, 1000) == reply
-    assert run(r, "reset", [key], "stock", 10, "price", 1) == 5000
+    assert run(r, "reset", [key], "req-1", "stock", 10, "price", 1) == 5000
     for saga, reply in (("a", b"T:3"), ("s", b"S"), ("x", b"X")):
         assert run(r, "take", [key, f"{key}:op:{saga}"], "stock", 3, 60, 1000) == reply
         assert r.get(f"{key}:op:{saga}") == reply
@@ -270,7 +270,7 @@ def test_a_saga_reset_turns_a_running_saga_back_and_keeps_an_ended_one() -> None
     begin = ["start", "r", "n1", 1000, 5000, "paid", "", "0", 10**6, "0", "user_id", "items"]
     started = run(r, "saga_begin", [key], *begin)
     fields = ["user_id", "v", "items", '[["i",1]]', "total_cost", "3"]
-    turned = run(r, "saga_reset", [key], 2000, "order reset", "paid", 1, *fields)
+    turned = run(r, "saga_reset", [key], 2000, "order reset", "paid", 1, "q1", *fields)
     assert turned == [b"r:1:n1", b"0", started[2], b"1000", b"0"]  # type: ignore[index]
     assert r.hmget(key, [b"saga_status", b"saga_reason", b"reset_at", b"user_id"]) == [
         b"compensating",
@@ -278,18 +278,56 @@ def test_a_saga_reset_turns_a_running_saga_back_and_keeps_an_ended_one() -> None
         b"2000",
         b"v",
     ]
-    again = run(r, "saga_reset", [key], 2500, "order reset", "paid", 1, *fields)
+    again = run(r, "saga_reset", [key], 2500, "order reset", "paid", 1, "q2", *fields)
     assert again == turned  # still turning back: its compensation is sent again
     back = ["r:1:n1", "compensating", 0, "failed", -1, 3000, "", "paid", "r", ""]
     assert run(r, "saga_move", [key], *back)[0] == 1  # type: ignore[index]
-    assert run(r, "saga_reset", [key], 3500, "order reset", "paid", 1, *fields) == []
+    assert run(r, "saga_reset", [key], 3500, "order reset", "paid", 1, "q3", *fields) == []
     assert r.hget(key, b"saga_id") == b"r:1:n1"  # an ended saga's fields stay too
     # A saga that asked for every step at once turns back from the last one (here 1).
     at_once = [*begin[:9], "1", *begin[10:]]
     assert run(r, "saga_begin", [key], *at_once)[0] == b"STARTED"  # type: ignore[index]
-    turned = run(r, "saga_reset", [key], 4000, "order reset", "paid", 1, *fields)
+    turned = run(r, "saga_reset", [key], 4000, "order reset", "paid", 1, "q4", *fields)
     assert (turned[0], turned[1], turned[4]) == (b"r:2:n1", b"1", b"1")  # type: ignore[index]
     assert r.hmget(key, [b"saga_status", b"saga_step"]) == [b"compensating", b"1"]
+
+
+def test_a_reset_comes_once_per_request() -> None:
+    """A copy of a batch_init's request that comes again (a worker frozen with it resumes after
+    the gateway's retry did it) finds each entity reset by it and leaves what happened since."""
+    clock = [5000]
+    r, key = FakeRedis(lambda: clock[0]), "{item:r}"
+    assert run(r, "reset", [key], "req-1", "stock", 10, "price", 1) == 5000
+    assert run(r, "take", [key, f"{key}:op:a"], "stock", 3, 60, 5001) == b"T:3"
+    clock[0] = 9000
+    assert run(r, "reset", [key], "req-1", "stock", 10, "price", 1) == 5000
+    assert r.hmget(key, [b"stock", b"epoch"]) == [b"7", b"5000"]
+    assert run(r, "reset", [key], "req-2", "stock", 10, "price", 1) == 9000
+    assert r.hmget(key, [b"stock", b"epoch"]) == [b"10", b"9000"]
+
+
+def test_a_saga_reset_comes_once_per_request() -> None:
+    r, key = FakeRedis(), "{order:r}"
+    r.hset(key, {b"user_id": b"u", b"items": b"[]", b"total_cost": b"0", b"paid": b"0"})
+    fields = ["user_id", "v", "items", '[["i",1]]', "total_cost", "3"]
+    begin = ["start", "r", "n1", 1000, 5000, "paid", "", "0", 10**6, "0", "user_id", "items"]
+    run(r, "saga_begin", [key], *begin)
+    turned = run(r, "saga_reset", [key], 2000, "order reset", "paid", 1, "q1", *fields)
+    assert turned[0] == b"r:1:n1"  # type: ignore[index]
+    # Its copy: the saga it turned back is returned again (its compensation sent again) ...
+    again = run(r, "saga_reset", [key], 2100, "order reset", "paid", 1, "q1", *fields)
+    assert again == turned
+    back = ["r:1:n1", "compensating", 0, "failed", -1, 3000, "", "paid", "r", ""]
+    assert run(r, "saga_move", [key], *back)[0] == 1  # type: ignore[index]
+    # ... and, once that one ended, a saga begun since and what it changed stay as they are.
+    later = ["start", "r", "n2", 4000, 9000, "paid", "", "0", 10**6, "0", "user_id", "items"]
+    assert run(r, "saga_begin", [key], *later)[0] == b"STARTED"  # type: ignore[index]
+    r.hset(key, {b"paid": b"1"})
+    assert run(r, "saga_reset", [key], 4500, "order reset", "paid", 1, "q1", *fields) == []
+    assert r.hmget(key, [b"saga_status", b"paid", b"reset_at"]) == [b"running", b"1", b"2000"]
+    turned = run(r, "saga_reset", [key], 5000, "order reset", "paid", 1, "q2", *fields)
+    assert turned[0] == b"r:2:n2"  # type: ignore[index]
+    assert r.hmget(key, [b"saga_status", b"paid"]) == [b"compensating", b"0"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -5,12 +5,21 @@
 -- sweeper follows it, and a checkout waiting on it gets its verdict.
 -- KEYS[1] the entity hash
 -- ARGV[1] now (ms), ARGV[2] reason, ARGV[3] done field, ARGV[4] the last step (a concurrent
--- saga turns back from it: every command of it went out at its start), ARGV[5..] field, value
--- pairs
+-- saga turns back from it: every command of it went out at its start), ARGV[5] the batch_init's
+-- request id, ARGV[6..] field, value pairs
+-- Once per batch_init request (as reset.lua): a copy of the request that comes again finds the
+-- entity reset by it and changes nothing: a saga begun since is left alone, and one that reset
+-- turned back is only returned again (its compensation is sent again, which changes nothing).
 -- Returns {} or, for a live saga (turned back now or already turning back),
 -- {saga_id, step, snapshot, started, concurrent ('1' or '0')}
 local h = redis.call('HMGET', KEYS[1], 'saga_id', 'saga_status', 'saga_step', 'saga_data',
-  'saga_started', 'saga_concurrent')
+  'saga_started', 'saga_concurrent', 'reset_by', 'saga_reason')
+if h[7] == ARGV[5] then
+  if h[2] == 'compensating' and h[8] == ARGV[2] then
+    return {h[1], h[3] or '0', h[4] or '{}', h[5] or '0', h[6] or '0'}
+  end
+  return {}
+end
 if h[2] == 'running' then
   if h[6] == '1' then
     h[3] = ARGV[4]
@@ -18,7 +27,8 @@ if h[2] == 'running' then
   redis.call('HSET', KEYS[1], 'saga_status', 'compensating', 'saga_step', h[3] or '0',
     'saga_updated', ARGV[1], 'saga_resends', '0', 'saga_reason', ARGV[2])
 end
-redis.call('HSET', KEYS[1], ARGV[3], '0', 'reset_at', ARGV[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], ARGV[3], '0', 'reset_at', ARGV[1], 'reset_by', ARGV[5],
+  unpack(ARGV, 6))
 if h[2] == 'running' or h[2] == 'compensating' then
   -- (a nil would cut the table short)
   return {h[1], h[3] or '0', h[4] or '{}', h[5] or '0', h[6] or '0'}
