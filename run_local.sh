@@ -527,8 +527,12 @@ gateway_workers() {
 
 # Applies a changed upstreams.conf to the running gateway without dropping a client connection:
 # drain (local/nginx.conf.in says why and how), reload, and return once a new worker serves.
+# The worker processes it replaced, which finish the requests they hold with the old upstreams,
+# are left in RETIRED_GATEWAY_WORKERS (wait_for_retired_gateway_workers).
+RETIRED_GATEWAY_WORKERS=""
 reload_gateway() {
     local master="" old current tries
+    RETIRED_GATEWAY_WORKERS=""
     [[ -f $NGINX_DIR/nginx.pid ]] && master=$(<"$NGINX_DIR/nginx.pid")
     if ! is_uint "$master" || ! alive "$master"; then
         log "the gateway is not running: it reads the new configuration when it starts"
@@ -539,6 +543,7 @@ reload_gateway() {
     touch "$NGINX_DIR/draining"
     wait_for_gateway_drain
     old=$(gateway_workers "$master")
+    RETIRED_GATEWAY_WORKERS=$old
     kill -HUP "$master"
     for ((tries = 0; tries < 200; tries++)); do
         current=$(gateway_workers "$master")
@@ -549,6 +554,25 @@ reload_gateway() {
     done
     rm -f "$NGINX_DIR/draining"
     ((tries < 200)) || die "the gateway did not reload in 10s (see $LOG_DIR/gateway.log)"
+}
+
+# Waits until the gateway's replaced worker processes have exited: each exits once the requests
+# it held are answered. Until then such a request may still be sent to a worker the reload took
+# out: if the worker it is on dies, nginx retries it on the next ones of the old upstreams, and
+# workers told to stop refuse it; after proxy_next_upstream_tries of them the client gets a 502
+# (a success to the course's clients, whatever the checkout's saga does). So `scale` stops
+# workers only after this. Gives up after the longest checkout wait.
+wait_for_retired_gateway_workers() {
+    local pid deadline=$((SECONDS + $(checkout_wait_max_s) + 5))
+    for pid in $RETIRED_GATEWAY_WORKERS; do
+        while alive "$pid" && grep -q '^nginx' "/proc/$pid/cmdline" 2>/dev/null; do
+            if ((SECONDS >= deadline)); then
+                log "WARNING: the gateway's old worker $pid still serves requests; stopping anyway"
+                return
+            fi
+            sleep 0.05
+        done
+    done
 }
 
 # Seconds since an $EPOCHREALTIME, as "1.2s".
@@ -568,8 +592,9 @@ workers_ready() {
 
 # scale_to SERVICE=N... on the running stack. New workers start and join their consumer groups
 # (each group rebalances), then the gateway sends them requests. Workers to remove first leave
-# the gateway, then get SIGTERM, the way a pod is stopped: each answers what it holds, commits
-# what it consumed, leaves its groups and exits. One gateway reload for all the changes.
+# the gateway, then, once the gateway's old worker processes have answered what they held, get
+# SIGTERM, the way a pod is stopped: each answers what it holds, commits what it consumed,
+# leaves its groups and exits. One gateway reload for all the changes.
 scale_to() {
     local pair service wanted current k started_at=$EPOCHREALTIME
     local starting=() stopping=() jobs=() job changes=()
@@ -605,6 +630,8 @@ scale_to() {
     write_running_env
     log "the gateway has the new set of workers ($(since "$started_at"))"
     if ((${#stopping[@]} > 0)); then
+        wait_for_retired_gateway_workers
+        log "the gateway's old workers are done ($(since "$started_at")); stopping ${stopping[*]}"
         jobs=()
         for k in "${stopping[@]}"; do
             ctl stop "$k" >/dev/null &

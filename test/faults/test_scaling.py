@@ -9,9 +9,11 @@ only the remaining workers, well before a session timeout would have removed the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -353,3 +355,76 @@ def _check_work(scaled: Scaled) -> None:
     for what, counts in (("requests", scaled.requests), ("messages", scaled.messages)):
         even = sum(counts.values()) / len(counts)
         assert all(v >= FAIR * even for v in counts.values()), (scaled.line(), what)
+
+
+async def test_a_leaving_worker_killed_with_checkouts_costs_no_5xx(api: Api, stack: Stack) -> None:
+    """Scale order 8 -> 1 while checkouts that the gateway took before its reload still wait
+    on the leaving workers, and SIGKILL one of them once all of them are told to stop. nginx
+    retries its checkouts on the next servers of the upstreams they began with, which refuse
+    connections once told to stop: after three tries the client got a 502 (a success to the
+    course's clients, whether its saga paid or not). `scale` now tells workers to stop only
+    once the gateway's old worker processes have answered what they held."""
+    cluster = Cluster(stack)
+    # One payment worker: paused, it holds every saga.
+    await asyncio.to_thread(stack.run, "scale", "order", "8", "payment", "1")
+    victim = await asyncio.to_thread(stack.pid, "order-1")
+    payment = await asyncio.to_thread(stack.pid, "payment-0")
+    draining = Path(stack.env()["STATE_DIR"]) / "nginx" / "draining"
+    item = await api.item(price=1, stock=100)
+    held = 40
+    users = [await api.user(credit=1) for _ in range(held + 1)]
+    orders = [await api.order(user, [(item, 1)]) for user in users]
+    leaving = [cluster.address("order", k) for k in range(1, 8)]
+    loop = asyncio.get_running_loop()
+    killed_at_once = False
+    os.kill(payment, signal.SIGSTOP)  # every saga waits at its payment step
+    try:
+        async with Api(api.base_url) as first, Api(api.base_url) as later:
+            # One checkout in flight before the scale holds the gateway's drain open ...
+            holder = asyncio.ensure_future(first.post(f"/orders/checkout/{orders[-1]}"))
+            await until(lambda: _stock_is(api, item, 99), within=20)
+            command = await asyncio.create_subprocess_exec(
+                stack.ctl, "scale", "order", "1", stderr=asyncio.subprocess.PIPE
+            )
+            await until(lambda: _exists(draining), within=30)
+            # ... while these, on new connections, reach the gateway's old worker process and
+            # through it all eight workers; then its connection closes and the gateway reloads.
+            checkouts = [
+                asyncio.ensure_future(later.post(f"/orders/checkout/{o}")) for o in orders[:-1]
+            ]
+            await until(lambda: _stock_is(api, item, 99 - held), within=20)
+            holder.cancel()
+            await asyncio.gather(holder, return_exceptions=True)
+            # Held checkouts and all, a worker told to stop refuses connections at once.
+            end = loop.time() + 10
+            while loop.time() < end and not killed_at_once:
+                if await _all_refuse(leaving):
+                    with contextlib.suppress(ProcessLookupError):  # it may have exited already
+                        os.kill(victim, signal.SIGKILL)
+                    killed_at_once = True
+                await asyncio.sleep(0.01)  # the poll's pace
+            os.kill(payment, signal.SIGCONT)
+            if not killed_at_once:  # they are told to stop once their checkouts are answered
+                await until(lambda: _all_refuse(leaving), within=90)
+                with contextlib.suppress(ProcessLookupError):  # it may have exited already
+                    os.kill(victim, signal.SIGKILL)
+            replies = await asyncio.gather(*checkouts)
+    finally:
+        os.kill(payment, signal.SIGCONT)
+    _, stderr = await command.communicate()
+    assert command.returncode == 0, stderr.decode()
+    statuses = Counter(r.status for r in replies)
+    assert set(statuses) <= {200, 400}, (statuses, killed_at_once)
+    assert [await api.paid(o) for o in orders[:-1]] == [r.status == 200 for r in replies]
+
+
+async def _all_refuse(addresses: list[str]) -> bool:
+    return all([await refuses(address) for address in addresses])
+
+
+async def _stock_is(api: Api, item: str, units: int) -> bool:
+    return await api.stock(item) == units
+
+
+async def _exists(path: Path) -> bool:
+    return await asyncio.to_thread(path.exists)
