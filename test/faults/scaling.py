@@ -20,6 +20,8 @@ from aiokafka.protocol.api import Request
 
 _SAMPLE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+COORDINATOR_MOVING = {14, 15, 16}  # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR
+COORDINATOR_TRIES = 50  # 0.2 s apart
 NOT_API = {"/metrics", "/ready", "/health", "/openapi.json", "unmatched"}
 
 
@@ -130,9 +132,16 @@ class Groups:
         await self._client.close()
 
     async def describe(self, role: Role) -> Group:
-        node = await self._client.coordinator_lookup(CoordinationType.GROUP, role.group)
-        response = await self._client.send(node, _DescribeGroups([role.group]))
-        error_code, _, state, _, _, members = response.groups[0][:6]
+        """The group as its coordinator sees it. A coordinator that is loading, not available
+        or moved (Kafka's errors 14-16: the single broker's controller, starved of CPU on this
+        machine, once timed out its own heartbeat) is looked up and asked again."""
+        for _ in range(COORDINATOR_TRIES - 1):
+            error_code, state, members = await self._ask(role)
+            if error_code not in COORDINATOR_MOVING:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            error_code, state, members = await self._ask(role)
         assert error_code == 0, f"DescribeGroups {role.group}: error {error_code}"
         partitions = {}
         suffix = f"-{role.consumer}"
@@ -141,3 +150,9 @@ class Groups:
             decoded = ConsumerProtocolMemberAssignment.decode(assignment) if assignment else None
             partitions[worker] = len(decoded.partitions()) if decoded else 0
         return Group(state, partitions)
+
+    async def _ask(self, role: Role) -> tuple[int, str, list[tuple[str, str, str, bytes, bytes]]]:
+        node = await self._client.coordinator_lookup(CoordinationType.GROUP, role.group)
+        response = await self._client.send(node, _DescribeGroups([role.group]))
+        error_code, _, state, _, _, members = response.groups[0][:6]
+        return error_code, state, members
