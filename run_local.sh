@@ -39,7 +39,8 @@
 #   LOG_LEVEL, LOG_FORMAT, LOG_MESSAGES, OTEL_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT
 #                        passed to the services when set
 # Settings are read by `up`; a second `up` with other settings applies them to the running stack
-# (Redis settings only take effect after a `down`). A worker count set by `scale` lasts as long
+# (Redis settings only take effect after a `down`), except the ports (GATEWAY_PORT, BROKER_PORT,
+# the *_PORT_BASE): it refuses to move those, changing nothing; `down` first. A worker count set by `scale` lasts as long
 # as the stack: a second `up` keeps it unless the environment gives that count, and `down`
 # forgets it (set ORDER_REPLICAS etc. to start with other counts).
 set -euo pipefail
@@ -650,12 +651,34 @@ scale_to() {
 # ---------------------------------------------------------------------------------------------
 # Commands
 
+# The settings a running stack keeps: its processes listen on these ports and find each other by
+# them. Moved live they disagree: the gateway was reloaded onto worker ports nothing listened on
+# yet (checkouts answered 502), or workers restarted towards Redis nodes and a broker that kept
+# their ports (`up` timed out with that service stopped).
+PORT_SETTINGS=(GATEWAY_PORT BROKER_PORT ORDER_PORT_BASE PAYMENT_PORT_BASE STOCK_PORT_BASE
+    ORDER_REDIS_PORT_BASE PAYMENT_REDIS_PORT_BASE STOCK_REDIS_PORT_BASE)
+
+# Dies, before anything changes, if this command's settings would move a port of the running
+# stack.
+check_ports_kept() {
+    local name running moved=()
+    for name in "${PORT_SETTINGS[@]}"; do
+        running=$(sed -n "s/^$name=//p" "$RUNNING_ENV")
+        if is_uint "$running" && ((10#$running != 10#${!name})); then
+            moved+=("$name=${!name} (it runs with $running)")
+        fi
+    done
+    ((${#moved[@]} == 0)) || die "the running stack ($STATE_DIR) keeps its ports, not: \
+${moved[*]}; give its settings, or stop it first ($0 down)"
+}
+
 cmd_up() {
     local service job jobs started_at=$SECONDS current
     local -A wanted=()
     DEADLINE=$((SECONDS + UP_TIMEOUT_S))
     setup_machine requirements.txt
     if supervisord_pid >/dev/null && [[ -f $RUNNING_ENV ]]; then
+        check_ports_kept
         # The running workers stay as they are here; counts that change are scaled at the end.
         for service in "${SERVICES[@]}"; do
             current=$(running_replicas "$service")
