@@ -102,7 +102,7 @@ sweep_dead_session() {
         done
         if ((${#victims[@]} > 0)); then
             log "stopping ${#victims[@]} leftover processes of a stopped stack: ${victims[*]}"
-            terminate 3 "${victims[@]}"
+            terminate TERM 3 "${victims[@]}"
             kill_and_wait "${victims[@]}"
         fi
     fi
@@ -168,7 +168,7 @@ generate_broker() {
     render "$LOCAL_DIR/server.properties.in" "$dir/server.properties" \
         BROKER_PORT="$BROKER_PORT" CONTROLLER_PORT="$((BROKER_PORT + 1))" LOG_DIR="$dir/log" \
         SHARED="$(shared_broker_properties)"
-    program broker 200 true 10 "$LOCAL_DIR/broker.sh run $KAFKA_LIBS $dir/server.properties $dir/log \
+    program broker 200 true TERM 10 "$LOCAL_DIR/broker.sh run $KAFKA_LIBS $dir/server.properties $dir/log \
 $(broker_cluster_id)"
 }
 
@@ -184,13 +184,15 @@ sv_environment() {
     echo "${out[*]}"
 }
 
-# program NAME PRIORITY AUTOSTART STOP_WAIT_S COMMAND [KEY=VALUE...]; STOP_WAIT_S: how long
-# supervisord waits after SIGTERM before it sends SIGKILL.
+# program NAME PRIORITY AUTOSTART STOP_SIGNAL STOP_WAIT_S COMMAND [KEY=VALUE...]; STOP_SIGNAL:
+# what supervisord sends to stop it (TERM, or QUIT for the gateway); STOP_WAIT_S: how long it
+# then waits before it sends SIGKILL.
 program() {
-    local name=$1 priority=$2 autostart=$3 stop_wait=$4 command=$5
-    shift 5
+    local name=$1 priority=$2 autostart=$3 stop_signal=$4 stop_wait=$5 command=$6
+    shift 6
     render "$LOCAL_DIR/program.conf.in" "$STATE_DIR/programs/$name.conf" \
-        NAME="$name" PRIORITY="$priority" AUTOSTART="$autostart" STOP_WAIT_S="$stop_wait" \
+        NAME="$name" PRIORITY="$priority" AUTOSTART="$autostart" STOP_SIGNAL="$stop_signal" \
+        STOP_WAIT_S="$stop_wait" \
         COMMAND="${command//%/%%}" \
         ENVIRONMENT="$(sv_environment PYTHONUNBUFFERED=1 "$@")" \
         REPO_DIR="$REPO_DIR" STATE_DIR="$STATE_DIR"
@@ -207,7 +209,7 @@ generate_redis() {
             mkdir -p "$dir"
             render "$LOCAL_DIR/redis.conf.in" "$dir/redis.conf" PORT="$port" DATA_DIR="$dir" \
                 NODE_TIMEOUT_MS="$REDIS_CLUSTER_NODE_TIMEOUT_MS"
-            program "redis-$service-$k" 100 true 10 "$(command -v redis-server) $dir/redis.conf"
+            program "redis-$service-$k" 100 true TERM 10 "$(command -v redis-server) $dir/redis.conf"
         done
     done
 }
@@ -241,7 +243,7 @@ worker_program() {
     graceful=$(($(checkout_wait_max_s) + 5))
     # --workers 0 serves in this very process: with --workers 1 hypercorn forks a child that a
     # SIGKILL of the parent would leave behind, holding the port.
-    program "$name" 300 false $((graceful + 15)) \
+    program "$name" 300 false TERM $((graceful + 15)) \
         "$VENV_DIR/bin/hypercorn --worker-class uvloop --workers 0 --backlog 1024 \
 --bind 127.0.0.1:$port --keep-alive 75 --graceful-timeout $graceful $service.app:create_app()" \
         PYTHONPATH="$REPO_DIR" SERVICE_NAME="$service" WORKER_ID="$name" \
@@ -274,7 +276,11 @@ generate_gateway() {
     render "$LOCAL_DIR/nginx.conf.in" "$NGINX_DIR/nginx.conf" NGINX_DIR="$NGINX_DIR" \
         GATEWAY_PORT="$GATEWAY_PORT" REPO_DIR="$REPO_DIR" NGINX_USER="$(id -un) $(id -gn)"
     GATEWAY_CHANGED=$RENDER_CHANGED
-    program gateway 400 true 10 "$(command -v nginx) -p $NGINX_DIR/ -c $NGINX_DIR/nginx.conf -e stderr"
+    # SIGQUIT, nginx's graceful shutdown: it stops listening, answers the requests it holds
+    # (each within proxy_read_timeout) and closes its idle connections. (SIGTERM, its fast
+    # shutdown, dropped the checkouts in flight: a success to the course's clients, paid or not.)
+    program gateway 400 true QUIT $(($(checkout_wait_max_s) + 10)) \
+        "$(command -v nginx) -p $NGINX_DIR/ -c $NGINX_DIR/nginx.conf -e stderr"
 }
 
 generate_configs() {
@@ -740,13 +746,13 @@ program_pids() {
     supervisor_status | awk -v re="^($1)\$" '$1 ~ re && $3 == "pid" { sub(",", "", $4); print $4 }'
 }
 
-# SIGTERMs the given pids (and the process groups they lead); waits up to $1 seconds for them
-# to exit.
+# terminate SIGNAL SECONDS PID...: sends SIGNAL to the given pids (and the process groups they
+# lead); waits up to SECONDS for them to exit.
 terminate() {
-    local seconds=$1 pid tries left
-    shift
+    local signal=$1 seconds=$2 pid tries left
+    shift 2
     for pid in "$@"; do
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        kill "-$signal" -- "-$pid" 2>/dev/null || kill "-$signal" "$pid" 2>/dev/null || true
     done
     for ((tries = 0; tries < seconds * 10; tries++)); do
         left=0
@@ -759,19 +765,26 @@ terminate() {
 }
 
 cmd_down() {
-    local pid tries web state
+    local pid tries gateway web state wait_s
     if pid=$(supervisord_pid); then
         log "stopping the stack ($STATE_DIR)"
         # supervisord alone would stop its programs one after the other; once it is shutting
-        # down it restarts none, so stop them in two parallel waves: gateway and workers, then
-        # broker and Redis.
-        web=$(program_pids 'gateway|order-[0-9]+|payment-[0-9]+|stock-[0-9]+')
+        # down it restarts none, so stop them in three waves, each in parallel: the gateway,
+        # which answers the requests it holds (SIGQUIT, generate_gateway) while the workers,
+        # the broker and Redis still serve them; then the workers; then the broker and Redis.
+        # (Stopping the gateway and the workers at once dropped the checkouts in flight, and
+        # Redis and the broker 10 s later left workers holding checkouts unable to end them.)
+        gateway=$(program_pids gateway)
+        web=$(program_pids '(order|payment|stock)-([0-9]+|standby)')
         state=$(program_pids 'broker|redis-.*')
+        wait_s=$(($(checkout_wait_max_s) + 10))
         kill -TERM "$pid"
         # shellcheck disable=SC2086 # lists of pids
-        terminate 10 $web
+        terminate QUIT "$wait_s" $gateway
         # shellcheck disable=SC2086
-        terminate 10 $state
+        terminate TERM "$wait_s" $web
+        # shellcheck disable=SC2086
+        terminate TERM 10 $state
         for ((tries = 0; tries < 600; tries++)); do
             alive "$pid" || break
             sleep 0.1
