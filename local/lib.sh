@@ -65,8 +65,12 @@ load_settings() {
         PAYMENT_REDIS_PORT_BASE STOCK_REDIS_PORT_BASE REDIS_CLUSTER_NODE_TIMEOUT_MS \
         UP_TIMEOUT_S; do
         is_uint "${!name}" || die "$name must be a non-negative integer, got '${!name}'"
+        # In decimal: bash's arithmetic reads a leading 0 as octal (07600 was port 3968, 09092
+        # an error).
+        printf -v "$name" %d "$((10#${!name}))"
     done
     [[ $STANDBY == [01] ]] || die "STANDBY must be 0 or 1, got '$STANDBY'"
+    check_ports
     for name in CHECKOUT_TIMEOUT_MS CHECKOUT_ANSWER_MS; do
         if [[ -n ${!name:-} ]] && ! is_uint "${!name}"; then
             die "$name must be a non-negative integer, got '${!name}'"
@@ -77,6 +81,28 @@ load_settings() {
     done
     mkdir -p "$STATE_DIR"
     STATE_DIR=$(cd "$STATE_DIR" && pwd)
+}
+
+# Dies unless every port the stack would listen on exists: each setting plus the most the stack
+# adds to it (a worker count up to MAX_REPLICAS, the standby, the broker's controller, the six
+# Redis nodes and their cluster bus, 10000 above each). A port past 65535 was only found once
+# its process kept failing to start, after `up` had started everything else.
+check_ports() {
+    local name service
+    check_port GATEWAY_PORT 0
+    check_port BROKER_PORT 1
+    for service in "${SERVICES[@]}"; do
+        name="${service^^}_PORT_BASE"
+        check_port "$name" $((STANDBY_PORT_OFFSET > MAX_REPLICAS - 1 ? STANDBY_PORT_OFFSET : MAX_REPLICAS - 1))
+        check_port "${service^^}_REDIS_PORT_BASE" $((REDIS_NODES_PER_CLUSTER - 1 + REDIS_BUS_PORT_OFFSET))
+    done
+}
+
+# check_port NAME SPAN: dies unless NAME's value and the SPAN ports above it are ports.
+check_port() {
+    local above=""
+    if (($2 > 0)); then above=" (the stack also listens on ports up to $2 above it)"; fi
+    ((${!1} >= 1 && ${!1} + $2 <= 65535)) || die "$1 must be from 1 to $((65535 - $2))$above, got ${!1}"
 }
 
 # check_replicas WHAT N: dies unless N is a worker count this stack can run.
@@ -102,6 +128,8 @@ set_service_replicas() { printf -v "${1^^}_REPLICAS" %s "$2"; }
 service_port_base() { local v="${1^^}_PORT_BASE"; echo "${!v}"; }
 # The standby's HTTP port (STANDBY_PORT_OFFSET above the first worker's), or nothing without one.
 STANDBY_PORT_OFFSET=99
+# A Redis Cluster node's bus port is this far above its port.
+REDIS_BUS_PORT_OFFSET=10000
 standby_port() {
     if ((STANDBY)); then echo $(($(service_port_base "$1") + STANDBY_PORT_OFFSET)); fi
 }
