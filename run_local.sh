@@ -279,9 +279,13 @@ generate_gateway() {
     # SIGQUIT, nginx's graceful shutdown: it stops listening, answers the requests it holds
     # (each within proxy_read_timeout) and closes its idle connections. (SIGTERM, its fast
     # shutdown, dropped the checkouts in flight: a success to the course's clients, paid or not.)
-    program gateway 400 true QUIT $(($(checkout_wait_max_s) + 10)) \
+    program gateway 400 true QUIT "$(gateway_stop_wait_s)" \
         "$(command -v nginx) -p $NGINX_DIR/ -c $NGINX_DIR/nginx.conf -e stderr"
 }
+
+# How long a graceful stop of the gateway (and, in `down`, of the workers) may take: the longest
+# request either holds is a checkout.
+gateway_stop_wait_s() { echo $(($(checkout_wait_max_s) + 10)); }
 
 generate_configs() {
     local conf max_fds
@@ -777,7 +781,7 @@ cmd_down() {
         gateway=$(program_pids gateway)
         web=$(program_pids '(order|payment|stock)-([0-9]+|standby)')
         state=$(program_pids 'broker|redis-.*')
-        wait_s=$(($(checkout_wait_max_s) + 10))
+        wait_s=$(gateway_stop_wait_s)
         kill -TERM "$pid"
         # shellcheck disable=SC2086 # lists of pids
         terminate QUIT "$wait_s" $gateway

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from test.deploy.environments import REPO
 
 
 def run_local(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:

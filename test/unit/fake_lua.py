@@ -306,22 +306,22 @@ def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
         [b"saga_id", b"saga_status", b"saga_step", b"saga_data", b"saga_started"]
         + [b"saga_concurrent", b"reset_by", b"saga_reason"],
     )
-    live = [saga_id, step or b"0", data or b"{}", started or b"0", concurrent or b"0"]
-    if reset_by == argv[4]:
-        return live if status == b"compensating" and reason == argv[1] else []
-    if status == b"running":
-        step = argv[3] if concurrent == b"1" else step
-        r.hset(
-            keys[0],
-            {b"saga_status": b"compensating", b"saga_step": step or b"0"}
-            | {b"saga_updated": argv[0], b"saga_resends": b"0", b"saga_reason": argv[1]},
-        )
-    fields = dict(zip(argv[5::2], argv[6::2], strict=True))
-    r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0], b"reset_by": argv[4]} | fields)
-    if status in (b"running", b"compensating"):
-        live[1] = step or b"0"
-        return live
-    return []
+    if reset_by == argv[4]:  # a copy: only the saga this reset turned back is its business
+        live = status == b"compensating" and reason == argv[1]
+    else:
+        if status == b"running":
+            step = argv[3] if concurrent == b"1" else step
+            r.hset(
+                keys[0],
+                {b"saga_status": b"compensating", b"saga_step": step or b"0"}
+                | {b"saga_updated": argv[0], b"saga_resends": b"0", b"saga_reason": argv[1]},
+            )
+        fields = dict(zip(argv[5::2], argv[6::2], strict=True))
+        r.hset(keys[0], {argv[2]: b"0", b"reset_at": argv[0], b"reset_by": argv[4]} | fields)
+        live = status in (b"running", b"compensating")
+    if not live:
+        return []
+    return [saga_id, step or b"0", data or b"{}", started or b"0", concurrent or b"0"]
 
 
 def saga_touch(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
@@ -370,7 +370,7 @@ SCRIPTS: dict[str, Script] = {
 
 SOURCES: dict[str, str] = {
     "reset": "354d71804a484a716a32a701d203f775cba14b8d",
-    "saga_reset": "ca00c63c317c96355248436d5abc253a9efa4ff5",
+    "saga_reset": "a1ed41bb66fdabeae470c5d4a9cdccf5a92f21c3",
     "add_item": "4fe304b3390c0197ec0257a18db30ff6f19c6d94",
     "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",
     "create": "4c9b5b564f8b95e1be632a687f109733187188c5",

@@ -14,23 +14,24 @@
 -- {saga_id, step, snapshot, started, concurrent ('1' or '0')}
 local h = redis.call('HMGET', KEYS[1], 'saga_id', 'saga_status', 'saga_step', 'saga_data',
   'saga_started', 'saga_concurrent', 'reset_by', 'saga_reason')
+local live
 if h[7] == ARGV[5] then
-  if h[2] == 'compensating' and h[8] == ARGV[2] then
-    return {h[1], h[3] or '0', h[4] or '{}', h[5] or '0', h[6] or '0'}
+  -- a copy: only the saga this reset turned back is still its business
+  live = h[2] == 'compensating' and h[8] == ARGV[2]
+else
+  if h[2] == 'running' then
+    if h[6] == '1' then
+      h[3] = ARGV[4]
+    end
+    redis.call('HSET', KEYS[1], 'saga_status', 'compensating', 'saga_step', h[3] or '0',
+      'saga_updated', ARGV[1], 'saga_resends', '0', 'saga_reason', ARGV[2])
   end
+  redis.call('HSET', KEYS[1], ARGV[3], '0', 'reset_at', ARGV[1], 'reset_by', ARGV[5],
+    unpack(ARGV, 6))
+  live = h[2] == 'running' or h[2] == 'compensating'
+end
+if not live then
   return {}
 end
-if h[2] == 'running' then
-  if h[6] == '1' then
-    h[3] = ARGV[4]
-  end
-  redis.call('HSET', KEYS[1], 'saga_status', 'compensating', 'saga_step', h[3] or '0',
-    'saga_updated', ARGV[1], 'saga_resends', '0', 'saga_reason', ARGV[2])
-end
-redis.call('HSET', KEYS[1], ARGV[3], '0', 'reset_at', ARGV[1], 'reset_by', ARGV[5],
-  unpack(ARGV, 6))
-if h[2] == 'running' or h[2] == 'compensating' then
-  -- (a nil would cut the table short)
-  return {h[1], h[3] or '0', h[4] or '{}', h[5] or '0', h[6] or '0'}
-end
-return {}
+-- (a nil would cut the table short)
+return {h[1], h[3] or '0', h[4] or '{}', h[5] or '0', h[6] or '0'}
