@@ -36,6 +36,10 @@ URLS_FILE="test/urls.minikube.json"
 EXISTING=()
 # Set when the broker's ConfigMap changed under a running broker (apply_manifests).
 RESTART_BROKER=0
+# The ConfigMap of headers ingress-nginx sets on every proxied request (k8s/ingress.yaml), and
+# whether this run's apply changed it (apply_manifests).
+GATEWAY_HEADERS="ingress-nginx/gateway-proxy-headers"
+HEADERS_CHANGED=0
 
 log() { printf 'run_minikube: %s\n' "$*" >&2; }
 die() {
@@ -187,12 +191,31 @@ apply_manifests() {
     kubectl delete job kafka-topics --ignore-not-found
     local tries=0
     # The ingress admission webhook may refuse requests for a few seconds after the addon starts.
-    until kubectl apply -f k8s/; do
+    until applied=$(kubectl apply -f k8s/); do
         tries=$((tries + 1))
         ((tries < 10)) || die "kubectl apply -f k8s/ kept failing"
         log "kubectl apply failed; retrying in 5 s"
         sleep 5
     done
+    echo "$applied"
+    if [[ $applied == *"configmap/${GATEWAY_HEADERS#*/} configured"* ]]; then
+        HEADERS_CHANGED=1
+    fi
+}
+
+# ingress-nginx sets the headers of k8s/ingress.yaml (X-Request-Start) once its controller's
+# ConfigMap names them; that change reloads it. A change to the headers' ConfigMap alone is not
+# reloaded (ingress-nginx's documented caveat), so then the controller is restarted.
+set_gateway_headers() {
+    local patch patched
+    patch="{\"data\":{\"proxy-set-headers\":\"$GATEWAY_HEADERS\"}}"
+    patched=$(kubectl -n ingress-nginx patch configmap ingress-nginx-controller --type merge -p "$patch")
+    echo "$patched"
+    if [[ $patched == *"(no change)"* ]] && ((HEADERS_CHANGED)); then
+        log "the gateway's headers changed: restarting the ingress controller"
+        kubectl -n ingress-nginx rollout restart deployment/ingress-nginx-controller
+        kubectl -n ingress-nginx rollout status deployment/ingress-nginx-controller --timeout=300s
+    fi
 }
 
 wait_for_rollout() {
@@ -252,6 +275,7 @@ up() {
     install_redis_clusters
     build_image
     apply_manifests
+    set_gateway_headers
     wait_for_rollout
     write_urls
 }
@@ -259,6 +283,9 @@ up() {
 down() {
     require kubectl helm
     local service
+    # The controller stops naming the headers' ConfigMap before it goes (the addon stays).
+    kubectl -n ingress-nginx patch configmap ingress-nginx-controller --type json \
+        -p '[{"op": "remove", "path": "/data/proxy-set-headers"}]' 2>/dev/null || true
     kubectl delete -f k8s/ --ignore-not-found
     for service in "${SERVICES[@]}"; do
         if helm status "${service}-redis-cluster" >/dev/null 2>&1; then

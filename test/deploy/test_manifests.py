@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from common.http import GATEWAY_READ_TIMEOUT_S
+from common.http import GATEWAY_CLOCK_MARGIN_S, GATEWAY_READ_TIMEOUT_S, gateway_start_by
 from common.settings import load_settings
 from test.deploy.environments import (
     REPO,
@@ -586,6 +586,88 @@ def test_the_gateway_tells_order_when_it_first_sent_a_request() -> None:
     assert not re.search(r"location [^{]*\{[^}]*proxy_set_header", routes)  # none drops it
 
 
+def gateway_headers(k8s: list[dict[str, Any]]) -> dict[str, str]:
+    """The headers ingress-nginx sets on every proxied request: the ConfigMap of k8s/ that
+    run_minikube.sh names as the controller's ``proxy-set-headers``, after k8s/ is applied."""
+    script = (REPO / "run_minikube.sh").read_text(encoding="utf-8")
+    ((namespace, name),) = re.findall(r'^GATEWAY_HEADERS="([\w-]+)/([\w-]+)"$', script, flags=re.M)
+    assert re.search(r"^    apply_manifests\n    set_gateway_headers\n", script, flags=re.M)
+    assert '\\"proxy-set-headers\\":\\"$GATEWAY_HEADERS\\"' in script
+    (config_map,) = (
+        doc
+        for doc in k8s
+        if doc["kind"] == "ConfigMap"
+        and doc["metadata"]["name"] == name
+        and doc["metadata"]["namespace"] == namespace
+    )
+    data = config_map["data"]
+    assert isinstance(data, dict)
+    return data
+
+
+def assert_sent_once(first: list[str | None], retried: list[str | None]) -> None:
+    """Each request's X-Request-Start was the same on the worker that failed it and on the one
+    that answered its retry, and is the moment nginx first sent it: order's bound
+    (gateway_start_by) reads it as that, within seconds of now."""
+    assert first == retried and first
+    for start in first:
+        assert start is not None and re.fullmatch(r"\d+\.\d{3}", start)
+        bound = gateway_start_by(start)
+        assert bound is not None
+        now = time.time()
+        assert now - 10 < bound / 1000 - (GATEWAY_READ_TIMEOUT_S - GATEWAY_CLOCK_MARGIN_S) <= now
+
+
+def test_ingress_sets_x_request_start_as_the_gateway_does(
+    k8s: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """ingress-nginx writes each of its proxy-set-headers as `proxy_set_header NAME "VALUE";`
+    (Go's %q); those lines, in nginx with a worker that fails every request (502), give the
+    worker and the one that answers the retry the same X-Request-Start, the moment nginx first
+    sent the request, as routes.conf's own line does."""
+    headers = gateway_headers(k8s)
+    (routes_value,) = re.findall(r"^proxy_set_header X-Request-Start (\S+);$", routes_conf(), re.M)
+    assert headers == {"X-Request-Start": routes_value}
+    rendered = "".join(f"proxy_set_header {k} {json.dumps(v)};\n" for k, v in headers.items())
+    failing, working = start_echo("order", _BadGateway), start_echo("order")
+    try:
+        port = free_port()
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(
+            f"""
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path};
+    proxy_temp_path {tmp_path};
+    upstream order_upstream {{
+        server 127.0.0.1:{failing.server_address[1]} max_fails=0;
+        server 127.0.0.1:{working.server_address[1]} backup;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://order_upstream;
+            proxy_next_upstream error timeout http_502 non_idempotent;
+            {rendered}
+        }}
+    }}
+}}
+""",
+            encoding="utf-8",
+        )
+        with running_nginx(tmp_path, conf, port) as base:
+            for _ in range(2):
+                assert post(base + "/checkout/o1")[0] == "order /checkout/o1"
+        assert_sent_once(failing.starts, working.starts)  # type: ignore[attr-defined]
+    finally:
+        for server in (failing, working):
+            server.shutdown()
+            server.server_close()
+
+
 def ingress_routes(k8s: list[dict[str, Any]]) -> list[tuple[re.Pattern[str], str, str]]:
     """(path regex, rewrite target, service) of every ingress path, as ingress-nginx orders
     regex locations: longest path first."""
@@ -634,6 +716,7 @@ class _Echo(http.server.BaseHTTPRequestHandler):
     def _answer(self) -> None:
         seen = self.headers.get("X-Request-Id", "")
         self.server.seen.append(seen)  # type: ignore[attr-defined]
+        self.server.starts.append(self.headers.get("X-Request-Start"))  # type: ignore[attr-defined]
         body = f"{self.server.service_name} {self.path}".encode()  # type: ignore[attr-defined]
         self.send_response(self.status)
         self.send_header("Content-Length", str(len(body)))
@@ -657,6 +740,7 @@ def start_echo(service: str, handler: type[_Echo] = _Echo) -> http.server.Thread
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.service_name = service  # type: ignore[attr-defined]
     server.seen = []  # type: ignore[attr-defined]
+    server.starts = []  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -823,6 +907,7 @@ upstream stock_upstream {{
         assert failing.seen == [client_id, made]  # type: ignore[attr-defined]
         assert working.seen == [client_id, made]  # type: ignore[attr-defined]
         assert UUID.fullmatch(client_id)
+        assert_sent_once(failing.starts, working.starts)  # type: ignore[attr-defined]
     finally:
         for server in (failing, working, *others.values()):
             server.shutdown()
