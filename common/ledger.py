@@ -7,6 +7,7 @@ on the entity's hash tag, so it is atomic and safe to retry.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,12 +35,22 @@ def request_record(key: str, request_id: str) -> str:
     return f"{key}:rq:{request_id}"
 
 
-def reset_once_by(request_id: str | None) -> str:
-    """What a reset (batch_init) is done once for: its request's id, else a fresh one. The
-    entity keeps it: a copy of the request that comes again, after the entity has been used (a
-    worker frozen with it past the gateway's timeout resumes after the gateway's retry did it),
-    finds the entity reset by it and leaves it as it is."""
-    return request_id or uuid.uuid4().hex
+async def reset_once_by(store: Storage, request_id: str | None, asked: str) -> str:
+    """What a reset (batch_init) is done once for: its request's id and what it ``asked`` (its
+    route's numbers), else a fresh id. Each entity keeps it: a copy of the request that comes
+    again, after the entity has been used (a worker frozen with it past the gateway's timeout
+    resumes after the gateway's retry did it), finds the entity reset by it and leaves it as it
+    is. Another request under the id is refused (RequestIdReused) before anything changes, while
+    the id's record lives (``REQUEST_RECORD_TTL_S``, as on every route); past that it is a new
+    request, and since it asks for something else, it resets."""
+    if request_id is None:
+        return uuid.uuid4().hex
+    record = f"{{batch_init:{request_id}}}:rq"  # a hash tag, as every key here has
+    args: list[Arg] = [asked, REQUEST_RECORD_TTL_S]
+    if not await store.durable(lambda: store.script("claim", [record], args)):
+        raise RequestIdReused("the entities of its batch_init")
+    digest = hashlib.blake2b(asked.encode(), digest_size=8).hexdigest()
+    return f"{request_id}:{digest}"
 
 
 async def create_entity(
@@ -148,16 +159,21 @@ class Ledger:
         self, count: int, fields: Mapping[str, int], request_id: str | None = None
     ) -> None:
         """Entities ``"0"`` … ``str(count-1)`` with ``fields``, overwriting (see ``reset``)."""
-        await self.reset(((str(i), fields) for i in range(count)), request_id)
+        asked = " ".join([str(count), *(f"{k}={v}" for k, v in sorted(fields.items()))])
+        await self.reset(((str(i), fields) for i in range(count)), request_id, asked)
 
     async def reset(
-        self, entities: Iterable[tuple[str, Mapping[str, int]]], request_id: str | None = None
+        self,
+        entities: Iterable[tuple[str, Mapping[str, int]]],
+        request_id: str | None = None,
+        asked: str = "",
     ) -> None:
         """Replace each entity with fresh fields, stamped with the moment of its reset: every
         saga that began before is fenced off it (takes refused, nothing given back), so once
         those sagas are over the entity holds exactly these fields. Pipelined per node.
-        Once per ``request_id`` (``reset_once_by``): a copy of the request changes nothing."""
-        by = reset_once_by(request_id)
+        Once per ``request_id`` and what it ``asked`` (``reset_once_by``): a copy of the
+        request changes nothing, another request under its id is refused."""
+        by = await reset_once_by(self._store, request_id, asked)
         calls = (
             ([self.key(entity_id)], [by, *(x for kv in self._with_ceiling(f).items() for x in kv)])
             for entity_id, f in entities

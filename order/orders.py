@@ -126,13 +126,17 @@ class Orders:
                     },
                 )
 
-        await self.reset(entries(), request_id)
+        await self.reset(entries(), request_id, f"{n} {n_items} {n_users} {item_price}")
 
     async def reset(
-        self, orders: Iterable[tuple[str, dict[str, Any]]], request_id: str | None = None
+        self,
+        orders: Iterable[tuple[str, dict[str, Any]]],
+        request_id: str | None = None,
+        asked: str = "",
     ) -> None:
-        """Replace each order's fields (``batch_init``), once per ``request_id``; see there."""
-        compensations = await self._checkout.reset(orders, RESET_REASON, request_id)
+        """Replace each order's fields (``batch_init``), once per ``request_id`` and what it
+        ``asked``; see there."""
+        compensations = await self._checkout.reset(orders, RESET_REASON, request_id, asked)
         try:
             await self._bus.publish(compensations)
         except Exception as exc:  # the sagas are compensating and indexed: the sweeper re-sends

@@ -12,6 +12,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from common.ledger import reset_once_by
 from common.saga.definition import SagaDefinition
 from common.saga.state import Replied, SagaState, TurnedBack
 from common.terms import ENDED, ReplyKind
@@ -238,12 +239,21 @@ class SagaLog:
         )
 
     async def reset(
-        self, entities: Iterable[tuple[str, Mapping[str, Any]]], *, now: int, reason: str, by: str
+        self,
+        entities: Iterable[tuple[str, Mapping[str, Any]]],
+        *,
+        now: int,
+        reason: str,
+        request_id: str | None,
+        asked: str,
     ) -> list[TurnedBack]:
         """Replace each entity's own fields (its batch_init), turning back in the same step a
         saga of it still running; pipelined per node, replicated when this returns. Returns
-        every live saga found, whose current compensation the caller sends. Once per ``by``
-        (the request's id): an entity reset by it already is left as it is."""
+        every live saga found, whose current compensation the caller sends. Once per
+        ``request_id`` and what it ``asked`` (common/ledger.py, ``reset_once_by``): an entity
+        reset by that request already is left as it is, another request under the id is
+        refused before anything changes."""
+        by = await reset_once_by(self._store, request_id, asked)
         entity_ids: list[str] = []
         last = len(self._def.steps) - 1  # where a concurrent saga turns back from
 

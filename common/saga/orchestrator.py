@@ -12,7 +12,6 @@ from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 from typing import Any
 
-from common.ledger import reset_once_by
 from common.messages import Message
 from common.observability import telemetry
 from common.saga.definition import SagaDefinition, SagaRun
@@ -277,13 +276,15 @@ class Orchestrator:
         entities: Iterable[tuple[str, Mapping[str, Any]]],
         reason: str,
         request_id: str | None = None,
+        asked: str = "",
     ) -> list[Outgoing]:
         """Replace the entities' own fields (their batch_init); a saga still running on one is
         turned back in the same step, so no saga begun before the reset finishes on it. Returns
         the compensations to send (of every live saga found), once the writes are replicated.
-        Once per ``request_id`` (common/ledger.py, ``reset_once_by``)."""
-        by = reset_once_by(request_id)
-        turned = await self.log.reset(entities, now=self.clock(), reason=reason, by=by)
+        Once per ``request_id`` and what it ``asked`` (common/ledger.py, ``reset_once_by``)."""
+        turned = await self.log.reset(
+            entities, now=self.clock(), reason=reason, request_id=request_id, asked=asked
+        )
         messages: list[Outgoing] = []
         for saga in turned:
             log.warning("saga %s turned back at step %s: %s", saga.saga_id, saga.step, reason)

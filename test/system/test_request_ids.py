@@ -189,3 +189,48 @@ async def test_a_batch_init_under_a_used_request_id_changes_nothing(
         assert [await api.stock(i) for i in "012"] == [5, 5, 5]
         assert [await api.credit(u) for u in "012"] == [5, 5, 5]
         assert [await api.paid(o) for o in "012"] == [False, False, False]
+
+
+async def test_another_batch_init_under_a_used_request_id_is_refused(gateway_url: str) -> None:
+    """A batch_init under a request id that a batch_init asking other numbers used is a 400 and
+    changes nothing; the same request again is its retry (200, nothing more). Before, each entity
+    the first one had reset was left as it was and the answer was 200 ("3 items with stock 100 at
+    price 7" over items still at 3 and 5 at price 1), and entities past its n were reset."""
+    first = {
+        "stock": "/stock/batch_init/3/5/1",
+        "payment": "/payment/batch_init/3/5",
+        "orders": "/orders/batch_init/3/3/3/1",
+    }
+    other = {
+        "stock": "/stock/batch_init/4/100/7",
+        "payment": "/payment/batch_init/4/100",
+        "orders": "/orders/batch_init/4/3/3/9",
+    }
+    ids = {service: str(uuid.uuid4()) for service in first}
+    reads = [
+        f"/{route}/{i}"
+        for route in ("stock/find", "payment/find_user", "orders/find")
+        for i in "0123"
+    ]
+    async with aiohttp.ClientSession() as session:
+
+        async def state() -> list[tuple[int, Any]]:
+            found = []
+            for path in reads:
+                async with session.get(gateway_url + path) as reply:
+                    found.append((reply.status, await reply.json()))
+            return found
+
+        for service, path in first.items():
+            assert (await send_as(session, gateway_url, path, ids[service]))[0] == 200
+        for path in ("/stock/subtract/0/2", "/payment/pay/0/2"):
+            assert await post(session, gateway_url + path, None) == 200
+        before = await state()
+        for service, path in other.items():
+            status, answer = await send_as(session, gateway_url, path, ids[service])
+            assert status == 400, (path, answer)
+            assert "already used for another request" in answer["error"]
+        assert await state() == before
+        for service, path in first.items():
+            assert (await send_as(session, gateway_url, path, ids[service]))[0] == 200
+        assert await state() == before

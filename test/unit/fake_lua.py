@@ -76,6 +76,14 @@ def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return epoch
 
 
+def claim(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    asked = r.get(keys[0])
+    if asked is not None and asked != argv[0]:
+        return 0
+    r.set(keys[0], argv[0], ex_s=int(argv[1]))
+    return 1
+
+
 def _replayed(done: bytes, asked: bytes) -> list[Any]:
     """What a request record ``status:value[:what was asked]`` answers for a request that asks
     ``asked``: the first outcome, or REUSED when its id asked for something else (a record
@@ -356,6 +364,7 @@ SCRIPTS: dict[str, Script] = {
     "take": take,
     "restore": restore,
     "reset": reset,
+    "claim": claim,
     "adjust": adjust,
     "create": create,
     "saga_begin": saga_begin,
@@ -370,6 +379,7 @@ SCRIPTS: dict[str, Script] = {
 
 SOURCES: dict[str, str] = {
     "reset": "354d71804a484a716a32a701d203f775cba14b8d",
+    "claim": "13760f59703576066af5afda40b0f5ba11a270a2",
     "saga_reset": "a1ed41bb66fdabeae470c5d4a9cdccf5a92f21c3",
     "add_item": "4fe304b3390c0197ec0257a18db30ff6f19c6d94",
     "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",

@@ -347,3 +347,13 @@ async def test_saga_reply_moves_and_marks(name: str) -> None:
     after, paid = await play(run_fake, "{order:o}", "o", concurrent, steps, replies)
     assert after == expected
     assert paid == (b"1" if ("succeeded", steps - 1, "s" * steps) in expected else b"0")
+
+
+def test_claim_lets_the_same_request_go_on_and_refuses_another() -> None:
+    r = FakeRedis()
+    record = "{batch_init:req-1}:rq"
+    assert run(r, "claim", [record], "3 price=1 stock=5", 3600) == 1
+    assert run(r, "claim", [record], "3 price=1 stock=5", 3600) == 1  # a retry, or a copy
+    assert run(r, "claim", [record], "4 price=7 stock=100", 3600) == 0
+    assert r.get(record) == b"3 price=1 stock=5"
+    assert run(r, "claim", ["{batch_init:req-2}:rq"], "4 price=7 stock=100", 3600) == 1
