@@ -17,7 +17,16 @@ from common.observability import telemetry
 from common.terms import LedgerKind, Taken
 from common.types import Arg, Storage
 
-__all__ = ["BALANCE_LIMIT", "LUA_DIR", "Ledger", "Taken", "create_entity", "request_record"]
+__all__ = [
+    "BALANCE_LIMIT",
+    "LUA_DIR",
+    "Ledger",
+    "Taken",
+    "create_entity",
+    "request_record",
+    "reset_done",
+    "reset_once_by",
+]
 
 LUA_DIR = Path(__file__).parent / "lua"
 # Balances stay below 2**53 so Lua, whose numbers are doubles, compares them exactly. Each
@@ -35,22 +44,41 @@ def request_record(key: str, request_id: str) -> str:
     return f"{key}:rq:{request_id}"
 
 
-async def reset_once_by(store: Storage, request_id: str | None, asked: str) -> str:
+async def reset_once_by(store: Storage, request_id: str | None, asked: str) -> str | None:
     """What a reset (batch_init) is done once for: its request's id and what it ``asked`` (its
-    route's numbers), else a fresh id. Each entity keeps it: a copy of the request that comes
-    again, after the entity has been used (a worker frozen with it past the gateway's timeout
-    resumes after the gateway's retry did it), finds the entity reset by it and leaves it as it
-    is. Another request under the id is refused (RequestIdReused) before anything changes, while
-    the id's record lives (``REQUEST_RECORD_TTL_S``, as on every route); past that it is a new
-    request, and since it asks for something else, it resets."""
+    route's numbers), else a fresh id; None when the request is done already (``reset_done``):
+    a copy of it then changes nothing, even after other requests reset the entities since (it
+    reset them all again: a worker frozen with it resumed after the gateway's retry did it and
+    the client's next batch_init ran, and brought back what that one's sagas had taken). Each
+    entity keeps it: a copy of the request that comes again before the first is done finds the
+    entity reset by it and leaves it as it is. Another request under the id is refused
+    (RequestIdReused) before anything changes, while the id's record lives
+    (``REQUEST_RECORD_TTL_S``, as on every route); past that it is a new request, and since it
+    asks for something else, it resets."""
     if request_id is None:
         return uuid.uuid4().hex
-    record = f"{{batch_init:{request_id}}}:rq"  # a hash tag, as every key here has
-    args: list[Arg] = [asked, REQUEST_RECORD_TTL_S]
-    if not await store.durable(lambda: store.script("claim", [record], args)):
+    record = _claim_record(request_id)
+    args: list[Arg] = [asked, REQUEST_RECORD_TTL_S, 0]
+    claimed = await store.durable(lambda: store.script("claim", [record], args))
+    if not claimed:
         raise RequestIdReused("the entities of its batch_init")
+    if claimed == 2:
+        return None
     digest = hashlib.blake2b(asked.encode(), digest_size=8).hexdigest()
     return f"{request_id}:{digest}"
+
+
+async def reset_done(store: Storage, request_id: str | None, asked: str) -> None:
+    """Mark the reset under ``request_id`` done, once every entity's reset is replicated: a copy
+    of it that comes later changes nothing (``reset_once_by``)."""
+    if request_id is None:
+        return
+    args: list[Arg] = [asked, REQUEST_RECORD_TTL_S, 1]
+    await store.durable(lambda: store.script("claim", [_claim_record(request_id)], args))
+
+
+def _claim_record(request_id: str) -> str:
+    return f"{{batch_init:{request_id}}}:rq"  # a hash tag, as every key here has
 
 
 async def create_entity(
@@ -174,11 +202,14 @@ class Ledger:
         Once per ``request_id`` and what it ``asked`` (``reset_once_by``): a copy of the
         request changes nothing, another request under its id is refused."""
         by = await reset_once_by(self._store, request_id, asked)
+        if by is None:  # done already: a copy changes nothing
+            return
         calls = (
             ([self.key(entity_id)], [by, *(x for kv in self._with_ceiling(f).items() for x in kv)])
             for entity_id, f in entities
         )
         await self._store.bulk_script("reset", calls)
+        await reset_done(self._store, request_id, asked)
 
     def _with_ceiling(self, fields: Mapping[str, int]) -> dict[str, int]:
         """A new entity's fields: its ceiling starts at its balance (nothing taken yet)."""

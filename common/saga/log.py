@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from common.ledger import reset_once_by
+from common.ledger import reset_done, reset_once_by
 from common.saga.definition import SagaDefinition
 from common.saga.state import Replied, SagaState, TurnedBack
 from common.terms import ENDED, ReplyKind
@@ -254,6 +254,8 @@ class SagaLog:
         reset by that request already is left as it is, another request under the id is
         refused before anything changes."""
         by = await reset_once_by(self._store, request_id, asked)
+        if by is None:  # done already: a copy changes nothing (the sweeper ends the sagas)
+            return []
         entity_ids: list[str] = []
         last = len(self._def.steps) - 1  # where a concurrent saga turns back from
 
@@ -265,6 +267,7 @@ class SagaLog:
                 yield [key], [now, reason, self._def.done_field, last, by, *pairs]
 
         replies = await self._store.bulk_script("saga_reset", calls())
+        await reset_done(self._store, request_id, asked)
         return [
             TurnedBack(
                 entity_id=entity_id,

@@ -234,3 +234,36 @@ async def test_another_batch_init_under_a_used_request_id_is_refused(gateway_url
         for service, path in first.items():
             assert (await send_as(session, gateway_url, path, ids[service]))[0] == 200
         assert await state() == before
+
+
+async def test_a_batch_init_copy_after_another_batch_init_changes_nothing(
+    api: Api, gateway_url: str
+) -> None:
+    """The copy of a batch_init that comes again after ANOTHER batch_init reset its entities
+    (a worker frozen with it resumes after the gateway's retry did it and the client went on
+    with a new init) is still the same request: 200, nothing more. It reset every entity again
+    (each keeps only the last reset's id): the units and credit the second init's paid orders
+    and payments took came back, and the orders were replaced."""
+    paths = {
+        "stock": "/stock/batch_init/3/5/1",
+        "payment": "/payment/batch_init/3/5",
+        "orders": "/orders/batch_init/3/3/3/1",
+    }
+    first = {service: str(uuid.uuid4()) for service in paths}
+    async with aiohttp.ClientSession() as session:
+        for service, path in paths.items():
+            assert await post(session, gateway_url + path, first[service]) == 200
+        for path in paths.values():  # the client's next init: a new request id, same numbers
+            assert await post(session, gateway_url + path, str(uuid.uuid4())) == 200
+        await api.ok("POST", "/stock/subtract/0/2")
+        await api.ok("POST", "/payment/pay/0/2")
+        orders = [await api.ok("GET", f"/orders/find/{o}") for o in "012"]
+        used = (
+            [await api.stock(i) for i in "012"],
+            [await api.credit(u) for u in "012"],
+        )
+        assert used[0][0] == 3 and used[1][0] == 3
+        for service, path in paths.items():  # the first init's copy
+            assert await post(session, gateway_url + path, first[service]) == 200
+        assert ([await api.stock(i) for i in "012"], [await api.credit(u) for u in "012"]) == used
+        assert [await api.ok("GET", f"/orders/find/{o}") for o in "012"] == orders

@@ -78,8 +78,16 @@ def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 def claim(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     asked = r.get(keys[0])
+    done = asked is not None and asked.endswith(b"|done")
+    if asked is not None and done:
+        asked = asked.removesuffix(b"|done")
     if asked is not None and asked != argv[0]:
         return 0
+    if argv[2] == b"1":
+        r.set(keys[0], argv[0] + b"|done", ex_s=int(argv[1]))
+        return 2
+    if done:
+        return 2
     r.set(keys[0], argv[0], ex_s=int(argv[1]))
     return 1
 
@@ -379,7 +387,7 @@ SCRIPTS: dict[str, Script] = {
 
 SOURCES: dict[str, str] = {
     "reset": "354d71804a484a716a32a701d203f775cba14b8d",
-    "claim": "13760f59703576066af5afda40b0f5ba11a270a2",
+    "claim": "94a081e5fff86bc5288e1e9d944b17654ee4c718",
     "saga_reset": "a1ed41bb66fdabeae470c5d4a9cdccf5a92f21c3",
     "add_item": "4fe304b3390c0197ec0257a18db30ff6f19c6d94",
     "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",

@@ -352,8 +352,13 @@ async def test_saga_reply_moves_and_marks(name: str) -> None:
 def test_claim_lets_the_same_request_go_on_and_refuses_another() -> None:
     r = FakeRedis()
     record = "{batch_init:req-1}:rq"
-    assert run(r, "claim", [record], "3 price=1 stock=5", 3600) == 1
-    assert run(r, "claim", [record], "3 price=1 stock=5", 3600) == 1  # a retry, or a copy
-    assert run(r, "claim", [record], "4 price=7 stock=100", 3600) == 0
+    assert run(r, "claim", [record], "3 price=1 stock=5", 3600, 0) == 1
+    assert run(r, "claim", [record], "3 price=1 stock=5", 3600, 0) == 1  # a retry, or a copy
+    assert run(r, "claim", [record], "4 price=7 stock=100", 3600, 0) == 0
     assert r.get(record) == b"3 price=1 stock=5"
-    assert run(r, "claim", ["{batch_init:req-2}:rq"], "4 price=7 stock=100", 3600) == 1
+    assert run(r, "claim", ["{batch_init:req-2}:rq"], "4 price=7 stock=100", 3600, 0) == 1
+    # Once done, a copy has nothing to do; another request is still refused.
+    assert run(r, "claim", [record], "3 price=1 stock=5", 3600, 1) == 2
+    assert run(r, "claim", [record], "3 price=1 stock=5", 3600, 0) == 2
+    assert run(r, "claim", [record], "4 price=7 stock=100", 3600, 0) == 0
+    assert run(r, "claim", [record], "4 price=7 stock=100", 3600, 1) == 0
