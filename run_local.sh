@@ -88,21 +88,35 @@ stack_executables() {
     done
 }
 
-# Kills what is left of a supervisord that is gone: processes of its session (supervisord is a
-# session leader and its programs never leave its session) running one of the stack's binaries.
+# Stops what is left of a supervisord that is gone (SIGKILLed): processes of its session
+# (supervisord is a session leader and its programs never leave its session) running one of the
+# stack's binaries. They still serve, so they stop as `down` stops a stack: the gateway first
+# (SIGQUIT: it answers the requests it holds), then the workers, then the broker and Redis.
+# (Stopping them all at once dropped the requests in flight, as `down` once did.)
 sweep_dead_session() {
-    local sid boot pid exe victims=() executables
+    local sid boot pid exe victims=() gateway=() web=() state=() executables nginx python wait_s
     [[ -f $SV_SIDFILE ]] || return 0
     read -r sid boot <"$SV_SIDFILE"
     if [[ $boot == "$(boot_id)" ]] && ! alive "$sid"; then
         executables=$(stack_executables)
+        nginx=$(readlink -f "$(command -v nginx)")
+        python=$(readlink -f "$VENV_DIR/bin/python")
         for pid in $(procs_in session "$sid"); do
             exe=$(readlink -f "/proc/$pid/exe" 2>/dev/null) || continue
-            if grep -qxF "$exe" <<<"$executables"; then victims+=("$pid"); fi
+            grep -qxF "$exe" <<<"$executables" || continue
+            victims+=("$pid")
+            case $exe in
+                "$nginx") gateway+=("$pid") ;;
+                "$python") web+=("$pid") ;;
+                *) state+=("$pid") ;;
+            esac
         done
         if ((${#victims[@]} > 0)); then
             log "stopping ${#victims[@]} leftover processes of a stopped stack: ${victims[*]}"
-            terminate TERM 3 "${victims[@]}"
+            wait_s=$(gateway_stop_wait_s)
+            terminate QUIT "$wait_s" ${gateway[@]+"${gateway[@]}"}
+            terminate TERM "$wait_s" ${web[@]+"${web[@]}"}
+            terminate TERM 10 ${state[@]+"${state[@]}"}
             kill_and_wait "${victims[@]}"
         fi
     fi
