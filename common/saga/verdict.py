@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 from common.effects import Effects
 from common.errors import Unavailable
@@ -32,6 +34,7 @@ from common.terms import AbortReason, SagaStatus
 from common.types import Publisher, Storage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ROUND_S = 1.0
 """How often a call past its timeout reads its saga again (and turns it back if it runs)."""
@@ -116,7 +119,7 @@ class Verdicts:
         DONE. A saga of it live (another call's, on this worker or another): its verdict,
         waited for without a turn, since this starts nothing. Else BUSY: not done, and no saga
         holds anything for it."""
-        found = await self._store.durable(lambda: self._orch.look(entity_id))
+        found = await self._until_budget(answer_by, lambda: self._orch.look(entity_id))
         return await self._follow(entity_id, found or Started(Outcome.BUSY), answer_by)
 
     async def _follow(self, entity_id: str, started: Started, answer_by: float) -> Answer:
@@ -149,16 +152,23 @@ class Verdicts:
         return started
 
     async def _start(self, entity_id: str, answer_by: float, start_by_ms: int | None) -> Started:
-        """Start or join the saga, retrying while the store is unavailable (a failover takes
-        seconds, a replica may be resyncing); only past the answer budget does Unavailable
-        reach the caller (the start may then exist unreplicated: its outcome is unknown)."""
+        """Start or join the saga (``_until_budget``; past the budget the start may exist
+        unreplicated: its outcome is unknown)."""
+        # trace id "": the saga's own, derived from its id (observability/tracing.py)
+        return await self._until_budget(
+            answer_by, lambda: self._orch.start(entity_id, "", start_by=start_by_ms)
+        )
+
+    async def _until_budget(self, answer_by: float, action: Callable[[], Awaitable[T]]) -> T:
+        """``action``, returned once a replica holds what it wrote or read, retried while the
+        store is unavailable (a failover takes seconds, a replica may be resyncing): only past
+        the answer budget does Unavailable reach the caller (a 503). (The look of a checkout
+        without a turn was tried once: a replica away answered it 503 with half its budget
+        left; found by the simulation with the gateway's retries, 2026-11-30.)"""
         loop = asyncio.get_running_loop()
         while True:
             try:
-                # trace id "": the saga's own, derived from its id (observability/tracing.py)
-                return await self._store.durable(
-                    lambda: self._orch.start(entity_id, "", start_by=start_by_ms)
-                )
+                return await self._store.durable(action)
             except Unavailable:
                 if loop.time() > answer_by:
                     raise

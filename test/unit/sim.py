@@ -7,7 +7,10 @@ Kafka), under a ``VirtualTimeLoop``. A seeded ``random.Random`` decides every st
 call proceeds, when time passes, which process crashes where, which master fails over, which
 replica is killed, comes back and resyncs (a failover while it resyncs promotes it without what
 it missed), when the three services' ``batch_init`` reset every entity under the live sagas,
-when the whole world stalls for half a minute (checkouts queued for a turn run out of time).
+when the whole world stalls for half a minute (checkouts queued for a turn run out of time),
+when an order worker freezes (SIGSTOP) past the gateway's timeout, which sends its checkouts
+again to another worker (``sim_gateway``: the client gets the last try's answer; a resumed
+worker reads the ones it holds only then).
 Every checkout answer is checked the moment it is given (``sim_workload``); after a fault phase
 the faults stop and the world runs until it is quiescent; ``sim_check`` then checks the
 invariants of DESIGN.md. ``run_seed(seed)`` returns a ``Report`` whose ``trace`` replays the run.
@@ -30,6 +33,7 @@ from common.terms import ITEMS, USERS
 from test.unit.fake_bus import BusFaults, FakeBus
 from test.unit.fake_redis import DOWN, IN_SYNC, MASTERS, RESYNCING, FakeRedis
 from test.unit.fake_store import FakeStore
+from test.unit.sim_gateway import Gateway
 from test.unit.sim_patch import patched
 from test.unit.sim_procs import OrderWorker, Participants, consume
 from test.unit.sim_sched import Actor, Scheduler, VirtualTimeLoop, current_actor
@@ -80,6 +84,11 @@ class Knobs:
     """Nothing moves for half a minute (a broker or network outage): what waits on a timer,
     a checkout queued for its turn say, runs out of time."""
     max_stalls: int = 1
+    freeze: float = 0.03
+    """An order worker freezes (SIGSTOP, a paused VM) for ``freeze_ms``, past the gateway's
+    timeout: the gateway sends the checkouts it holds again to another worker."""
+    max_freezes: int = 1
+    freeze_ms: tuple[int, int] = (45_000, 100_000)
     burst: float = 0.6
     """Probability that the workload sends a wave of checkouts to one worker at once."""
     oversized: float = 0.15
@@ -138,6 +147,8 @@ class World:
         self.stats: dict[str, int] = {}
         self.faulty = False
         self.park_calls = dict(knobs.park_calls)
+        self.frozen: set[str] = set()
+        """The order workers frozen now (``OrderWorker.freeze``)."""
         self.ids = random.Random(f"ids-{seed}")
         """The saga code's randomness (new saga ids, index scores), shared by every worker."""
         self.settings = dataclasses.replace(
@@ -182,6 +193,7 @@ class World:
             "order": list(self.workers),
         }
         self.inflight: dict[tuple[str, str, int], Actor] = {}
+        self.gateway = Gateway(self)
         self.workload = Workload(self)
         self._started: dict[str, int] = {}
         self._published_seen = 0
@@ -213,9 +225,18 @@ class World:
             self.workload.began.setdefault(result[1].decode(), len(self.trace))
             if actor is not None:
                 actor.notes["starting"] = True
+                actor.notes.setdefault("began", []).append(result[1].decode())
+
+    def running_workers(self) -> list[str]:
+        """The order workers not frozen (there is always one: one freezes at a time)."""
+        return [name for name in self.workers if name not in self.frozen]
 
     async def gate(self, label: str) -> None:
         actor = current_actor()
+        if self.frozen and actor is not None and actor.process in self.frozen:
+            await self.workers[actor.process].awake()  # sent once it resumes
+            if actor.crashed:
+                raise asyncio.CancelledError
         if actor is not None and "starting" in actor.notes and not label.startswith("zadd"):
             del actor.notes["starting"]  # past the re-registration that follows a slow start
         park = self.park_calls.get(label.partition(" ")[0], self.knobs.park)
@@ -276,7 +297,7 @@ class World:
         ]
         if batchable:
             options.append((3.0, lambda: self.start_batch(*self.rng.choice(batchable))))
-        unread = [w for w in self.workers.values() if w.unread()]
+        unread = [w for w in self.workers.values() if not w.frozen and w.unread()]
         if unread:
             options.append((1.0, lambda: self.rng.choice(unread).read_outcomes()))
         if self.workload.todo:
@@ -287,6 +308,10 @@ class World:
             options.append((1.0, self.tick))
             if self.stats.get("stalls", 0) < self.knobs.max_stalls:
                 options.append((self.knobs.stall, self.stall))
+            if self.stats.get("freezes", 0) < self.knobs.max_freezes:
+                options.append((self.knobs.freeze, self.freeze))
+            if self.frozen and self.only_frozen_busy():
+                options.append((1.0, self.frozen_tick))
             options.append((self.knobs.crash, self.crash))
             options.append((self.knobs.failover, self.failover))
             options.append((self.knobs.broker_restart, self.broker_restart))
@@ -301,7 +326,8 @@ class World:
             if self.inflight:
                 options.append((self.knobs.rebalance, self.rebalance))
         elif not options:
-            options.append((1.0, self.tick))
+            frozen_only = self.frozen and self.only_frozen_busy()
+            options.append((1.0, self.frozen_tick if frozen_only else self.tick))
         weights = [w for w, _ in options]
         self.rng.choices(options, weights)[0][1]()
 
@@ -325,13 +351,47 @@ class World:
         self.note(f"STALL: nothing moves for {ms} ms")
         self.loop.advance(ms)
 
+    def freeze(self) -> None:
+        """SIGSTOP an order worker, one holding checkouts if any does. Its consumer's partitions
+        move to the others (its session times out within seconds): its batches are zombies."""
+        held = {a.process for a in self.sched.actors if a.alive and " checkout " in a.name}
+        running = self.running_workers()
+        name = self.rng.choice(sorted(held & set(running)) or running)
+        ms = self.rng.randint(*self.knobs.freeze_ms)
+        self.count("freezes")
+        self.note(f"FREEZE {name} for {ms} ms")
+        self.workers[name].freeze(ms)
+        for key, actor in list(self.inflight.items()):
+            if actor.process == name:
+                actor.notes["zombie"] = True
+                del self.inflight[key]
+
+    def only_frozen_busy(self) -> bool:
+        """Whether only frozen workers have requests or batches in hand, and no call is on its
+        way (one a worker sent before it froze goes on: it is not held up for a minute)."""
+        if self.sched.gates:
+            return False
+        return all(a.process in self.frozen for a in self.sched.busy_actors())
+
+    def frozen_tick(self) -> None:
+        """Time passes while the rest of the world has nothing in hand: on to the next time
+        the gateway gives up on a try, or a worker resumes."""
+        whens = [self.workers[name].resume_ms for name in self.frozen]
+        deadline = self.gateway.next_deadline_ms()
+        if deadline is not None:
+            whens.append(deadline)
+        self.loop.advance(max(1, min(whens) - self.loop.now_ms))
+
     def release_held(self) -> None:
         self.bus.release_held(self.rng.randrange(len(self.bus.held)))
 
     def start_batch(self, group: str, topic: str, partition: int) -> None:
         start = self.bus.position(group, topic, partition)
         end = min(len(self.bus.logs[(topic, partition)]), start + self.rng.randint(1, 4))
-        process = self.rng.choice(self.processes[group])
+        processes = self.processes[group]
+        if group == "order" and self.frozen:
+            processes = self.running_workers()
+        process = self.rng.choice(processes)
         if group == "order":
             loop = self.workers[process].consumer
         else:

@@ -10,7 +10,10 @@
 - every "paid" answer is a paid order; every "not paid" answer's saga holds nothing; no
   checkout answers 5xx. (Each answer is also checked the moment it is given: sim_workload.)
 - no "not paid" answer of any kind (its saga failed, its turn did not come, the order is too
-  big) for an order that the saga which paid it had begun to pay before the request came.
+  big) for an order that the saga which paid it had begun to pay before the request came;
+- no "not paid" answer for an order a saga begun by a try of the same request paid (a try the
+  gateway gave up on, which a frozen worker ran once it resumed, say: ``sim_gateway``).
+Only the answers the client got are judged: those of the gateway's last tries.
 
 A ``T:`` record holds something only while its entity was not reset since its saga began
 (take.lua's fence): what it took went with the old balance.
@@ -132,6 +135,7 @@ def check(world: World) -> list[str]:
     if world.stats.get("checkout_503"):
         out.append(f"{world.stats['checkout_503']} checkout(s) answered 503 (rule 5: never 5xx)")
     out += refusals_of_paid_orders(world)
+    out += refusals_of_what_their_request_paid(world)
     for answer in wl.answers:
         if answer.asked_ms <= wl.reset_ms:
             continue  # about the world before the reset: checked when it was given
@@ -170,4 +174,26 @@ def refusals_of_paid_orders(world: World) -> list[str]:
         if began is not None and began < answer.asked:
             out.append(f"checkout answered not paid, but {by}, begun before it was asked, paid")
             out[-1] += f" order {answer.order_id}: {answer}"
+    return out
+
+
+def refusals_of_what_their_request_paid(world: World) -> list[str]:
+    """A 400 tells the client its request did not pay the order: no try of it may have begun a
+    saga that paid it, a try the gateway gave up on included (it may run long after the
+    answer: a worker frozen past the gateway's timeout reads it when it resumes)."""
+    wl, out = world.workload, []
+    requests = world.gateway.requests
+    for answer in wl.answers:
+        if answer.outcome != NOT_PAID or answer.request < 0:
+            continue
+        if any(answer.asked <= r <= answer.at for r in wl.resets):
+            continue  # about the world before the reset, as above
+        for saga_id in requests[answer.request].began():
+            at = wl.began.get(saga_id)
+            if at is not None and payer(world, answer.order_id, at) == saga_id:
+                tries = [a.name for a in requests[answer.request].tries]
+                out.append(
+                    f"checkout answered not paid, but {saga_id}, begun by a try of the same "
+                    f"request ({tries}), paid order {answer.order_id}: {answer}"
+                )
     return out

@@ -66,18 +66,24 @@ class OrderWorker:
         self.world = world
         self.name = name
         self.outcome_positions: dict[int, int] = {}
+        self.frozen = False
+        self.resume_ms = 0
+        self._sleepers: list[asyncio.Future[None]] = []
+        self._resume: asyncio.TimerHandle | None = None
 
     def boot(self) -> None:
         w = self.world
         if hasattr(self, "sweeper"):  # a restart: keep the old process's counts
             w.count("sweeper resends", self.sweeper.resends)
             w.count("sweeper aborts", self.sweeper.aborts)
+        if self.frozen:  # killed while frozen: the new process runs
+            self.resume()
         order = build(
             dataclasses.replace(w.settings, worker_id=self.name),
             store=w.stores["order"],
             bus=w.bus,
             waiters=NotingWaiters(),
-            clock=lambda: w.loop.now_ms,
+            clock=self.now,
             rng=w.ids,
             index_shards=w.knobs.index_shards,
         )
@@ -108,6 +114,52 @@ class OrderWorker:
         w.sched.spawn(
             f"{self.name} sweeper", self.name, self._sweep_forever(), _report(w), background=True
         )
+
+    # --- freezing (SIGSTOP ... SIGCONT) --------------------------------------------------------
+    def now(self) -> int:
+        """The process's clock. Whatever of it runs while it is frozen (a timer fired, a call it
+        had sent came back) runs, in truth, once it resumes: it reads the time of its resume."""
+        now = self.world.loop.now_ms
+        return max(now, self.resume_ms) if self.frozen else now
+
+    def freeze(self, ms: int) -> None:
+        """Stop the process for ``ms``: nothing it sends from now on (a store or bus call, an
+        answer) leaves it before it resumes, and requests sent to it wait unread till then.
+        Calls already sent go on (their replies wait for it)."""
+        loop = self.world.loop
+        self.frozen = True
+        self.resume_ms = loop.now_ms + ms
+        self.world.frozen.add(self.name)
+        self._resume = loop.call_at(self.resume_ms / 1000, self.resume)
+
+    def resume(self) -> None:
+        self.frozen = False
+        self.world.frozen.discard(self.name)
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        self.world.note(f"{self.name} resumes")
+        for sleeper in self._sleepers:
+            if not sleeper.done():
+                sleeper.set_result(None)
+        self._sleepers.clear()
+
+    async def awake(self) -> None:
+        """Return at once, or once the process resumes."""
+        if self.frozen:
+            sleeper = self.world.loop.create_future()
+            self._sleepers.append(sleeper)
+            await sleeper
+
+    async def serve(self, order_id: str, start_by_ms: int | None) -> None:
+        """A checkout request, as ``order/app.py`` serves it (read once the process runs)."""
+        await self.awake()
+        try:
+            await self.checkout(order_id, start_by_ms)
+        except Exception:
+            await self.awake()  # its answer leaves once the process runs
+            raise
+        await self.awake()
 
     async def _sweep_forever(self) -> None:
         """``Sweeper._run``: a round every interval; a failed round is retried by the next."""

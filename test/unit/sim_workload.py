@@ -5,7 +5,10 @@ with an addItem past its bound), checked out concurrently, again after a refusal
 and the record of every answer they got, each checked the moment it was given: a 200 only for a
 paid order, a 400 only for a saga that holds nothing (and, once the run is over, a 400 of any
 kind never for an order a saga begun before the request paid: ``sim_check``). Waves of
-checkouts at one worker (``burst``) make some queue for a turn, some answer without one."""
+checkouts at one worker (``burst``) make some queue for a turn, some answer without one.
+Checkouts go through the gateway (``sim_gateway``), which sends one again to another worker
+when the first is frozen past its timeout: the client gets (and the checks judge) the last
+try's answer."""
 
 from __future__ import annotations
 
@@ -66,6 +69,8 @@ class Answer:
     """A 400 of a checkout whose turn did not come: it started nothing (``Outcome.BUSY``)."""
     turn: bool = True
     """Whether it had a turn (else it answered from what the order was: ``_without_turn``)."""
+    request: int = -1
+    """Its request in ``Gateway.requests`` (the tries it took)."""
 
 
 @dataclass(frozen=True)
@@ -169,24 +174,28 @@ class Workload:
         w = self.world
         spec = self.orders[spec.order_id]  # as it is now (a reset may have come since)
         spec.checkouts += 1
-        worker = w.workers.get(worker_name) or w.rng.choice(list(w.workers.values()))
-        name = f"{worker.name} checkout {spec.order_id}"
-        w.note(f"client: {name}")
+        worker = worker_name or w.rng.choice(list(w.workers))  # the gateway's choice
+        w.note(f"client: {worker} checkout {spec.order_id}")
         asked = w.loop.now_ms
         if self.open.get(spec.order_id):
             w.count("concurrent checkouts of one order")
         self.open[spec.order_id] = self.open.get(spec.order_id, 0) + 1
-        done = self._answered(spec, asked, len(w.trace))
-        w.sched.spawn(name, worker.name, worker.checkout(spec.order_id), done)
+        done = self._answered(spec, asked, len(w.trace), len(w.gateway.requests))
+        w.gateway.send(spec.order_id, worker, done)
 
     def _answered(
-        self, spec: OrderSpec, asked: int, asked_at: int
-    ) -> Callable[[Actor, asyncio.Task[Any]], None]:
-        def done(actor: Actor, task: asyncio.Task[Any]) -> None:
+        self, spec: OrderSpec, asked: int, asked_at: int, request: int
+    ) -> Callable[[Actor, asyncio.Task[Any] | None], None]:
+        """What the client does with the answer of its checkout's last try (``task`` None:
+        the gateway's 504, every try given up on)."""
+
+        def done(actor: Actor, task: asyncio.Task[Any] | None) -> None:
             w = self.world
             self.open[spec.order_id] -= 1
             busy = False
-            if task.cancelled():
+            if task is None:
+                outcome = NO_ANSWER
+            elif task.cancelled():
                 outcome = NO_ANSWER
             elif task.exception() is None:
                 outcome = PAID
@@ -195,6 +204,8 @@ class Workload:
                 if "timed out" in str(task.exception()):
                     w.count("answer not paid: timed out")
                 busy = "no turn came" in str(task.exception())
+                if "came too late" in str(task.exception()):
+                    w.count("answer not paid: came too late")
                 if "still being given back" in str(task.exception()):
                     # Past the answer budget with its compensation unfinished (verdict.py's
                     # _decide): a true 400, but what it holds is given back only later.
@@ -207,11 +218,11 @@ class Workload:
             else:
                 outcome = NO_ANSWER
                 w.error(f"{actor.name} raised {task.exception()!r}")
-            saga_id = str(actor.notes.get("saga_id", ""))
+            saga_id = str(actor.notes.get("saga_id", "")) if task is not None else ""
             turn = "no turn" not in actor.notes
             now_ms, at = w.loop.now_ms, len(w.trace)
             answer = Answer(
-                spec.order_id, saga_id, outcome, now_ms, asked, asked_at, at, busy, turn
+                spec.order_id, saga_id, outcome, now_ms, asked, asked_at, at, busy, turn, request
             )
             self.answers.append(answer)
             how = "" if turn else ", busy" if busy else ", without a turn"
@@ -250,7 +261,7 @@ class Workload:
     def add_item(self, spec: OrderSpec) -> None:
         """addItem on an order past its bound: refused, the order unchanged."""
         w = self.world
-        worker = w.rng.choice(list(w.workers.values()))
+        worker = w.workers[w.rng.choice(w.running_workers())]
         orders = Orders(w.stores["order"], worker.orchestrator, w.bus)
         item_id = self.world.rng.choice(list(self.items))
         coro = orders.add_item(spec.order_id, item_id, 1, self.items[item_id][1], self._id("rq"))
@@ -271,7 +282,7 @@ class Workload:
         w, rng = self.world, self.world.rng
         everything = rng.random() >= w.knobs.orders_only_reset
         w.count("resets" if everything else "resets of orders alone")
-        worker = rng.choice(list(w.workers.values()))
+        worker = w.workers[rng.choice(w.running_workers())]  # its books change at once
         items, users = self.items, self.users
         if everything:
             items = {i: (rng.randint(0, 4), price) for i, (_, price) in self.items.items()}
