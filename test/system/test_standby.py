@@ -94,7 +94,10 @@ async def test_the_gateway_falls_back_to_the_standby_only_without_an_active_work
 
     async def ready() -> bool:
         addresses = stack.env()["STOCK_WORKERS"].split(",")
-        replies = await asyncio.gather(*(get(a, "/ready") for a in addresses))
+        try:
+            replies = await asyncio.gather(*(get(a, "/ready") for a in addresses))
+        except aiohttp.ClientConnectorError:  # started, not listening yet
+            return False
         return all(status == 200 for status, _ in replies)
 
     await until(ready, within=60)
