@@ -90,11 +90,10 @@ stack_executables() {
 
 # Stops what is left of a supervisord that is gone (SIGKILLed): processes of its session
 # (supervisord is a session leader and its programs never leave its session) running one of the
-# stack's binaries. They still serve, so they stop as `down` stops a stack: the gateway first
-# (SIGQUIT: it answers the requests it holds), then the workers, then the broker and Redis.
+# stack's binaries. They still serve, so they stop as `down` stops a stack (stop_in_order).
 # (Stopping them all at once dropped the requests in flight, as `down` once did.)
 sweep_dead_session() {
-    local sid boot pid exe victims=() gateway=() web=() state=() executables nginx python wait_s
+    local sid boot pid exe victims=() gateway=() web=() state=() executables nginx python
     [[ -f $SV_SIDFILE ]] || return 0
     read -r sid boot <"$SV_SIDFILE"
     if [[ $boot == "$(boot_id)" ]] && ! alive "$sid"; then
@@ -113,10 +112,7 @@ sweep_dead_session() {
         done
         if ((${#victims[@]} > 0)); then
             log "stopping ${#victims[@]} leftover processes of a stopped stack: ${victims[*]}"
-            wait_s=$(gateway_stop_wait_s)
-            terminate QUIT "$wait_s" ${gateway[@]+"${gateway[@]}"}
-            terminate TERM "$wait_s" ${web[@]+"${web[@]}"}
-            terminate TERM 10 ${state[@]+"${state[@]}"}
+            stop_in_order "${gateway[*]}" "${web[*]}" "${state[*]}"
             kill_and_wait "${victims[@]}"
         fi
     fi
@@ -782,27 +778,33 @@ terminate() {
     done
 }
 
+# stop_in_order GATEWAY WORKERS STATE (each a list of pids): three waves, each in parallel: the
+# gateway, which answers the requests it holds (SIGQUIT, generate_gateway) while the workers,
+# the broker and Redis still serve them; then the workers; then the broker and Redis. (Stopping
+# the gateway and the workers at once dropped the checkouts in flight, and Redis and the broker
+# 10 s later left workers holding checkouts unable to end them.)
+stop_in_order() {
+    local wait_s
+    wait_s=$(gateway_stop_wait_s)
+    # shellcheck disable=SC2086 # lists of pids
+    terminate QUIT "$wait_s" $1
+    # shellcheck disable=SC2086
+    terminate TERM "$wait_s" $2
+    # shellcheck disable=SC2086
+    terminate TERM 10 $3
+}
+
 cmd_down() {
-    local pid tries gateway web state wait_s
+    local pid tries gateway web state
     if pid=$(supervisord_pid); then
         log "stopping the stack ($STATE_DIR)"
         # supervisord alone would stop its programs one after the other; once it is shutting
-        # down it restarts none, so stop them in three waves, each in parallel: the gateway,
-        # which answers the requests it holds (SIGQUIT, generate_gateway) while the workers,
-        # the broker and Redis still serve them; then the workers; then the broker and Redis.
-        # (Stopping the gateway and the workers at once dropped the checkouts in flight, and
-        # Redis and the broker 10 s later left workers holding checkouts unable to end them.)
+        # down it restarts none, so they are stopped in waves (stop_in_order).
         gateway=$(program_pids gateway)
         web=$(program_pids '(order|payment|stock)-([0-9]+|standby)')
         state=$(program_pids 'broker|redis-.*')
-        wait_s=$(gateway_stop_wait_s)
         kill -TERM "$pid"
-        # shellcheck disable=SC2086 # lists of pids
-        terminate QUIT "$wait_s" $gateway
-        # shellcheck disable=SC2086
-        terminate TERM "$wait_s" $web
-        # shellcheck disable=SC2086
-        terminate TERM 10 $state
+        stop_in_order "$gateway" "$web" "$state"
         for ((tries = 0; tries < 600; tries++)); do
             alive "$pid" || break
             sleep 0.1

@@ -193,9 +193,7 @@ class Workload:
             w = self.world
             self.open[spec.order_id] -= 1
             busy = False
-            if task is None:
-                outcome = NO_ANSWER
-            elif task.cancelled():
+            if task is None or task.cancelled():  # the gateway's 504, or a crash
                 outcome = NO_ANSWER
             elif task.exception() is None:
                 outcome = PAID
