@@ -38,6 +38,12 @@ OP_RECORD_TTL_S = 7 * 24 * 3600
 REQUEST_RECORD_TTL_S = 3600
 
 
+# The batch_init claims of a service (claim.lua): one slot, so that a claim takes its rank from
+# the count in the same step.
+CLAIMS = "{batch_init}"
+CLAIMS_COUNT = "{batch_init}:count"
+
+
 def request_record(key: str, request_id: str) -> str:
     """The key of the record that makes the client request ``request_id`` on the entity
     ``key`` happen once, and keeps what it asked (same slot as the entity)."""
@@ -45,40 +51,40 @@ def request_record(key: str, request_id: str) -> str:
 
 
 async def reset_once_by(store: Storage, request_id: str | None, asked: str) -> str | None:
-    """What a reset (batch_init) is done once for: its request's id and what it ``asked`` (its
-    route's numbers), else a fresh id; None when the request is done already (``reset_done``):
-    a copy of it then changes nothing, even after other requests reset the entities since (it
-    reset them all again: a worker frozen with it resumed after the gateway's retry did it and
-    the client's next batch_init ran, and brought back what that one's sagas had taken). Each
-    entity keeps it: a copy of the request that comes again before the first is done finds the
-    entity reset by it and leaves it as it is. Another request under the id is refused
-    (RequestIdReused) before anything changes, while the id's record lives
+    """What a reset (batch_init) is done once for: its rank among the service's batch_inits,
+    its request's id and what it ``asked`` (its route's numbers), or, for a request without an
+    id (made past the gateway, so no copy of it comes), a fresh id and no rank; None when
+    the request is done already (``reset_done``): a copy of it then changes nothing, even after
+    other requests reset the entities since (it reset them all again: a worker frozen with it
+    resumed after the gateway's retry did it and the client's next batch_init ran, and brought
+    back what that one's sagas had taken). Each entity keeps it: a copy of the request that
+    comes again before the first is done finds the entity reset by it, or by a batch_init of a
+    higher rank (one that claimed its id later), and leaves it as it is. Another request under
+    the id is refused (RequestIdReused) before anything changes, while the id's record lives
     (``REQUEST_RECORD_TTL_S``, as on every route); past that it is a new request, and since it
     asks for something else, it resets."""
-    if request_id is None:
+    if request_id is None:  # made past the gateway: no copy of it comes, and it has no rank
         return uuid.uuid4().hex
-    record = _claim_record(request_id)
-    args: list[Arg] = [asked, REQUEST_RECORD_TTL_S, 0]
-    claimed = await store.durable(lambda: store.script("claim", [record], args))
+    args: list[Arg] = [asked, REQUEST_RECORD_TTL_S, ""]
+    keys = [request_record(CLAIMS, request_id), CLAIMS_COUNT]
+    claimed, rank = await store.durable(lambda: store.script("claim", keys, args))
     if not claimed:
         raise RequestIdReused("the entities of its batch_init")
     if claimed == 2:
         return None
     digest = hashlib.blake2b(asked.encode(), digest_size=8).hexdigest()
-    return f"{request_id}:{digest}"
+    return f"{rank}#{request_id}:{digest}"
 
 
-async def reset_done(store: Storage, request_id: str | None, asked: str) -> None:
-    """Mark the reset under ``request_id`` done, once every entity's reset is replicated: a copy
-    of it that comes later changes nothing (``reset_once_by``)."""
-    if request_id is None:
+async def reset_done(store: Storage, by: str, asked: str) -> None:
+    """Mark the reset ``by`` (``reset_once_by``) done, once every entity's reset is replicated:
+    a copy of it that comes later changes nothing."""
+    rank, ranked, request_id = by.partition("#")
+    if not ranked:
         return
-    args: list[Arg] = [asked, REQUEST_RECORD_TTL_S, 1]
-    await store.durable(lambda: store.script("claim", [_claim_record(request_id)], args))
-
-
-def _claim_record(request_id: str) -> str:
-    return f"{{batch_init:{request_id}}}:rq"  # a hash tag, as every key here has
+    keys = [request_record(CLAIMS, request_id.rpartition(":")[0]), CLAIMS_COUNT]
+    args: list[Arg] = [asked, REQUEST_RECORD_TTL_S, rank]
+    await store.durable(lambda: store.script("claim", keys, args))
 
 
 async def create_entity(
@@ -209,7 +215,7 @@ class Ledger:
             for entity_id, f in entities
         )
         await self._store.bulk_script("reset", calls)
-        await reset_done(self._store, request_id, asked)
+        await reset_done(self._store, by, asked)
 
     def _with_ceiling(self, fields: Mapping[str, int]) -> dict[str, int]:
         """A new entity's fields: its ceiling starts at its balance (nothing taken yet)."""

@@ -4,11 +4,18 @@
 -- nothing of the new balance goes to it. The saga's own records may outlive the reset: harmless.
 -- Once per batch_init request: a copy of the request that comes again (a worker frozen with it
 -- past the gateway's timeout resumes after the gateway's retry did it, and entities have been
--- used since) finds the entity reset by it already and changes nothing.
--- KEYS[1] entity hash; ARGV[1] the batch_init's request id, ARGV[2..] field, value pairs
--- Returns the stamp (the one of the earlier reset, for a copy).
+-- used since) finds the entity reset by it already and changes nothing, and so does one that
+-- finds it reset by a batch_init of a higher rank (claim.lua), which came after it. (A request
+-- without an id, made past the gateway, has no rank: no copy of it comes, and it resets.)
+-- KEYS[1] entity hash; ARGV[1] the batch_init's request: its rank, '#', its id
+-- ARGV[2..] field, value pairs
+-- Returns the stamp (the one of the entity's last reset, when it leaves it alone).
+local function rank(by)
+  return tonumber(string.match(by or '', '^(%d+)#')) or 0
+end
 local h = redis.call('HMGET', KEYS[1], 'reset_by', 'epoch')
-if h[1] == ARGV[1] then
+local mine = rank(ARGV[1])
+if h[1] == ARGV[1] or (mine > 0 and rank(h[1]) > mine) then
   return tonumber(h[2])
 end
 local now = redis.call('TIME')

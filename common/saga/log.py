@@ -267,7 +267,7 @@ class SagaLog:
                 yield [key], [now, reason, self._def.done_field, last, by, *pairs]
 
         replies = await self._store.bulk_script("saga_reset", calls())
-        await reset_done(self._store, request_id, asked)
+        await reset_done(self._store, by, asked)
         return [
             TurnedBack(
                 entity_id=entity_id,

@@ -3,14 +3,25 @@ twice is one effect (a retry), two ids are two effects. Dashed UUIDs, the form m
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
 import aiohttp
 
+from common.ledger import LUA_DIR, Ledger
+from common.saga.log import SagaLog
+from common.settings import load_settings
+from common.store import Store
+from common.terms import ITEMS, USERS
+from common.types import Arg
+from order.orders import RESET_REASON
+from order.saga import CHECKOUT
 from test.client import Api
+from test.conftest import Stack
+from test.system.ops import nodes_of
 
 
 async def send_as(
@@ -267,3 +278,80 @@ async def test_a_batch_init_copy_after_another_batch_init_changes_nothing(
             assert await post(session, gateway_url + path, first[service]) == 200
         assert ([await api.stock(i) for i in "012"], [await api.credit(u) for u in "012"]) == used
         assert [await api.ok("GET", f"/orders/find/{o}") for o in "012"] == orders
+
+
+class FrozenMidWay:
+    """A worker's store that writes a batch_init's first reset, then stops until ``resume``:
+    the worker frozen in the middle of its writes (SIGSTOP, a paused VM)."""
+
+    def __init__(self, stack: Stack, service: str) -> None:
+        self.store = Store(load_settings({"REDIS_NODES": nodes_of(stack, service)}), LUA_DIR)
+        self.stopped, self.resume = asyncio.Event(), asyncio.Event()
+        write = self.store.bulk_script
+
+        async def bulk_script(
+            name: str, calls: Iterable[tuple[Sequence[str], Sequence[Arg]]], chunk: int = 5000
+        ) -> list[Any]:
+            first, *rest = list(calls)
+            replies = await write(name, [first], chunk)
+            self.stopped.set()
+            await self.resume.wait()
+            return replies + await write(name, rest, chunk)
+
+        self.store.bulk_script = bulk_script  # type: ignore[method-assign]
+
+
+async def test_a_batch_init_frozen_mid_way_leaves_what_a_later_batch_init_reset(
+    stack: Stack, api: Api, gateway_url: str
+) -> None:
+    """A worker frozen in the middle of a batch_init's writes resumes after the gateway's retry
+    did the request and the client's next batch_init ran: the entities it had not reached keep
+    what that next init and the sales since left them. Before, it reset them again: stock and
+    credit [3, 5, 5] for [3, 3, 3], and the orders were replaced."""
+    paths = {
+        "stock": "/stock/batch_init/3/5/1",
+        "payment": "/payment/batch_init/3/5",
+        "orders": "/orders/batch_init/3/3/3/1",
+    }
+    first = {service: str(uuid.uuid4()) for service in paths}
+    frozen = {service: FrozenMidWay(stack, service) for service in ("stock", "payment", "order")}
+    for worker in frozen.values():
+        await worker.store.start()
+    order_fields = {"user_id": "0", "items": '[["0", 1], ["0", 1]]', "total_cost": 2}
+    writes = [
+        Ledger(frozen["stock"].store, ITEMS).batch_init(
+            3, {"stock": 5, "price": 1}, first["stock"]
+        ),
+        Ledger(frozen["payment"].store, USERS).batch_init(3, {"credit": 5}, first["payment"]),
+        SagaLog(frozen["order"].store, CHECKOUT).reset(
+            ((o, order_fields) for o in "012"),
+            now=0,
+            reason=RESET_REASON,
+            request_id=first["orders"],
+            asked="3 3 3 1",  # order/orders.py's for these numbers: the gateway's retry's
+        ),
+    ]
+    tasks = [asyncio.ensure_future(write) for write in writes]
+    try:
+        for worker in frozen.values():
+            await asyncio.wait_for(worker.stopped.wait(), 30)
+        async with aiohttp.ClientSession() as session:
+            for service, path in paths.items():  # the gateway's retry, on a live worker
+                assert await post(session, gateway_url + path, first[service]) == 200
+            for path in paths.values():  # the client's next init
+                assert await post(session, gateway_url + path, str(uuid.uuid4())) == 200
+        for i in "012":
+            await api.ok("POST", f"/stock/subtract/{i}/2")
+            await api.ok("POST", f"/payment/pay/{i}/2")
+        orders = [await api.ok("GET", f"/orders/find/{o}") for o in "012"]
+        for worker in frozen.values():
+            worker.resume.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert [await api.stock(i) for i in "012"] == [3, 3, 3]
+        assert [await api.credit(u) for u in "012"] == [3, 3, 3]
+        assert [await api.ok("GET", f"/orders/find/{o}") for o in "012"] == orders
+    finally:
+        for task in tasks:
+            task.cancel()
+        for worker in frozen.values():
+            await worker.store.stop()

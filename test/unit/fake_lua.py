@@ -65,9 +65,16 @@ def restore(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     return done
 
 
+def _rank(by: bytes | None) -> int:
+    """A batch_init's rank in what it stamps on an entity (``rank#id``; 0 before ranks)."""
+    head, sep, _ = (by or b"").partition(b"#")
+    return int(head) if sep and head.isdigit() else 0
+
+
 def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     reset_by, epoch_was = r.hmget(keys[0], [b"reset_by", b"epoch"])
-    if reset_by == argv[0] and epoch_was is not None:
+    mine = _rank(argv[0])
+    if epoch_was is not None and (reset_by == argv[0] or 0 < mine < _rank(reset_by)):
         return int(_num(epoch_was))
     epoch = r.now_ms()  # TIME on the entity's master: the simulation's one clock
     r.delete(keys[0])
@@ -77,19 +84,27 @@ def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 
 
 def claim(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
-    asked = r.get(keys[0])
-    done = asked is not None and asked.endswith(b"|done")
-    if asked is not None and done:
-        asked = asked.removesuffix(b"|done")
-    if asked is not None and asked != argv[0]:
-        return 0
-    if argv[2] == b"1":
-        r.set(keys[0], argv[0] + b"|done", ex_s=int(argv[1]))
-        return 2
+    record = r.get(keys[0])
+    rank: bytes | None = None
+    done = record is not None and record.endswith(b"|done")
+    if record is not None:
+        record = record.removesuffix(b"|done")
+        head, sep, asked = record.partition(b"#")
+        if sep and head.isdigit():
+            rank = head
+        else:
+            asked = record  # kept before requests had ranks
+        if asked != argv[0]:
+            return [0, 0]
+    if argv[2]:
+        r.set(keys[0], argv[2] + b"#" + argv[0] + b"|done", ex_s=int(argv[1]))
+        return [2, int(argv[2])]
     if done:
-        return 2
-    r.set(keys[0], argv[0], ex_s=int(argv[1]))
-    return 1
+        return [2, int(rank or 0)]
+    if rank is None:
+        rank = b"%d" % r.incr(keys[1])
+        r.set(keys[0], rank + b"#" + argv[0], ex_s=int(argv[1]))
+    return [1, int(rank)]
 
 
 def _replayed(done: bytes, asked: bytes) -> list[Any]:
@@ -324,6 +339,8 @@ def saga_reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     )
     if reset_by == argv[4]:  # a copy: only the saga this reset turned back is its business
         live = status == b"compensating" and reason == argv[1]
+    elif 0 < _rank(argv[4]) < _rank(reset_by):  # a later batch_init reset it
+        live = False
     else:
         if status == b"running":
             step = argv[3] if concurrent == b"1" else step
@@ -386,9 +403,9 @@ SCRIPTS: dict[str, Script] = {
 """Script name (the .lua file's stem) -> its reproduction."""
 
 SOURCES: dict[str, str] = {
-    "reset": "354d71804a484a716a32a701d203f775cba14b8d",
-    "claim": "94a081e5fff86bc5288e1e9d944b17654ee4c718",
-    "saga_reset": "a1ed41bb66fdabeae470c5d4a9cdccf5a92f21c3",
+    "reset": "e8287232376b07ab3a856a5399bfe15073f8cf29",
+    "claim": "60d5b45dc5c3e996888bd0ede12ed52708d18334",
+    "saga_reset": "ad93eabe30bf647253dc9c9421d57f5af3e2e48c",
     "add_item": "4fe304b3390c0197ec0257a18db30ff6f19c6d94",
     "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",
     "create": "4c9b5b564f8b95e1be632a687f109733187188c5",

@@ -351,14 +351,51 @@ async def test_saga_reply_moves_and_marks(name: str) -> None:
 
 def test_claim_lets_the_same_request_go_on_and_refuses_another() -> None:
     r = FakeRedis()
-    record = "{batch_init:req-1}:rq"
-    assert run(r, "claim", [record], "3 price=1 stock=5", 3600, 0) == 1
-    assert run(r, "claim", [record], "3 price=1 stock=5", 3600, 0) == 1  # a retry, or a copy
-    assert run(r, "claim", [record], "4 price=7 stock=100", 3600, 0) == 0
-    assert r.get(record) == b"3 price=1 stock=5"
-    assert run(r, "claim", ["{batch_init:req-2}:rq"], "4 price=7 stock=100", 3600, 0) == 1
+    record, count = "{batch_init}:rq:req-1", "{batch_init}:count"
+    assert run(r, "claim", [record, count], "3 price=1 stock=5", 3600, "") == [1, 1]
+    assert run(r, "claim", [record, count], "3 price=1 stock=5", 3600, "") == [1, 1]  # a copy
+    assert run(r, "claim", [record, count], "4 price=7 stock=100", 3600, "") == [0, 0]
+    assert r.get(record) == b"1#3 price=1 stock=5"
+    other = "{batch_init}:rq:req-2"
+    assert run(r, "claim", [other, count], "4 price=7 stock=100", 3600, "") == [1, 2]
     # Once done, a copy has nothing to do; another request is still refused.
-    assert run(r, "claim", [record], "3 price=1 stock=5", 3600, 1) == 2
-    assert run(r, "claim", [record], "3 price=1 stock=5", 3600, 0) == 2
-    assert run(r, "claim", [record], "4 price=7 stock=100", 3600, 0) == 0
-    assert run(r, "claim", [record], "4 price=7 stock=100", 3600, 1) == 0
+    assert run(r, "claim", [record, count], "3 price=1 stock=5", 3600, 1) == [2, 1]
+    assert run(r, "claim", [record, count], "3 price=1 stock=5", 3600, "") == [2, 1]
+    assert run(r, "claim", [record, count], "4 price=7 stock=100", 3600, "") == [0, 0]
+    assert run(r, "claim", [record, count], "4 price=7 stock=100", 3600, 1) == [0, 0]
+    # Records kept before claims had ranks: the same request goes on with a new rank, or is done.
+    old, old_done = "{batch_init}:rq:old", "{batch_init}:rq:old-done"
+    r.set(old, b"3 price=1 stock=5")
+    r.set(old_done, b"3 price=1 stock=5|done")
+    assert run(r, "claim", [old, count], "3 price=1 stock=5", 3600, "") == [1, 3]
+    assert run(r, "claim", [old_done, count], "3 price=1 stock=5", 3600, "") == [2, 0]
+
+
+def test_a_reset_leaves_alone_an_entity_a_later_batch_init_reset() -> None:
+    """A batch_init's reset that comes after one of a higher rank (a frozen worker resuming its
+    writes after the client's next batch_init) leaves the entity, and a saga on it, alone."""
+    r, key, order = FakeRedis(lambda: 5000), "{item:r}", "{order:o}"
+    assert run(r, "reset", [key], "2#b:d", "stock", 10) == 5000
+    r.hset(key, {b"stock": b"7"})  # sold since
+    assert run(r, "reset", [key], "1#a:d", "stock", 10) == 5000
+    assert r.hget(key, b"stock") == b"7"
+    assert run(r, "reset", [key], "3#c:d", "stock", 10) == 5000
+    assert r.hget(key, b"stock") == b"10"
+    r.hset(order, {b"saga_id": b"s", b"saga_status": b"running", b"saga_step": b"0"})
+    r.hset(order, {b"reset_by": b"2#b:d", b"paid": b"0"})
+    assert run(r, "saga_reset", [order], 5000, "reset", "paid", 1, "1#a:d", "user_id", "u") == []
+    assert r.hmget(order, [b"saga_status", b"user_id"]) == [b"running", None]
+    turned = run(r, "saga_reset", [order], 5000, "reset", "paid", 1, "3#c:d", "user_id", "u")
+    assert turned == [b"s", b"0", b"{}", b"0", b"0"]
+    assert r.hmget(order, [b"saga_status", b"user_id"]) == [b"compensating", b"u"]
+    # A request without an id (no rank: made past the gateway, no copy of it comes) resets.
+    assert run(r, "reset", [key], "u", "stock", 9) == 5000
+    assert r.hget(key, b"stock") == b"9"
+    assert run(r, "saga_reset", [order], 5000, "reset", "paid", 1, "u", "user_id", "v") == [
+        b"s",
+        b"0",
+        b"{}",
+        b"0",
+        b"0",
+    ]
+    assert r.hget(order, b"user_id") == b"v"
