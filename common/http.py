@@ -74,12 +74,14 @@ def idempotency_key(given: str) -> str:
     and ingress-nginx pass it on), else the gateway's, the same on the gateway's retries of one
     request. 1-64 letters, digits, ``-``, ``_`` and ``.`` (starting with a letter or digit) are
     the key as given; any other non-empty value is hashed, so it is still the same key on a
-    retry; no header at all (a direct call) gets a new key.
+    retry, and the hash begins with ``~``, so that no id a client sends as it is names it; no
+    header at all (a direct call) gets a new key.
     """
     if _REQUEST_ID.fullmatch(given):
         return given
     if given:
-        return hashlib.blake2b(given.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        digest = hashlib.blake2b(given.encode("utf-8", "surrogatepass"), digest_size=16)
+        return "~" + digest.hexdigest()
     return uuid.uuid4().hex
 
 

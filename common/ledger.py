@@ -52,8 +52,8 @@ def request_record(key: str, request_id: str) -> str:
 
 async def reset_once_by(store: Storage, request_id: str | None, asked: str) -> str | None:
     """What a reset (batch_init) is done once for: its rank among the service's batch_inits,
-    its request's id and what it ``asked`` (its route's numbers), or, for a request without an
-    id (made past the gateway, so no copy of it comes), a fresh id and no rank; None when
+    its request's id and what it ``asked`` (its route's numbers), or, called in-process without
+    an id (every HTTP request has one), a fresh id and no rank; None when
     the request is done already (``reset_done``): a copy of it then changes nothing, even after
     other requests reset the entities since (it reset them all again: a worker frozen with it
     resumed after the gateway's retry did it and the client's next batch_init ran, and brought
@@ -63,7 +63,7 @@ async def reset_once_by(store: Storage, request_id: str | None, asked: str) -> s
     the id is refused (RequestIdReused) before anything changes, while the id's record lives
     (``REQUEST_RECORD_TTL_S``, as on every route); past that it is a new request, and since it
     asks for something else, it resets."""
-    if request_id is None:  # made past the gateway: no copy of it comes, and it has no rank
+    if request_id is None:  # called in-process: no copy of it comes, and it has no rank
         return uuid.uuid4().hex
     args: list[Arg] = [asked, REQUEST_RECORD_TTL_S, ""]
     keys = [request_record(CLAIMS, request_id), CLAIMS_COUNT]

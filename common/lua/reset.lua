@@ -5,8 +5,8 @@
 -- Once per batch_init request: a copy of the request that comes again (a worker frozen with it
 -- past the gateway's timeout resumes after the gateway's retry did it, and entities have been
 -- used since) finds the entity reset by it already and changes nothing, and so does one that
--- finds it reset by a batch_init of a higher rank (claim.lua), which came after it. (A request
--- without an id, made past the gateway, has no rank: no copy of it comes, and it resets.)
+-- finds it reset by a batch_init of a higher rank (claim.lua), which came after it. (A reset
+-- called in-process without a request id has no rank, and resets.)
 -- KEYS[1] entity hash; ARGV[1] the batch_init's request: its rank, '#', its id
 -- ARGV[2..] field, value pairs
 -- Returns the stamp (the one of the entity's last reset, when it leaves it alone).

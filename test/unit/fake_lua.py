@@ -403,9 +403,9 @@ SCRIPTS: dict[str, Script] = {
 """Script name (the .lua file's stem) -> its reproduction."""
 
 SOURCES: dict[str, str] = {
-    "reset": "e8287232376b07ab3a856a5399bfe15073f8cf29",
+    "reset": "079086415853b3ee6019018fb81973dccea5760b",
     "claim": "60d5b45dc5c3e996888bd0ede12ed52708d18334",
-    "saga_reset": "ad93eabe30bf647253dc9c9421d57f5af3e2e48c",
+    "saga_reset": "1f9273be57fb7bec91268c2f19e3633d2fb37f8b",
     "add_item": "4fe304b3390c0197ec0257a18db30ff6f19c6d94",
     "adjust": "7c44f66ada9b9b78b7f9172582741a6279e79150",
     "create": "4c9b5b564f8b95e1be632a687f109733187188c5",

@@ -388,7 +388,7 @@ def test_a_reset_leaves_alone_an_entity_a_later_batch_init_reset() -> None:
     turned = run(r, "saga_reset", [order], 5000, "reset", "paid", 1, "3#c:d", "user_id", "u")
     assert turned == [b"s", b"0", b"{}", b"0", b"0"]
     assert r.hmget(order, [b"saga_status", b"user_id"]) == [b"compensating", b"u"]
-    # A request without an id (no rank: made past the gateway, no copy of it comes) resets.
+    # A reset called in-process without a request id (no rank) resets.
     assert run(r, "reset", [key], "u", "stock", 9) == 5000
     assert r.hget(key, b"stock") == b"9"
     assert run(r, "saga_reset", [order], 5000, "reset", "paid", 1, "u", "user_id", "v") == [

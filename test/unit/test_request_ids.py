@@ -50,9 +50,12 @@ def test_usual_request_ids_are_the_key_as_given(given: str) -> None:
 )
 def test_other_ids_are_hashed_to_a_stable_key(given: str) -> None:
     key = idempotency_key(given)
-    assert HEX32.fullmatch(key)
+    assert key[0] == "~" and HEX32.fullmatch(key[1:])
     assert idempotency_key(given) == key  # a retry carries the same header: the same key
     assert key != idempotency_key(given + "x")
+    # No id taken as it is names the same key: a client that sent the hash itself as its id
+    # made another request (before, 32 hex digits were taken as given and were the hash).
+    assert idempotency_key(key[1:]) != key and idempotency_key(key) != key
 
 
 def test_no_id_gets_a_new_key_each_time() -> None:

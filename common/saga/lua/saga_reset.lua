@@ -11,7 +11,7 @@
 -- entity reset by it and changes nothing: a saga begun since is left alone, and one that reset
 -- turned back is only returned again (its compensation is sent again, which changes nothing).
 -- An entity reset by a batch_init of a higher rank, which came after this one, is left alone (a
--- request without an id has no rank, and resets).
+-- reset called in-process without a request id has no rank, and resets).
 -- Returns {} or, for a live saga (turned back now or already turning back),
 -- {saga_id, step, snapshot, started, concurrent ('1' or '0')}
 local h = redis.call('HMGET', KEYS[1], 'saga_id', 'saga_status', 'saga_step', 'saga_data',
