@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.bus import Bus
 from common.consumer import ConsumerLoop
+from common.http import GATEWAY_CLOCK_MARGIN_S
 from common.ledger import LUA_DIR
 from common.messages import (
     ORDER_STATUS_UPDATE,
@@ -124,6 +125,7 @@ def build(
         timeout_ms=settings.checkout_timeout_ms,
         answer_ms=settings.checkout_answer_ms,
         concurrency=settings.checkout_concurrency,
+        caller_waits_ms=GATEWAY_CLOCK_MARGIN_S * 1000,  # past start_by: see gateway_start_by
     )
     replies = ConsumerLoop(
         name="orchestrator",

@@ -35,6 +35,9 @@ from common.types import Publisher, Storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Budget = tuple[float, float]
+"""When a call's answer is due, and (no sooner) the last moment its caller still waits for it
+(loop time, s)."""
 
 ROUND_S = 1.0
 """How often a call past its timeout reads its saga again (and turns it back if it runs)."""
@@ -63,6 +66,7 @@ class Verdicts:
         timeout_ms: int,
         answer_ms: int,
         concurrency: int = 0,
+        caller_waits_ms: int = 0,
     ) -> None:
         self._orch = orchestrator
         self._store = store
@@ -73,22 +77,32 @@ class Verdicts:
         # What a saga started now may need of the budget: its timeout, then turning it back.
         self._see_through_s = min(self._answer_s, 1.5 * self._timeout_s)
         self._turns = asyncio.Semaphore(concurrency) if concurrency > 0 else None
+        self._caller_waits_ms = caller_waits_ms
 
     async def __call__(self, entity_id: str, start_by_ms: int | None = None) -> Answer:
         """``start_by_ms``: past this time (ms, the orchestrator's clock) the call starts no
         saga, only joins one or reads the entity (``Outcome.LATE``: not started, nothing held):
-        its caller has given up on it by then and may have asked again elsewhere."""
+        its caller has given up on it by then and may have asked again elsewhere.
+
+        Its caller (the gateway) waits ``caller_waits_ms`` past ``start_by_ms``: when the
+        budget is spent while the entity cannot be read (a worker frozen for most of it, then
+        a replica away), it is read until then rather than answered 503 at once."""
         loop = asyncio.get_running_loop()
         answer_by = loop.time() + self._answer_s
+        last_by = answer_by
+        if start_by_ms is not None:
+            waits_ms = start_by_ms + self._caller_waits_ms - self._orch.clock()
+            last_by = max(answer_by, loop.time() + waits_ms / 1000)
+        by = (answer_by, last_by)
         if self._turns is None:
-            return await self._answer(entity_id, answer_by, start_by_ms)
+            return await self._answer(entity_id, by, start_by_ms)
         # A free turn is taken at once; a queued call waits only while a saga it would start
         # could still be seen through within the budget.
         start_by = answer_by - self._see_through_s
         if not await self._take_turn(self._turns, start_by - loop.time()):
-            return await self._without_turn(entity_id, answer_by)
+            return await self._without_turn(entity_id, by)
         try:
-            return await self._answer(entity_id, answer_by, start_by_ms)
+            return await self._answer(entity_id, by, start_by_ms)
         finally:
             self._turns.release()
 
@@ -105,24 +119,25 @@ class Verdicts:
             return False
         return True
 
-    async def _answer(self, entity_id: str, answer_by: float, start_by_ms: int | None) -> Answer:
+    async def _answer(self, entity_id: str, by: Budget, start_by_ms: int | None) -> Answer:
         # A client that hangs up (or a gateway that gives up on this worker) cancels the
         # caller; the start and its first command are shielded from that, so a saga that
         # began always moves on at once instead of waiting for the sweeper's re-send.
-        begin = asyncio.ensure_future(self._begin(entity_id, answer_by, start_by_ms))
+        begin = asyncio.ensure_future(self._begin(entity_id, by[1], start_by_ms))
         begin.add_done_callback(_retrieve)
-        return await self._follow(entity_id, await asyncio.shield(begin), answer_by)
+        return await self._follow(entity_id, await asyncio.shield(begin), by)
 
-    async def _without_turn(self, entity_id: str, answer_by: float) -> Answer:
+    async def _without_turn(self, entity_id: str, by: Budget) -> Answer:
         """No turn came in time to start a saga and see it through: start nothing, and answer
         from what the entity is now (read like a write, since an answer rests on it). Done:
         DONE. A saga of it live (another call's, on this worker or another): its verdict,
         waited for without a turn, since this starts nothing. Else BUSY: not done, and no saga
-        holds anything for it."""
-        found = await self._until_budget(answer_by, lambda: self._orch.look(entity_id))
-        return await self._follow(entity_id, found or Started(Outcome.BUSY), answer_by)
+        holds anything for it. (The look starts nothing: it may go on until the caller's
+        last moment.)"""
+        found = await self._until_budget(by[1], lambda: self._orch.look(entity_id))
+        return await self._follow(entity_id, found or Started(Outcome.BUSY), by)
 
-    async def _follow(self, entity_id: str, started: Started, answer_by: float) -> Answer:
+    async def _follow(self, entity_id: str, started: Started, by: Budget) -> Answer:
         """The answer for what the start (or the look) found: the verdict of a saga it started
         or joined, once that saga ended; else what it found."""
         loop = asyncio.get_running_loop()
@@ -131,17 +146,17 @@ class Verdicts:
             return Answer(started.outcome)
         saga_id = started.saga_id
         poll = partial(self._poll, entity_id, saga_id)
-        forward_s = min(self._timeout_s, answer_by - loop.time())
+        forward_s = min(self._timeout_s, by[0] - loop.time())
         verdict = await self._waiters.wait(saga_id, poll, forward_s)
         if verdict is None:
-            verdict = await self._decide(entity_id, saga_id, answer_by)
+            verdict = await self._decide(entity_id, saga_id, by)
         telemetry.saga_answered(verdict[0])
         return Answer(started.outcome, verdict)
 
-    async def _begin(self, entity_id: str, answer_by: float, start_by_ms: int | None) -> Started:
+    async def _begin(self, entity_id: str, last_by: float, start_by_ms: int | None) -> Started:
         # The saga's start is replicated before its first command goes out (or re-run, if a
         # failover may have erased it: the start then finds its own saga, or starts anew).
-        started = await self._start(entity_id, answer_by, start_by_ms)
+        started = await self._start(entity_id, last_by, start_by_ms)
         if started.outcome is Outcome.STARTED:
             try:
                 await self._bus.publish(started.commands, acknowledged=False)
@@ -151,12 +166,13 @@ class Verdicts:
                 )
         return started
 
-    async def _start(self, entity_id: str, answer_by: float, start_by_ms: int | None) -> Started:
-        """Start or join the saga (``_until_budget``; past the budget the start may exist
-        unreplicated: its outcome is unknown)."""
+    async def _start(self, entity_id: str, last_by: float, start_by_ms: int | None) -> Started:
+        """Start or join the saga (``_until_budget``; past it the start may exist
+        unreplicated: its outcome is unknown). Retried until the caller's last moment: past
+        ``start_by_ms`` a start starts nothing, it joins or reads (``Outcome.LATE``)."""
         # trace id "": the saga's own, derived from its id (observability/tracing.py)
         return await self._until_budget(
-            answer_by, lambda: self._orch.start(entity_id, "", start_by=start_by_ms)
+            last_by, lambda: self._orch.start(entity_id, "", start_by=start_by_ms)
         )
 
     async def _until_budget(self, answer_by: float, action: Callable[[], Awaitable[T]]) -> T:
@@ -183,13 +199,15 @@ class Verdicts:
             return None  # keep waiting: the verdict may still arrive on the bus
         return verdict_of(state, saga_id)
 
-    async def _decide(self, entity_id: str, saga_id: str, answer_by: float) -> Verdict:
+    async def _decide(self, entity_id: str, saga_id: str, by: Budget) -> Verdict:
         """Past the timeout: turn a still-running saga back (again if it moved meanwhile), then
-        wait for its end until ``answer_by``, so that a failure means nothing is held."""
+        wait for its end until the answer budget, so that a failure means nothing is held; a
+        saga that cannot be read then is read again until the caller's last moment."""
         loop = asyncio.get_running_loop()
         poll = partial(self._poll, entity_id, saga_id)
         state: SagaState | None = None
         while True:
+            read = False  # whether ``state`` is the saga as it is now
             try:
                 state = await self._orch.read_durably(entity_id)
                 verdict = verdict_of(state, saga_id)
@@ -198,9 +216,10 @@ class Verdicts:
                 if state is not None and state.status == SagaStatus.RUNNING:
                     await self._turn_back(entity_id, state)
                     continue  # read what that did (or what moved the saga meanwhile)
+                read = True
             except Unavailable as exc:
                 log.warning("deciding %s: %r", saga_id, exc)
-            left = answer_by - loop.time()
+            left = (by[0] if read else by[1]) - loop.time()
             if left <= 0:
                 break
             verdict = await self._waiters.wait(saga_id, poll, min(left, ROUND_S))
