@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from common.effects import Effects
 from common.errors import Unavailable
@@ -35,9 +35,16 @@ from common.types import Publisher, Storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Budget = tuple[float, float]
-"""When a call's answer is due, and (no sooner) the last moment its caller still waits for it
-(loop time, s)."""
+
+
+class Budget(NamedTuple):
+    """A call's times (the event loop's clock, s)."""
+
+    answer_by: float
+    """When its answer is due."""
+    last_by: float
+    """The last moment its caller still waits for it (no sooner than ``answer_by``)."""
+
 
 ROUND_S = 1.0
 """How often a call past its timeout reads its saga again (and turns it back if it runs)."""
@@ -93,7 +100,7 @@ class Verdicts:
         if start_by_ms is not None:
             waits_ms = start_by_ms + self._caller_waits_ms - self._orch.clock()
             last_by = max(answer_by, loop.time() + waits_ms / 1000)
-        by = (answer_by, last_by)
+        by = Budget(answer_by, last_by)
         if self._turns is None:
             return await self._answer(entity_id, by, start_by_ms)
         # A free turn is taken at once; a queued call waits only while a saga it would start
@@ -123,7 +130,7 @@ class Verdicts:
         # A client that hangs up (or a gateway that gives up on this worker) cancels the
         # caller; the start and its first command are shielded from that, so a saga that
         # began always moves on at once instead of waiting for the sweeper's re-send.
-        begin = asyncio.ensure_future(self._begin(entity_id, by[1], start_by_ms))
+        begin = asyncio.ensure_future(self._begin(entity_id, by.last_by, start_by_ms))
         begin.add_done_callback(_retrieve)
         return await self._follow(entity_id, await asyncio.shield(begin), by)
 
@@ -134,7 +141,7 @@ class Verdicts:
         waited for without a turn, since this starts nothing. Else BUSY: not done, and no saga
         holds anything for it. (The look starts nothing: it may go on until the caller's
         last moment.)"""
-        found = await self._until_budget(by[1], lambda: self._orch.look(entity_id))
+        found = await self._until_budget(by.last_by, lambda: self._orch.look(entity_id))
         return await self._follow(entity_id, found or Started(Outcome.BUSY), by)
 
     async def _follow(self, entity_id: str, started: Started, by: Budget) -> Answer:
@@ -146,7 +153,7 @@ class Verdicts:
             return Answer(started.outcome)
         saga_id = started.saga_id
         poll = partial(self._poll, entity_id, saga_id)
-        forward_s = min(self._timeout_s, by[0] - loop.time())
+        forward_s = min(self._timeout_s, by.answer_by - loop.time())
         verdict = await self._waiters.wait(saga_id, poll, forward_s)
         if verdict is None:
             verdict = await self._decide(entity_id, saga_id, by)
@@ -219,7 +226,7 @@ class Verdicts:
                 read = True
             except Unavailable as exc:
                 log.warning("deciding %s: %r", saga_id, exc)
-            left = (by[0] if read else by[1]) - loop.time()
+            left = (by.answer_by if read else by.last_by) - loop.time()
             if left <= 0:
                 break
             verdict = await self._waiters.wait(saga_id, poll, min(left, ROUND_S))
