@@ -74,8 +74,9 @@ def _rank(by: bytes | None) -> int:
 def reset(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
     reset_by, epoch_was = r.hmget(keys[0], [b"reset_by", b"epoch"])
     mine = _rank(argv[0])
-    if epoch_was is not None and (reset_by == argv[0] or 0 < mine < _rank(reset_by)):
-        return int(_num(epoch_was))
+    if reset_by == argv[0] or 0 < mine < _rank(reset_by):
+        # left alone; with no stamp (a hash saga_reset.lua wrote) the reply is nil
+        return None if epoch_was is None else int(_num(epoch_was))
     epoch = r.now_ms()  # TIME on the entity's master: the simulation's one clock
     r.delete(keys[0])
     fields = dict(zip(argv[1::2], argv[2::2], strict=True))
@@ -110,9 +111,9 @@ def claim(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
 def _replayed(done: bytes, asked: bytes) -> list[Any]:
     """What a request record ``status:value[:what was asked]`` answers for a request that asks
     ``asked``: the first outcome, or REUSED when its id asked for something else (a record
-    written before records kept what was asked answers as it is)."""
+    written before records kept what was asked, or one that kept '', answers as it is)."""
     status, value, *first = done.split(b":", 2)
-    if first and first[0] != asked:
+    if first and first[0] and first[0] != asked:
         return [b"REUSED", 0]
     return [status, int(_num(value))]
 
@@ -192,8 +193,9 @@ def _index_here(keys: list[str], index: bytes) -> str:
 
 
 def cjson_encode(value: Any) -> bytes:
-    """``cjson.encode``'s text (its length matters): UTF-8 kept as is, "/" escaped."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/").encode()
+    """``cjson.encode``'s text (its length matters): UTF-8 kept as is, "/" and DEL escaped."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("/", "\\/").replace("\x7f", "\\u007f").encode()
 
 
 def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:

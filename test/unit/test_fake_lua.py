@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 
 from common.ledger import LUA_DIR
 from common.store import WriteMayBeLost
-from test.unit.fake_lua import SCRIPTS, SOURCES
+from test.unit.fake_lua import SCRIPTS, SOURCES, cjson_encode
 from test.unit.fake_redis import MASTERS, FakeRedis, encode_arg, master_of
 from test.unit.fake_store import FakeStore
 from test.unit.saga_reply_cases import CASES, play
@@ -399,3 +399,19 @@ def test_a_reset_leaves_alone_an_entity_a_later_batch_init_reset() -> None:
         b"0",
     ]
     assert r.hget(order, b"user_id") == b"v"
+
+
+def test_where_the_real_scripts_were_found_to_answer_otherwise() -> None:
+    """Held to the real scripts by test/system/test_lua_reproductions.py, which found these:
+    cjson escapes DEL; a request record that kept '' answers as it is; a reset leaves alone
+    an entity with no stamp that it or a higher rank reset (its reply then is nil)."""
+    assert cjson_encode(["q\x7f/"]) == b'["q\\u007f\\/"]'
+    r, user = FakeRedis(lambda: 5000), "{user:u}"
+    r.hset(user, {b"credit": b"10", b"ceiling": b"10"})
+    r.set(f"{user}:rq:1", b"OK:7:", ex_s=60)
+    assert run(r, "adjust", [user, f"{user}:rq:1"], "credit", 3, 100, 60) == [b"OK", 7]
+    r.hset("{item:r}", {b"reset_by": b"2#b:x", b"stock": b"7"})
+    assert run(r, "reset", ["{item:r}"], "1#a:x", "stock", 10) is None
+    assert run(r, "reset", ["{item:r}"], "2#b:x", "stock", 10) is None
+    assert r.hmget("{item:r}", [b"stock", b"epoch"]) == [b"7", None]
+    assert run(r, "reset", ["{item:r}"], "3#c:x", "stock", 10) == 5000
