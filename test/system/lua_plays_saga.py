@@ -207,7 +207,10 @@ def saga_reset_branch(fake: FakeRedis, key: str, args: list[Arg]) -> list[str]:
         return ["its own copy: " + ("the saga it turned back" if turned else "nothing")]
     if 0 < rank(by) < rank(reset_by):
         return ["a later batch_init reset it" + (": a live saga" if status in LIVE else "")]
-    out = ["no rank"] if rank(by) == 0 else []
+    mine, theirs = rank(by), rank(reset_by)
+    out = ["no rank"] if mine == 0 else []
+    if mine and theirs:
+        out += ["over an earlier batch_init" if theirs < mine else "over its rank, another request"]
     out += [] if fake.exists(key) else ["a new entity"]
     if status == b"running":
         at_once = concurrent == b"1"

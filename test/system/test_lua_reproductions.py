@@ -157,6 +157,8 @@ PLAYS: dict[str, tuple[ledger.Play, tuple[str, ...]]] = {
             "its own copy: nothing",
             "a later batch_init reset it",
             "a later batch_init reset it: a live saga",
+            "over an earlier batch_init",
+            "over its rank, another request",
             "no rank",
             "a new entity",
             "turns back at its step",

@@ -25,7 +25,7 @@ from test.unit.fake_redis import FakeRedis, ZSet, encode_arg, master_of
 LUA_DIRS = (LUA_DIR, LUA_DIR.parent / "saga" / "lua", LUA_DIR.parents[1] / "order" / "lua")
 TEXTS = {path.stem: path.read_text() for folder in LUA_DIRS for path in folder.glob("*.lua")}
 
-TTL_SLACK_MS = 2000
+TTL_SLACK_MS = 5000
 """How far a key's TTL on the fake may be from the real one: the time between the real
 master's clock read and its write, and between the write and the read of its TTL."""
 
@@ -92,9 +92,9 @@ class Twin:
         """Compare ``keys`` after every step (every key a call or a write touches)."""
         self.watched.update(keys)
 
-    def shards_beside(self, key: str, count: int = 64) -> tuple[str, str]:
+    def shards_beside(self, key: str, count: int = 1000) -> tuple[str, str]:
         """Two index shard keys: one on the master serving ``key`` (for the real cluster and for
-        the fake's masters alike), one on another master (for both, too)."""
+        the fake's masters alike: one name in 9 is), one on another master (for both, too)."""
         home = self._node(key)
         near = far = ""
         for n in range(count):
@@ -126,7 +126,7 @@ class Twin:
         the script meets on this call (the state before it decides), counted in ``seen``."""
         self.watch(*keys)
         self._steps.append(f"{script} {keys} {args}")
-        await self._tick()
+        await self._tick(keys[0])
         started = self.clock
         try:
             real = await self.real.eval(TEXTS[script], len(keys), *keys, *args)
@@ -184,11 +184,12 @@ class Twin:
     async def _write(self, step: str, key: str) -> None:
         self.watch(key)
         self._steps.append(step)
-        await self._tick()
+        await self._tick(key)
 
-    async def _tick(self) -> None:
-        """The fake's clock reads the real master's (ms), as each script's step begins."""
-        seconds, micros = await self.real.time()
+    async def _tick(self, key: str) -> None:
+        """The fake's clock reads the clock (ms) of the master serving ``key``, as a step on the
+        key begins."""
+        seconds, micros = await self.real.time(target_nodes=self.real.get_node_from_key(key))
         self.clock = max(self.clock, seconds * 1000 + micros // 1000)
 
     # --- comparing the keyspaces ------------------------------------------------------------
