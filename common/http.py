@@ -48,7 +48,12 @@ GATEWAY_READ_TIMEOUT_S = 60
 """The gateway's ``proxy_read_timeout`` (env/gateway/routes.conf, k8s/ingress.yaml): it gives up on
 a worker this long after sending it a request, and retries the request on another."""
 GATEWAY_CLOCK_MARGIN_S = 5
-"""How far the gateway's clock may be ahead of a worker's."""
+"""How far the gateway's clock may be ahead of a worker's (or behind it)."""
+GATEWAY_WAITS_PAST_START_BY_S = 2 * GATEWAY_CLOCK_MARGIN_S
+"""How long past ``gateway_start_by`` (on a worker's clock) the gateway may still wait for the
+request: its margin, and the margin again for a worker's clock running ahead of the gateway's.
+A checkout whose saga cannot be read reads on until then rather than answer 503 while the
+gateway still waits (``Verdicts``); an answer that comes after the gateway gave up is dropped."""
 
 
 def gateway_start_by(sent: str | None) -> int | None:

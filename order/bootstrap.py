@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common.bus import Bus
 from common.consumer import ConsumerLoop
-from common.http import GATEWAY_CLOCK_MARGIN_S
+from common.http import GATEWAY_WAITS_PAST_START_BY_S
 from common.ledger import LUA_DIR
 from common.messages import (
     ORDER_STATUS_UPDATE,
@@ -125,7 +125,7 @@ def build(
         timeout_ms=settings.checkout_timeout_ms,
         answer_ms=settings.checkout_answer_ms,
         concurrency=settings.checkout_concurrency,
-        caller_waits_ms=GATEWAY_CLOCK_MARGIN_S * 1000,  # past start_by: see gateway_start_by
+        caller_waits_ms=GATEWAY_WAITS_PAST_START_BY_S * 1000,  # past start_by: common/http.py
     )
     replies = ConsumerLoop(
         name="orchestrator",

@@ -9,14 +9,21 @@ sent a request (``X-Request-Start``); past that and its timeout a checkout only 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
-from common.errors import Refused
+from common.errors import Refused, Unavailable
 from common.http import GATEWAY_CLOCK_MARGIN_S, GATEWAY_READ_TIMEOUT_S, gateway_start_by
+from common.ledger import LUA_DIR
 from common.messages import StockUpdateRequested
+from common.settings import load_settings
+from order.bootstrap import build
 from order.saga import order_key
-from test.unit.scenario_kit import Clock, Services, answered_paid, until
+from test.unit.fake_bus import FakeBus
+from test.unit.fake_redis import MASTERS, FakeRedis
+from test.unit.fake_store import FakeStore
+from test.unit.scenario_kit import Clock, Services, answered_paid, one_unpaid_order, until
 
 
 def started(svc: Services) -> list[str]:
@@ -59,3 +66,33 @@ def test_the_start_by_time_is_the_gateway_s_first_send_plus_its_timeout_less_a_m
     assert gateway_start_by("1796053658.111") == 1796053658111 + bound
     for absent in (None, "", "soon", "nan", "inf", "-inf"):
         assert gateway_start_by(absent) is None
+
+
+async def test_an_unreadable_checkout_is_not_answered_503_while_the_gateway_still_waits() -> None:
+    """A checkout whose saga cannot be read past its answer budget (a worker frozen for most of
+    it, then the order's replicas away) reads on while the gateway waits, so that no 503 (a
+    success, for the course's clients) answers a checkout that may not commit. Until
+    2026-11-30 22:10 it read until ``start_by`` + the clock margin on the worker's own clock:
+    the gateway's give-up only when both clocks agree. A worker whose clock runs ahead of the
+    gateway's (here by 4.5 s, inside the margin) answered 503 half a second before the gateway
+    gave up, and that 503 reached the client."""
+    skew_ms, gateway_waits_s = 4500, 0.5
+    clock = Clock()
+    redis = FakeRedis(clock)
+    store = FakeStore(redis)
+    store.load_scripts(LUA_DIR)
+    settings = dataclasses.replace(
+        load_settings({}), checkout_timeout_ms=40, checkout_answer_ms=100
+    )
+    order = build(settings, store=store, bus=FakeBus(), clock=clock)
+    order_id = one_unpaid_order(redis)
+    for master in range(MASTERS):
+        redis.replica_down(master)
+    # The gateway sent the request 59.5 s ago by its own clock (it gives up in 0.5 s); this
+    # worker's clock is 4.5 s ahead of it.
+    sent_s = (clock.ms - skew_ms) / 1000 - (GATEWAY_READ_TIMEOUT_S - gateway_waits_s)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(Unavailable):
+        await order.checkout(order_id, gateway_start_by(f"{sent_s:.3f}"))
+    assert loop.time() - began >= gateway_waits_s

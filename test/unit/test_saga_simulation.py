@@ -168,7 +168,7 @@ def _hole6_writes_vouched_for_without_a_replica(monkeypatch: pytest.MonkeyPatch)
 def _hole3_no_time_for_the_compensation(monkeypatch: pytest.MonkeyPatch) -> Knobs:
     # ... and no caller that waits past the budget (the reads a checkout goes on with while the
     # gateway waits, since 2026-11-30 21:55, would see many such compensations through)
-    monkeypatch.setattr(order_bootstrap, "GATEWAY_CLOCK_MARGIN_S", -GATEWAY_READ_TIMEOUT_S)
+    monkeypatch.setattr(order_bootstrap, "GATEWAY_WAITS_PAST_START_BY_S", -GATEWAY_READ_TIMEOUT_S)
     return dataclasses.replace(KNOBS, checkout_answer_ms=KNOBS.checkout_timeout_ms)
 
 
