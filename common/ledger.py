@@ -51,10 +51,10 @@ def request_record(key: str, request_id: str) -> str:
 
 
 async def reset_once_by(store: Storage, request_id: str | None, asked: str) -> str | None:
-    """What a reset (batch_init) is done once for: its rank among the service's batch_inits,
-    its request's id and what it ``asked`` (its route's numbers), or, called in-process without
-    an id (every HTTP request has one), a fresh id and no rank; None when
-    the request is done already (``reset_done``): a copy of it then changes nothing, even after
+    """What a reset (batch_init) is done once for (``rank#id:digest``): its rank among the
+    service's batch_inits, its request's id and what it ``asked`` (its route's numbers); called
+    in-process without an id (every HTTP request has one), a fresh id and no rank. None when the
+    request is done already (``reset_done``): a copy of it then changes nothing, even after
     other requests reset the entities since (it reset them all again: a worker frozen with it
     resumed after the gateway's retry did it and the client's next batch_init ran, and brought
     back what that one's sagas had taken). Each entity keeps it: a copy of the request that
