@@ -22,6 +22,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -546,7 +547,7 @@ def test_compose_upstreams_are_the_ones_routes_conf_uses() -> None:
     assert set(blocks) == used == {f"{s}_upstream" for s in SERVICES}
     for name, body in blocks.items():
         service = name.removesuffix("_upstream")
-        assert f"server {service}:{PORT} resolve max_fails=1 fail_timeout=2s;" in body
+        assert f"server {service}:{PORT} resolve max_fails=0;" in body
         assert f"zone {name} " in body and "keepalive " in body
     nginx_conf = (REPO / "env" / "gateway" / "nginx.conf").read_text(encoding="utf-8")
     assert "include /etc/nginx/gateway/upstreams.compose.conf;" in nginx_conf
@@ -910,6 +911,69 @@ upstream stock_upstream {{
         assert_sent_once(failing.starts, working.starts)  # type: ignore[attr-defined]
     finally:
         for server in (failing, working, *others.values()):
+            server.shutdown()
+            server.server_close()
+
+
+class _DropsFirst(_Echo):
+    """A replica that closes the connection of its first request without answering (it died
+    with the request in hand, or reset a keep-alive connection as nginx reused it), then
+    answers every request."""
+
+    def _answer(self) -> None:
+        if not self.server.dropped:  # type: ignore[attr-defined]
+            self.server.dropped = True  # type: ignore[attr-defined]
+            self.close_connection = True
+            return
+        super()._answer()
+
+    do_GET = do_POST = _answer
+
+
+def post_status(url: str) -> tuple[int, str]:
+    """POST through the gateway: (status, body), whatever the status."""
+    try:
+        return 200, post(url)[0]
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode(errors="replace")
+
+
+def test_compose_gateway_sends_a_checkout_on_once_its_replicas_answer(tmp_path: Path) -> None:
+    """docker-compose runs two order replicas behind one `server order:8000 resolve` line, so
+    its parameters (max_fails, fail_timeout) apply to each. A checkout both replicas dropped gets
+    the gateway's 502 (nginx tried each); the next one, sent once they answer again, must reach
+    one. With `max_fails=1 fail_timeout=2s` nginx counted both replicas down for 2 s and answered
+    every checkout of those 2 s 502 ("no live upstreams") without sending it to either: a 5xx, a
+    success to the course's clients, for a checkout that started nothing (2026-11-30)."""
+    routes_conf()
+    compose = (REPO / "env" / "gateway" / "upstreams.compose.conf").read_text(encoding="utf-8")
+    (line,) = re.findall(rf"^ *server order:{PORT} resolve[^;]*;\n", compose, flags=re.M)
+    replicas = [start_echo("order", _DropsFirst) for _ in range(2)]
+    others = {s: start_echo(s) for s in ("payment", "stock")}
+    for replica in replicas:
+        replica.dropped = False  # type: ignore[attr-defined]
+    try:
+        # The replicas as `resolve` finds them: one server each, with the line's parameters.
+        upstreams = compose.replace(
+            line,
+            "".join(
+                line.replace(f"order:{PORT} resolve", f"127.0.0.1:{r.server_address[1]}")
+                for r in replicas
+            ),
+        )
+        for service, server in others.items():
+            upstreams = upstreams.replace(
+                f"server {service}:{PORT} resolve", f"server 127.0.0.1:{server.server_address[1]}"
+            )
+        port = free_port()
+        conf = compose_gateway_conf(tmp_path, upstreams, port)
+        with running_nginx(tmp_path, conf, port) as base:
+            assert post_status(base + "/orders/checkout/o1")[0] == 502  # both dropped it
+            assert all(r.dropped for r in replicas)  # type: ignore[attr-defined]
+            assert post_status(base + "/orders/checkout/o2") == (200, "order /checkout/o2")
+    finally:
+        for server in (*replicas, *others.values()):
             server.shutdown()
             server.server_close()
 
