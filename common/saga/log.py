@@ -56,11 +56,19 @@ class SagaLog:
 
     # --- the saga state (one atomic script per change) -----------------------------------------
     async def begin(
-        self, entity_id: str, *, start: bool, now: int, deadline: int, concurrent: bool = False
+        self,
+        entity_id: str,
+        *,
+        start: bool,
+        now: int,
+        deadline: int,
+        concurrent: bool = False,
+        start_by: int | None = None,
     ) -> list[str]:
         """``['UNKNOWN'] | ['DONE', id] | ['JOINED', id] | ['READY'] | ['TOO_BIG', bytes]
-        | ['STARTED', id, data]``.
-        The caller registers a saga it may start in the index first (``index_add``).
+        | ['LATE'] | ['STARTED', id, data]``.
+        The caller registers a saga it may start in the index first (``index_add``). Past
+        ``start_by`` (ms, the master's clock, where the saga would begin) nothing is started.
 
         A check changes nothing, but what it finds is acted on (a DONE becomes a 200): it is
         tracked like a write, so whoever replicates the caller's writes puts a barrier on that
@@ -69,13 +77,25 @@ class SagaLog:
             "saga_begin",
             [self._def.entity_key(entity_id)],
             self._begin_args(
-                entity_id, start=start, now=now, deadline=deadline, concurrent=concurrent
+                entity_id,
+                start=start,
+                now=now,
+                deadline=deadline,
+                concurrent=concurrent,
+                start_by=start_by,
             ),
         )
         return [part.decode() for part in reply]
 
     async def begin_indexed(
-        self, entity_id: str, *, now: int, deadline: int, due: int, concurrent: bool = False
+        self,
+        entity_id: str,
+        *,
+        now: int,
+        deadline: int,
+        due: int,
+        concurrent: bool = False,
+        start_by: int | None = None,
     ) -> list[str] | None:
         """``begin(start=True)`` that registers the saga it starts in an index shard of the same
         master in the same step (and re-registers a live saga it joins, should a failover have
@@ -93,6 +113,7 @@ class SagaLog:
             deadline=deadline,
             index=(shard, due),
             concurrent=concurrent,
+            start_by=start_by,
         )
         replies = await self._store.on_master_of(key, [ScriptCall("saga_begin", [key], args)])
         if replies is None:
@@ -109,14 +130,16 @@ class SagaLog:
         deadline: int,
         index: tuple[int, int] | None = None,
         concurrent: bool = False,
+        start_by: int | None = None,
     ) -> list[Any]:
         # The index shard and the entry's score, or nothing (the caller registers it itself).
         indexed = ["", ""]
         if index is not None:
             shard, due = index
             indexed = [self.shard_key(shard), repr(due + self._rng.random())]
+        mode = "check" if not start else "start" if start_by is None else f"start:{start_by}"
         return [
-            "start" if start else "check",
+            mode,
             entity_id,
             f"{self._rng.getrandbits(32):08x}",
             now,

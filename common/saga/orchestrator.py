@@ -118,8 +118,10 @@ class Orchestrator:
         finds a live saga, whatever crashes after this call: registered in the same step on
         the fast path, before the saga on the slow one.
 
-        Past ``start_by`` (ms, this clock) nothing is started: what a start would find, else
-        ``LATE``. The clock is read just before the start goes out.
+        Past ``start_by`` (ms) nothing is started: what a start would find, else ``LATE``. It
+        is checked on this clock before the start goes out and again by the script that would
+        begin the saga, on its master's clock: a start that left in time may arrive late
+        (queued behind a blocked connection, or its worker frozen between the two).
         """
         now = self.clock()
         if start_by is not None and now >= start_by:
@@ -128,7 +130,7 @@ class Orchestrator:
         deadline = now + self.deadline_ms
         concurrent = self.definition.concurrent and self.speculation()
         found = await self.log.begin_indexed(
-            entity_id, now=now, deadline=deadline, due=due, concurrent=concurrent
+            entity_id, now=now, deadline=deadline, due=due, concurrent=concurrent, start_by=start_by
         )
         if found is None:  # the slow path: look first, so that a done entity is not indexed
             found = await self.log.begin(entity_id, start=False, now=0, deadline=0)
@@ -188,6 +190,7 @@ class Orchestrator:
             now=now,
             deadline=now + self.deadline_ms,
             concurrent=concurrent,
+            start_by=start_by,  # checked again where the saga begins: this call may be slow
         )
         if found[0] in ("STARTED", "JOINED"):
             await self.log.index_add(entity_id, due)

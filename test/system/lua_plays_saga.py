@@ -50,6 +50,10 @@ def saga_of(fake: FakeRedis, key: str) -> list[str]:
     return [(value or b"").decode() for value in found]
 
 
+FAR_OFF_MS = 10**14
+"""A start-by time no clock reaches (ms)."""
+
+
 async def begin(t: Twin, rng: Random, key: str, entity: str, index: str) -> None:
     """A checkout's start (a step before the call under test)."""
     score = rng.choice(["3000.5", "4000.25"]) if index else ""
@@ -76,7 +80,8 @@ async def play_saga_begin(t: Twin, rng: Random) -> None:
             size = len(_snapshot(t.fake, key, fields))
             index = rng.choice(["", near, near, far])
             args: list[Arg] = [
-                rng.choice(["check", "start", "start"]),
+                # a start bound long past (LATE) or far off (it starts)
+                rng.choice(["check", "start", "start", "start:1", f"start:{FAR_OFF_MS}"]),
                 entity,
                 rng.choice(["n1", "n2"]),
                 rng.choice([1000, 2000]),
@@ -106,7 +111,8 @@ def _snapshot(fake: FakeRedis, key: str, fields: list[str]) -> bytes:
 
 
 def begin_branch(fake: FakeRedis, key: str, args: list[Arg], far: str) -> list[str]:
-    mode, entity, index, most = args[0], str(args[1]), str(args[6]), int(str(args[8]))
+    mode, _, start_by = str(args[0]).partition(":")
+    entity, index, most = str(args[1]), str(args[6]), int(str(args[8]))
     if not fake.exists(key):
         return ["unknown"]
     done, saga_id, status = fake.hmget(key, [b"paid", b"saga_id", b"saga_status"])
@@ -121,6 +127,8 @@ def begin_branch(fake: FakeRedis, key: str, args: list[Arg], far: str) -> list[s
         return ["joined: its entry kept" if there else "joined: its entry put back"]
     if mode == "check":
         return ["ready"]
+    if start_by and int(start_by) <= fake.now_ms():
+        return ["late: past its start-by time"]
     data = _snapshot(fake, key, [str(f) for f in args[10:]])
     if len(data) > most:
         return ["too big"]

@@ -125,6 +125,7 @@ PLAYS: dict[str, tuple[ledger.Play, tuple[str, ...]]] = {
             "joined: its entry put back",
             "joined: a shard elsewhere refused",
             "ready",
+            "late: past its start-by time",
             "too big",
             "at the snapshot's bound",
             "a snapshot cjson escapes",

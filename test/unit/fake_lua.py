@@ -199,20 +199,23 @@ def cjson_encode(value: Any) -> bytes:
 
 
 def saga_begin(r: FakeRedis, keys: list[str], argv: list[bytes]) -> Any:
+    mode, _, start_by = argv[0].partition(b":")
     if not r.exists(keys[0]):
         return [b"UNKNOWN"]
     done, saga_id, status = r.hmget(keys[0], [argv[5], b"saga_id", b"saga_status"])
     if done == b"1":
         return [b"DONE", saga_id or b""]
     if status in (b"running", b"compensating"):
-        if argv[0] == b"start" and argv[6] != b"":
+        if mode == b"start" and argv[6] != b"":
             shard = _index_here(keys, argv[6])
             if r.zscore(shard, argv[1]) is None:
                 r.zadd(shard, {argv[1]: float(argv[7])})
                 r.hset(keys[0], {b"saga_indexed": argv[7]})
         return [b"JOINED", saga_id]
-    if argv[0] == b"check":
+    if mode == b"check":
         return [b"READY"]
+    if start_by and r.now_ms() >= int(start_by):  # TIME on the entity's master
+        return [b"LATE"]
     snapshot = {field.decode(): (r.hget(keys[0], field) or b"").decode() for field in argv[10:]}
     data = cjson_encode(snapshot)
     if len(data) > _num(argv[8]):
@@ -415,7 +418,7 @@ SOURCES: dict[str, str] = {
     "take": "69674bf2dabb59184a060f689a9102eec076bf9f",
     "index_drop": "6e64304da97f031abf4fa785239b0b4589199c32",
     "sweep_lease": "78d06d95d2407aca2ab2fb09748ba916b93b653f",
-    "saga_begin": "11705443399846575d5ebbf7bc92c86b23f0e8de",
+    "saga_begin": "b681239d97e8fc5a17a4def2d27a9fdd83d2275b",
     "saga_move": "921b0c1d463683d944c8f4561b003ea913ae7798",
     "saga_reply": "7a181f96352a0cf21e877cd32559f1c9ffef1710",
     "saga_touch": "212991b223f5be3a722ff175f436799dc05e9108",

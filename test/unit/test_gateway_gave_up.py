@@ -17,13 +17,22 @@ from common.errors import Refused, Unavailable
 from common.http import GATEWAY_CLOCK_MARGIN_S, GATEWAY_READ_TIMEOUT_S, gateway_start_by
 from common.ledger import LUA_DIR
 from common.messages import StockUpdateRequested
+from common.saga.orchestrator import Outcome
 from common.settings import load_settings
 from order.bootstrap import build
 from order.saga import order_key
 from test.unit.fake_bus import FakeBus
 from test.unit.fake_redis import MASTERS, FakeRedis
 from test.unit.fake_store import FakeStore
-from test.unit.scenario_kit import Clock, Services, answered_paid, one_unpaid_order, until
+from test.unit.scenario_kit import (
+    Clock,
+    Hold,
+    Services,
+    answered_paid,
+    checkout_saga,
+    one_unpaid_order,
+    until,
+)
 
 
 def started(svc: Services) -> list[str]:
@@ -96,3 +105,34 @@ async def test_an_unreadable_checkout_is_not_answered_503_while_the_gateway_stil
     with pytest.raises(Unavailable):
         await order.checkout(order_id, gateway_start_by(f"{sent_s:.3f}"))
     assert loop.time() - began >= gateway_waits_s
+
+
+@pytest.mark.parametrize("one_round_trip", [True, False])
+async def test_a_start_that_reaches_redis_past_its_start_by_time_starts_nothing(
+    clock: Clock, one_round_trip: bool
+) -> None:
+    """The start-by bound holds where the saga would begin (saga_begin.lua, on its master's
+    clock), not only before the start goes out: a start that left in time but reached Redis
+    past the bound (queued behind a blocked connection, or its worker frozen between the two)
+    began a saga after the gateway had given up and retried the checkout elsewhere. Found by
+    the simulation (seed 15247 of 8,000-16,000, 2026-11-30 23:17): the retry answered "not
+    paid", and the first try's start, queued for 22 s behind a replication wait, then began a
+    saga that paid the order."""
+    redis, hold = FakeRedis(clock), Hold()
+    store, log, orchestrator = checkout_saga(redis, hold)
+    store.one_round_trip = one_round_trip
+    order_id = one_unpaid_order(redis)
+    start_by = clock.ms + 1_000
+    # The call that would begin the saga: the one round trip, or on the one-by-one path the
+    # second saga_begin (after the look and the index entry).
+    rule = ("C", "on_master_of") if one_round_trip else ("C", "saga_begin")
+    begin = hold.rules[rule] = asyncio.Event()
+    hold.skip[rule] = 0 if one_round_trip else 1
+    starting = asyncio.create_task(
+        hold.run_as("C", orchestrator.start(order_id, start_by=start_by))
+    )
+    await until(lambda: hold.parked.get("C", 0) >= 1, starting)
+    clock.ms = start_by  # the gateway has given up on this try by now
+    begin.set()
+    assert (await starting).outcome is Outcome.LATE
+    assert redis.hget(order_key(order_id), b"saga_id") is None

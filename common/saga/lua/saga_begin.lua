@@ -1,7 +1,10 @@
 #!lua flags=allow-cross-slot-keys
 -- Start a saga on an entity, unless it is done or a saga of it is already live.
 -- KEYS[1] the entity hash (holds the saga's state in saga_* fields)
--- ARGV[1] mode: 'check' answers without changing anything, 'start' starts
+-- ARGV[1] mode: 'check' answers without changing anything, 'start' starts, 'start:<ms>' starts
+--         only before that moment on this master's clock, else {'LATE'}: the bound of a request
+--         whose gateway may have given up on it by then (common/http.py, gateway_start_by),
+--         checked where the saga would begin, however long the call took to get here
 -- ARGV[2] entity id, ARGV[3] nonce, ARGV[4] now (ms), ARGV[5] deadline (ms), ARGV[6] done field,
 -- ARGV[7] '' or a shard of the in-flight index kept by this same master (another slot, hence an
 --         argument and the flag above; a shard elsewhere fails the call). Given, a started saga
@@ -13,7 +16,8 @@
 -- ARGV[10] '1' when the saga asks for every step at once (a concurrent saga), '0' one by one,
 -- ARGV[11..] entity fields copied into the saga's snapshot (its commands are built from it)
 -- Returns {'UNKNOWN'} | {'DONE', saga_id} | {'JOINED', saga_id} | {'READY'}
---       | {'TOO_BIG', snapshot bytes} | {'STARTED', saga_id, snapshot}
+--       | {'TOO_BIG', snapshot bytes} | {'LATE'} | {'STARTED', saga_id, snapshot}
+local mode, start_by = string.match(ARGV[1], '^(%a+):?(%d*)$')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'UNKNOWN'}
 end
@@ -22,7 +26,7 @@ if h[1] == '1' then
   return {'DONE', h[2] or ''}
 end
 if h[3] == 'running' or h[3] == 'compensating' then
-  if ARGV[1] == 'start' and ARGV[7] ~= '' then
+  if mode == 'start' and ARGV[7] ~= '' then
     -- A failover may have erased the entry: put it back, keeping one that is there.
     if redis.call('ZADD', ARGV[7], 'NX', ARGV[8], ARGV[2]) == 1 then
       redis.call('HSET', KEYS[1], 'saga_indexed', ARGV[8])
@@ -30,8 +34,14 @@ if h[3] == 'running' or h[3] == 'compensating' then
   end
   return {'JOINED', h[2]}
 end
-if ARGV[1] == 'check' then
+if mode == 'check' then
   return {'READY'}
+end
+if start_by ~= '' then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) >= tonumber(start_by) then
+    return {'LATE'}
+  end
 end
 local snapshot = {}
 for i = 11, #ARGV do
