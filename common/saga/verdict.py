@@ -182,18 +182,19 @@ class Verdicts:
             last_by, lambda: self._orch.start(entity_id, "", start_by=start_by_ms)
         )
 
-    async def _until_budget(self, answer_by: float, action: Callable[[], Awaitable[T]]) -> T:
+    async def _until_budget(self, last_by: float, action: Callable[[], Awaitable[T]]) -> T:
         """``action``, returned once a replica holds what it wrote or read, retried while the
         store is unavailable (a failover takes seconds, a replica may be resyncing): only past
-        the answer budget does Unavailable reach the caller (a 503). (The look of a checkout
-        without a turn was tried once: a replica away answered it 503 with half its budget
-        left; found by the simulation with the gateway's retries, 2026-11-30.)"""
+        ``last_by``, the caller's last moment (``Budget``), does Unavailable reach the caller
+        (a 503). (The look of a checkout without a turn was tried once: a replica away answered
+        it 503 with half its budget left; found by the simulation with the gateway's retries,
+        2026-11-30.)"""
         loop = asyncio.get_running_loop()
         while True:
             try:
                 return await self._store.durable(action)
             except Unavailable:
-                if loop.time() > answer_by:
+                if loop.time() > last_by:
                     raise
                 await asyncio.sleep(0.2)
 
