@@ -44,6 +44,8 @@ class Sweeper:
         self._task = Background("saga-sweeper", self._run)
         self.resends = 0
         self.aborts = 0
+        self._held_at: int | None = None
+        """When a sweep last found the broker not answering (the orchestrator's clock)."""
 
     async def start(self) -> None:
         self._task.start()
@@ -63,12 +65,19 @@ class Sweeper:
 
     async def sweep(self) -> int:
         """One round over the leased shards; returns how many messages it sent."""
-        if self._bus.unacknowledged_for() * 1000 > self._orch.step_timeout_ms / 2:
+        now = self._orch.clock()
+        step_timeout = self._orch.step_timeout_ms
+        if self._bus.unacknowledged_for() * 1000 > step_timeout / 2:
             # The broker is not answering (down, restarting): the stalled sagas' messages wait
             # in the producer, and a re-send would only queue behind them.
+            self._held_at = now
+            return 0
+        if self._held_at is not None and now - self._held_at < step_timeout:
+            # It answers again. A step's timeout counts only time the broker answered: the
+            # replies it held up (a participant's, waiting in its producer or its next fetch)
+            # get a whole step timeout to arrive before their steps are sent again.
             return 0
         lease_ms = self._interval_ms * 4
-        now = self._orch.clock()
         # All shards at once: the calls to one master go out in one pipeline.
         leased = await asyncio.gather(
             *(
