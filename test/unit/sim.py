@@ -308,7 +308,9 @@ class World:
             options.append((1.0, self.tick))
             if self.stats.get("stalls", 0) < self.knobs.max_stalls:
                 options.append((self.knobs.stall, self.stall))
-            if self.stats.get("freezes", 0) < self.knobs.max_freezes:
+            # One order worker always runs: freezes come one after another (max_freezes > 1).
+            more = self.stats.get("freezes", 0) < self.knobs.max_freezes
+            if more and len(self.frozen) < len(self.workers) - 1:
                 options.append((self.knobs.freeze, self.freeze))
             if self.frozen and self.only_frozen_busy():
                 options.append((1.0, self.frozen_tick))
