@@ -34,6 +34,13 @@ COMMIT_INTERVAL_S = 1.0
 missed only means a redelivery of what the handlers have already done (which they ignore).
 Once a second instead of every 200 ms cost the stack about 5 % less CPU per checkout under 150
 locust users (2026-11-29, alternating: 8.6 and 8.2 ms against 9.1 and 8.5 ms)."""
+COMMIT_STUCK_S = 30.0
+"""A group member whose commits have been due this long with none going through makes its
+consumer anew (a new one rejoins under the same static member id and gets its partitions back).
+Seen once in a review under combined faults (2026-12-01): after broker kills, a stock worker's
+aiokafka consumer went on fetching and handling its partitions while its group coordination had
+stopped, with no heartbeat and no commit for 13 minutes; when stock scaled out, the new members
+re-read all of it, and checkouts waited about 45 s."""
 BATCH_RETRY_MAX_S = 1.0
 """The longest wait between two attempts of a failed batch."""
 STOP_TIMEOUT_S = 5.0
@@ -42,6 +49,11 @@ may take before the loop is cancelled; a redelivery to the next owner covers wha
 
 RETRIABLE = (Unavailable, KafkaError, OSError)
 """Failures a later attempt can cure (a dependency down or failing over)."""
+
+
+class CommitsStuck(Exception):
+    """The consumer handles batches, but none of its commits has gone through for
+    COMMIT_STUCK_S: it is made anew."""
 
 
 class ConsumerLoop:
@@ -79,6 +91,7 @@ class ConsumerLoop:
         self._leaving = False  # stop() asked a group member to commit and leave
         self._consuming = False  # inside _consume: a stop commits and leaves
         self._fetching = False  # parked in a fetch: a stop may wake it
+        self._commit_due_since: float | None = None  # offsets to commit, none committed since
 
     @property
     def name(self) -> str:
@@ -168,6 +181,7 @@ class ConsumerLoop:
         uncommitted: dict[TopicPartition, int] = {}
         uncommitted_in = self._assignment.epoch
         committed_at = 0.0
+        self._commit_due_since = None
         while not self._leaving:
             try:
                 batch = await self._fetch(consumer)
@@ -194,7 +208,20 @@ class ConsumerLoop:
                 # member's now, and offsets read from a log that is gone (a broker that came
                 # back empty) would skip that much of the new one.
                 uncommitted = {}
-            if not uncommitted or (committing is not None and not committing.done()):
+            if not uncommitted:
+                self._commit_due_since = None
+                continue
+            now = loop.time()
+            if self._commit_due_since is None:
+                self._commit_due_since = now
+            elif now - self._commit_due_since > COMMIT_STUCK_S:
+                if committing is not None:
+                    committing.cancel()
+                raise CommitsStuck(
+                    f"{self._name}: offsets due for {now - self._commit_due_since:.0f}s and no "
+                    "commit went through; making the consumer anew"
+                )
+            if committing is not None and not committing.done():
                 continue
             committing = asyncio.create_task(self._commit(consumer, uncommitted))
             uncommitted, committed_at = {}, loop.time()
@@ -224,6 +251,8 @@ class ConsumerLoop:
             await consumer.commit(offsets)
         except KafkaError as exc:  # rebalanced away: the new owner re-reads, idempotently
             log.warning("%s: commit failed: %r", self._name, exc)
+        else:
+            self._commit_due_since = None
 
     async def _process_until_done(self, batch: Batch) -> None:
         delay = 0.05

@@ -1,0 +1,89 @@
+"""A group member that goes on handling batches while none of its commits goes through (its
+aiokafka consumer's group coordination stopped, as a review under combined faults once saw: no
+heartbeat and no commit for 13 minutes) makes its consumer anew, which commits again."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from common import consumer as consumer_module
+from common.consumer import ConsumerLoop
+from common.messages import STOCK, StockUpdateRequested
+from common.types import Outgoing
+from test.unit.test_bus_leave import FakeBus, Record
+
+TP = TopicPartition(STOCK, 5)
+
+
+class StuckConsumer:
+    """Hands out one record per fetch, forever. The first consumer's commits never return (its
+    coordination is stuck); the consumers made after it commit."""
+
+    made: list[StuckConsumer] = []
+    offsets = itertools.count()
+
+    def __init__(self, **options: Any) -> None:
+        self.stuck = not self.made
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.handed: list[int] = []
+        self.stopped = False
+        self.made.append(self)
+        self._listener: Any = None
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        self._listener = listener
+
+    async def start(self) -> None:
+        await self._listener.on_partitions_assigned([TP])
+
+    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+        await asyncio.sleep(0.005)
+        self.handed.append(next(self.offsets))
+        return {TP: [Record(self.handed[-1])]}
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.stuck:
+            await asyncio.Event().wait()
+        self.commits.append(dict(offsets))
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_member_whose_commits_never_go_through_makes_its_consumer_anew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    StuckConsumer.made, StuckConsumer.offsets = [], itertools.count()
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", StuckConsumer)
+    monkeypatch.setattr(consumer_module, "COMMIT_INTERVAL_S", 0.02)
+    monkeypatch.setattr(consumer_module, "COMMIT_STUCK_S", 0.3)
+
+    async def handle(message: StockUpdateRequested) -> list[Outgoing]:
+        return []
+
+    loop = ConsumerLoop(
+        name="stock",
+        bus=FakeBus(),
+        store=None,
+        topics=[STOCK],
+        group_id="stock",
+        handlers={StockUpdateRequested: handle},
+    )
+    await loop.start()
+    try:
+        for _ in range(1000):  # at most 10 s; about 1 s here (0.3 s stuck, 0.5 s to restart)
+            if len(StuckConsumer.made) > 1 and StuckConsumer.made[1].commits:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await loop.stop()
+    assert len(StuckConsumer.made) > 1, "the stuck consumer was never made anew"
+    first, second = StuckConsumer.made[:2]
+    assert first.commits == [] and first.stopped
+    assert len(first.handed) > 10  # it went on handling batches while nothing was committed
+    assert second.commits and second.commits[0][TP] > second.handed[0]
