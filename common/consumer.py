@@ -34,13 +34,17 @@ COMMIT_INTERVAL_S = 1.0
 missed only means a redelivery of what the handlers have already done (which they ignore).
 Once a second instead of every 200 ms cost the stack about 5 % less CPU per checkout under 150
 locust users (2026-11-29, alternating: 8.6 and 8.2 ms against 9.1 and 8.5 ms)."""
-COMMIT_STUCK_S = 30.0
-"""A group member whose commits have been due this long with none going through makes its
-consumer anew (a new one rejoins under the same static member id and gets its partitions back).
+STUCK_AFTER_S = 30.0
+"""A group member whose commits have been owed this long with none going through, or whose
+fetches have failed this long, makes its consumer anew (a new one rejoins under the same static
+member id and gets its partitions back).
 Seen once in a review under combined faults (2026-12-01): after broker kills, a stock worker's
 aiokafka consumer went on fetching and handling its partitions while its group coordination had
 stopped, with no heartbeat and no commit for 13 minutes; when stock scaled out, the new members
 re-read all of it, and checkouts waited about 45 s."""
+BLOCKED_S = 5.0
+"""Longer than this between two of the loop's commit points, it was held up (its batch waited
+for an outage to end); that time does not count towards STUCK_AFTER_S."""
 BATCH_RETRY_MAX_S = 1.0
 """The longest wait between two attempts of a failed batch."""
 STOP_TIMEOUT_S = 5.0
@@ -51,9 +55,9 @@ RETRIABLE = (Unavailable, KafkaError, OSError)
 """Failures a later attempt can cure (a dependency down or failing over)."""
 
 
-class CommitsStuck(Exception):
-    """The consumer handles batches, but none of its commits has gone through for
-    COMMIT_STUCK_S: it is made anew."""
+class ConsumerStuck(Exception):
+    """None of the consumer's commits has gone through, or every fetch has failed, for
+    STUCK_AFTER_S: it is made anew."""
 
 
 class ConsumerLoop:
@@ -143,12 +147,16 @@ class ConsumerLoop:
         """Consume for as long as the service runs: whatever fails is logged and the consumer
         made anew."""
         delay = 0.5
+        loop = asyncio.get_running_loop()
         while not self._leaving:
+            began = loop.time()
             try:
                 await self._run_consumer()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if loop.time() - began > 60:  # it ran a while: a new failure, not a series
+                    delay = 0.5
                 log.exception("%s: consumer failed; starting it again in %.1fs", self._name, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -177,18 +185,27 @@ class ConsumerLoop:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         loop = asyncio.get_running_loop()
-        committing: asyncio.Task[None] | None = None
+        committing: asyncio.Task[bool] | None = None
+        in_commit: dict[TopicPartition, int] = {}  # the offsets of the commit in flight
+        in_commit_in = self._assignment.epoch
         uncommitted: dict[TopicPartition, int] = {}
         uncommitted_in = self._assignment.epoch
         committed_at = 0.0
+        fetched_ok_at = point_at = loop.time()
         self._commit_due_since = None
         while not self._leaving:
             try:
                 batch = await self._fetch(consumer)
             except KafkaError as exc:
                 log.warning("%s: fetch failed: %r", self._name, exc)
+                if loop.time() - fetched_ok_at > STUCK_AFTER_S:
+                    raise ConsumerStuck(
+                        f"{self._name}: every fetch failed for {STUCK_AFTER_S:.0f}s; "
+                        "making the consumer anew"
+                    ) from exc
                 await asyncio.sleep(0.5)
                 continue
+            fetched_ok_at = loop.time()
             fetched_in = self._assignment.epoch
             if batch:
                 await self._process_until_done(batch)
@@ -203,31 +220,42 @@ class ConsumerLoop:
                 uncommitted.update((tp, records[-1].offset + 1) for tp, records in batch.items())
                 if loop.time() - committed_at < COMMIT_INTERVAL_S:
                     continue
+            if committing is not None and committing.done():
+                if not committing.result() and in_commit_in == uncommitted_in:
+                    # Not committed, and still ours: owed again, under what came since.
+                    uncommitted = {**in_commit, **uncommitted}
+                committing = None
             if uncommitted_in != self._assignment.epoch:
                 # A rebalance came since these were read: the partitions may be another
                 # member's now, and offsets read from a log that is gone (a broker that came
                 # back empty) would skip that much of the new one.
                 uncommitted = {}
-            if not uncommitted:
-                self._commit_due_since = None
+            if not uncommitted and committing is None:
+                self._commit_due_since = None  # nothing owed
                 continue
             now = loop.time()
+            since_point, point_at = now - point_at, now
             if self._commit_due_since is None:
                 self._commit_due_since = now
-            elif now - self._commit_due_since > COMMIT_STUCK_S:
+            elif since_point > BLOCKED_S:
+                # The loop was held up (a batch waiting out a broker or Redis outage): the
+                # commits had no chance meanwhile, so that time does not count.
+                self._commit_due_since += since_point
+            elif now - self._commit_due_since > STUCK_AFTER_S:
                 if committing is not None:
                     committing.cancel()
-                raise CommitsStuck(
-                    f"{self._name}: offsets due for {now - self._commit_due_since:.0f}s and no "
+                raise ConsumerStuck(
+                    f"{self._name}: offsets owed for {now - self._commit_due_since:.0f}s and no "
                     "commit went through; making the consumer anew"
                 )
-            if committing is not None and not committing.done():
-                continue
+            if committing is not None or not uncommitted:
+                continue  # one commit at a time
             committing = asyncio.create_task(self._commit(consumer, uncommitted))
+            in_commit, in_commit_in = uncommitted, uncommitted_in
             uncommitted, committed_at = {}, loop.time()
         # Leaving: what was handled is committed before the group hears of it.
-        if committing is not None:
-            await committing
+        if committing is not None and not await committing and in_commit_in == uncommitted_in:
+            uncommitted = {**in_commit, **uncommitted}
         if uncommitted and uncommitted_in == self._assignment.epoch:
             await self._commit(consumer, uncommitted)
 
@@ -246,13 +274,17 @@ class ConsumerLoop:
         finally:
             self._fetching = False
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+        """Whether the offsets were committed. If not (rebalanced away, or the broker away),
+        the loop commits them with its next commit while the partitions are still its own;
+        a commit that never happens only means a redelivery, which changes nothing."""
         try:
             await consumer.commit(offsets)
-        except KafkaError as exc:  # rebalanced away: the new owner re-reads, idempotently
+        except KafkaError as exc:
             log.warning("%s: commit failed: %r", self._name, exc)
-        else:
-            self._commit_due_since = None
+            return False
+        self._commit_due_since = None
+        return True
 
     async def _process_until_done(self, batch: Batch) -> None:
         delay = 0.05

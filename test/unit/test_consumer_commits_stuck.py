@@ -1,6 +1,7 @@
 """A group member that goes on handling batches while none of its commits goes through (its
 aiokafka consumer's group coordination stopped, as a review under combined faults once saw: no
-heartbeat and no commit for 13 minutes) makes its consumer anew, which commits again."""
+heartbeat and no commit for 13 minutes), or whose every fetch fails, makes its consumer anew,
+which commits again."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from common import consumer as consumer_module
 from common.consumer import ConsumerLoop
 from common.messages import STOCK, StockUpdateRequested
 from common.types import Outgoing
-from test.unit.test_bus_leave import FakeBus, Record
+from test.unit.test_bus_leave import FakeBus, FakeClient, FakeCoordinator, Record
 
 TP = TopicPartition(STOCK, 5)
 
@@ -34,6 +36,8 @@ class StuckConsumer:
         self.stopped = False
         self.made.append(self)
         self._listener: Any = None
+        self._coordinator = FakeCoordinator([])  # what leaving the group at the stop reads
+        self._client = FakeClient([])
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self._listener = listener
@@ -55,18 +59,11 @@ class StuckConsumer:
         self.stopped = True
 
 
-async def test_a_member_whose_commits_never_go_through_makes_its_consumer_anew(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    StuckConsumer.made, StuckConsumer.offsets = [], itertools.count()
-    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", StuckConsumer)
-    monkeypatch.setattr(consumer_module, "COMMIT_INTERVAL_S", 0.02)
-    monkeypatch.setattr(consumer_module, "COMMIT_STUCK_S", 0.3)
-
+def stock_loop() -> ConsumerLoop:
     async def handle(message: StockUpdateRequested) -> list[Outgoing]:
         return []
 
-    loop = ConsumerLoop(
+    return ConsumerLoop(
         name="stock",
         bus=FakeBus(),
         store=None,
@@ -74,6 +71,16 @@ async def test_a_member_whose_commits_never_go_through_makes_its_consumer_anew(
         group_id="stock",
         handlers={StockUpdateRequested: handle},
     )
+
+
+async def test_a_member_whose_commits_never_go_through_makes_its_consumer_anew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    StuckConsumer.made, StuckConsumer.offsets = [], itertools.count()
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", StuckConsumer)
+    monkeypatch.setattr(consumer_module, "COMMIT_INTERVAL_S", 0.02)
+    monkeypatch.setattr(consumer_module, "STUCK_AFTER_S", 0.3)
+    loop = stock_loop()
     await loop.start()
     try:
         for _ in range(1000):  # at most 10 s; about 1 s here (0.3 s stuck, 0.5 s to restart)
@@ -87,3 +94,53 @@ async def test_a_member_whose_commits_never_go_through_makes_its_consumer_anew(
     assert first.commits == [] and first.stopped
     assert len(first.handed) > 10  # it went on handling batches while nothing was committed
     assert second.commits and second.commits[0][TP] > second.handed[0]
+
+
+class FailingConsumer(StuckConsumer):
+    """The first consumer's commits fail at once, and every other fetch of it comes back empty
+    (a light load): the offsets stay owed across the quiet fetches."""
+
+    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+        if self.stuck and len(self.handed) % 2:
+            self.handed.append(-1)
+            await asyncio.sleep(0.005)
+            return {}
+        return await super().getmany(timeout_ms)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.stuck:
+            raise CommitFailedError("the coordinator is gone")
+        self.commits.append(dict(offsets))
+
+
+class DeadFetchConsumer(StuckConsumer):
+    """The first consumer's every fetch fails (its group coordination died: aiokafka raises
+    that error from each fetch)."""
+
+    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+        if self.stuck:
+            raise KafkaError("Unexpected error during coordination")
+        return await super().getmany(timeout_ms)
+
+
+@pytest.mark.parametrize("kind", [FailingConsumer, DeadFetchConsumer])
+async def test_a_stuck_member_is_made_anew(
+    monkeypatch: pytest.MonkeyPatch, kind: type[StuckConsumer]
+) -> None:
+    kind.made, kind.offsets = [], itertools.count()
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", kind)
+    monkeypatch.setattr(consumer_module, "STUCK_AFTER_S", 0.3)
+    # A commit after every batch: each failed commit is followed by a quiet fetch with nothing
+    # new to commit, which must not count as the offsets committed.
+    monkeypatch.setattr(consumer_module, "COMMIT_INTERVAL_S", 0.0)
+    loop = stock_loop()
+    await loop.start()
+    try:
+        for _ in range(1000):  # at most 10 s
+            if len(kind.made) > 1 and kind.made[1].commits:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await loop.stop()
+    assert len(kind.made) > 1, f"{kind.__name__}: never made anew"
+    assert kind.made[0].commits == [] and kind.made[1].commits
