@@ -122,6 +122,11 @@ def make_loop(monkeypatch: pytest.MonkeyPatch, group_id: str | None, handled: li
         FakeConsumer.events.append(("handled", message.order_id))
         return []
 
+    return stock_loop(group_id, handle)
+
+
+def stock_loop(group_id: str | None, handle: Any) -> ConsumerLoop:
+    """A consumer loop of STOCK over the fake bus, ``handle`` for StockUpdateRequested."""
     return ConsumerLoop(
         name="stock",
         bus=FakeBus(),

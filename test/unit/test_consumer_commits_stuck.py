@@ -14,10 +14,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from common import consumer as consumer_module
-from common.consumer import ConsumerLoop
 from common.messages import STOCK, StockUpdateRequested
 from common.types import Outgoing
-from test.unit.test_bus_leave import FakeBus, FakeClient, FakeCoordinator, Record
+from test.unit.test_bus_leave import FakeClient, FakeCoordinator, Record, stock_loop
 
 TP = TopicPartition(STOCK, 5)
 
@@ -59,38 +58,36 @@ class StuckConsumer:
         self.stopped = True
 
 
-def stock_loop() -> ConsumerLoop:
+async def run_until_made_anew(
+    monkeypatch: pytest.MonkeyPatch, kind: type[StuckConsumer], commit_interval_s: float
+) -> list[StuckConsumer]:
+    """Runs a consumer loop over ``kind`` until a consumer made after the first has committed
+    (at most 10 s; about 1 s here: 0.3 s stuck, 0.5 s to restart); the consumers made."""
+    kind.made, kind.offsets = [], itertools.count()
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", kind)
+    monkeypatch.setattr(consumer_module, "COMMIT_INTERVAL_S", commit_interval_s)
+    monkeypatch.setattr(consumer_module, "STUCK_AFTER_S", 0.3)
+
     async def handle(message: StockUpdateRequested) -> list[Outgoing]:
         return []
 
-    return ConsumerLoop(
-        name="stock",
-        bus=FakeBus(),
-        store=None,
-        topics=[STOCK],
-        group_id="stock",
-        handlers={StockUpdateRequested: handle},
-    )
+    loop = stock_loop("stock", handle)
+    await loop.start()
+    try:
+        for _ in range(1000):
+            if len(kind.made) > 1 and kind.made[1].commits:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await loop.stop()
+    assert len(kind.made) > 1, f"{kind.__name__}: the stuck consumer was never made anew"
+    return kind.made
 
 
 async def test_a_member_whose_commits_never_go_through_makes_its_consumer_anew(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    StuckConsumer.made, StuckConsumer.offsets = [], itertools.count()
-    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", StuckConsumer)
-    monkeypatch.setattr(consumer_module, "COMMIT_INTERVAL_S", 0.02)
-    monkeypatch.setattr(consumer_module, "STUCK_AFTER_S", 0.3)
-    loop = stock_loop()
-    await loop.start()
-    try:
-        for _ in range(1000):  # at most 10 s; about 1 s here (0.3 s stuck, 0.5 s to restart)
-            if len(StuckConsumer.made) > 1 and StuckConsumer.made[1].commits:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await loop.stop()
-    assert len(StuckConsumer.made) > 1, "the stuck consumer was never made anew"
-    first, second = StuckConsumer.made[:2]
+    first, second = (await run_until_made_anew(monkeypatch, StuckConsumer, 0.02))[:2]
     assert first.commits == [] and first.stopped
     assert len(first.handed) > 10  # it went on handling batches while nothing was committed
     assert second.commits and second.commits[0][TP] > second.handed[0]
@@ -127,20 +124,7 @@ class DeadFetchConsumer(StuckConsumer):
 async def test_a_stuck_member_is_made_anew(
     monkeypatch: pytest.MonkeyPatch, kind: type[StuckConsumer]
 ) -> None:
-    kind.made, kind.offsets = [], itertools.count()
-    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", kind)
-    monkeypatch.setattr(consumer_module, "STUCK_AFTER_S", 0.3)
     # A commit after every batch: each failed commit is followed by a quiet fetch with nothing
     # new to commit, which must not count as the offsets committed.
-    monkeypatch.setattr(consumer_module, "COMMIT_INTERVAL_S", 0.0)
-    loop = stock_loop()
-    await loop.start()
-    try:
-        for _ in range(1000):  # at most 10 s
-            if len(kind.made) > 1 and kind.made[1].commits:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await loop.stop()
-    assert len(kind.made) > 1, f"{kind.__name__}: never made anew"
-    assert kind.made[0].commits == [] and kind.made[1].commits
+    made = await run_until_made_anew(monkeypatch, kind, 0.0)
+    assert made[0].commits == [] and made[1].commits
