@@ -95,7 +95,6 @@ class ConsumerLoop:
         self._leaving = False  # stop() asked a group member to commit and leave
         self._consuming = False  # inside _consume: a stop commits and leaves
         self._fetching = False  # parked in a fetch: a stop may wake it
-        self._commit_due_since: float | None = None  # offsets to commit, none committed since
 
     @property
     def name(self) -> str:
@@ -192,7 +191,7 @@ class ConsumerLoop:
         uncommitted_in = self._assignment.epoch
         committed_at = 0.0
         fetched_ok_at = point_at = loop.time()
-        self._commit_due_since = None
+        owed_since: float | None = None  # offsets owed, and no commit went through since
         while not self._leaving:
             try:
                 batch = await self._fetch(consumer)
@@ -221,7 +220,9 @@ class ConsumerLoop:
                 if loop.time() - committed_at < COMMIT_INTERVAL_S:
                     continue
             if committing is not None and committing.done():
-                if not committing.result() and in_commit_in == uncommitted_in:
+                if committing.result():
+                    owed_since = None
+                elif in_commit_in == uncommitted_in:
                     # Not committed, and still ours: owed again, under what came since.
                     uncommitted = {**in_commit, **uncommitted}
                 committing = None
@@ -231,22 +232,22 @@ class ConsumerLoop:
                 # back empty) would skip that much of the new one.
                 uncommitted = {}
             if not uncommitted and committing is None:
-                self._commit_due_since = None  # nothing owed
+                owed_since = None  # nothing owed
                 continue
             now = loop.time()
             since_point, point_at = now - point_at, now
-            if self._commit_due_since is None:
-                self._commit_due_since = now
+            if owed_since is None:
+                owed_since = now
             elif since_point > BLOCKED_S:
                 # The loop was held up (a batch waiting out a broker or Redis outage): the
                 # commits had no chance meanwhile, so that time does not count.
-                self._commit_due_since += since_point
-            elif now - self._commit_due_since > STUCK_AFTER_S:
+                owed_since += since_point
+            elif now - owed_since > STUCK_AFTER_S:
                 if committing is not None:
                     committing.cancel()
                 raise ConsumerStuck(
-                    f"{self._name}: offsets owed for {now - self._commit_due_since:.0f}s and no "
-                    "commit went through; making the consumer anew"
+                    f"{self._name}: offsets owed for {now - owed_since:.0f}s and no commit "
+                    "went through; making the consumer anew"
                 )
             if committing is not None or not uncommitted:
                 continue  # one commit at a time
@@ -283,7 +284,6 @@ class ConsumerLoop:
         except KafkaError as exc:
             log.warning("%s: commit failed: %r", self._name, exc)
             return False
-        self._commit_due_since = None
         return True
 
     async def _process_until_done(self, batch: Batch) -> None:
