@@ -15,6 +15,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from common import commits
 from common.bus import retry_forever
 from common.effects import Effects
 from common.errors import Unavailable
@@ -29,22 +30,6 @@ log = logging.getLogger(__name__)
 
 Batch = dict[TopicPartition, list[ConsumerRecord]]
 
-COMMIT_INTERVAL_S = 1.0
-"""Offsets are committed at most this often: each commit is a broker round trip, and one
-missed only means a redelivery of what the handlers have already done (which they ignore).
-Once a second instead of every 200 ms cost the stack about 5 % less CPU per checkout under 150
-locust users (2026-11-29, alternating: 8.6 and 8.2 ms against 9.1 and 8.5 ms)."""
-STUCK_AFTER_S = 30.0
-"""A group member whose commits have been owed this long with none going through, or whose
-fetches have failed this long, makes its consumer anew (a new one rejoins under the same static
-member id and gets its partitions back).
-Seen once in a review under combined faults (2026-12-01): after broker kills, a stock worker's
-aiokafka consumer went on fetching and handling its partitions while its group coordination had
-stopped, with no heartbeat and no commit for 13 minutes; when stock scaled out, the new members
-re-read all of it, and checkouts waited about 45 s."""
-BLOCKED_S = 5.0
-"""Longer than this between two of the loop's commit points, it was held up (its batch waited
-for an outage to end); that time does not count towards STUCK_AFTER_S."""
 BATCH_RETRY_MAX_S = 1.0
 """The longest wait between two attempts of a failed batch."""
 STOP_TIMEOUT_S = 5.0
@@ -53,11 +38,6 @@ may take before the loop is cancelled; a redelivery to the next owner covers wha
 
 RETRIABLE = (Unavailable, KafkaError, OSError)
 """Failures a later attempt can cure (a dependency down or failing over)."""
-
-
-class ConsumerStuck(Exception):
-    """None of the consumer's commits has gone through, or every fetch has failed, for
-    STUCK_AFTER_S: it is made anew."""
 
 
 class ConsumerLoop:
@@ -184,23 +164,21 @@ class ConsumerLoop:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         loop = asyncio.get_running_loop()
-        committing: asyncio.Task[bool] | None = None
-        in_commit: dict[TopicPartition, int] = {}  # the offsets of the commit in flight
-        in_commit_in = self._assignment.epoch
-        uncommitted: dict[TopicPartition, int] = {}
-        uncommitted_in = self._assignment.epoch
-        committed_at = 0.0
-        fetched_ok_at = point_at = loop.time()
-        owed_since: float | None = None  # offsets owed, and no commit went through since
+        owed = commits.Commits(
+            self._name,
+            lambda offsets: self._commit(consumer, offsets),
+            lambda: self._assignment.epoch,
+        )
+        fetched_ok_at = loop.time()
         while not self._leaving:
             try:
                 batch = await self._fetch(consumer)
             except KafkaError as exc:
                 log.warning("%s: fetch failed: %r", self._name, exc)
-                if loop.time() - fetched_ok_at > STUCK_AFTER_S:
-                    raise ConsumerStuck(
-                        f"{self._name}: every fetch failed for {STUCK_AFTER_S:.0f}s; "
-                        "making the consumer anew"
+                if loop.time() - fetched_ok_at > commits.STUCK_AFTER_S:
+                    raise commits.ConsumerStuck(
+                        f"{self._name}: every fetch failed for {commits.STUCK_AFTER_S:.0f}s;"
+                        " making the consumer anew"
                     ) from exc
                 await asyncio.sleep(0.5)
                 continue
@@ -210,55 +188,16 @@ class ConsumerLoop:
                 await self._process_until_done(batch)
                 if self._group_id is None:
                     continue
-                # The batch's effects are durable and its replies acknowledged: its offsets may
-                # be committed. Commits run beside the next batches (one at a time, in order),
-                # at most every COMMIT_INTERVAL_S, and at once when the partitions go quiet; a
-                # commit that does not happen only means a redelivery, which changes nothing.
-                if fetched_in != uncommitted_in:
-                    uncommitted, uncommitted_in = {}, fetched_in
-                uncommitted.update((tp, records[-1].offset + 1) for tp, records in batch.items())
-                if loop.time() - committed_at < COMMIT_INTERVAL_S:
-                    continue
-            if committing is not None and committing.done():
-                if committing.result():
-                    owed_since = None
-                elif in_commit_in == uncommitted_in:
-                    # Not committed, and still ours: owed again, under what came since.
-                    uncommitted = {**in_commit, **uncommitted}
-                committing = None
-            if uncommitted_in != self._assignment.epoch:
-                # A rebalance came since these were read: the partitions may be another
-                # member's now, and offsets read from a log that is gone (a broker that came
-                # back empty) would skip that much of the new one.
-                uncommitted = {}
-            if not uncommitted and committing is None:
-                owed_since = None  # nothing owed
-                continue
-            now = loop.time()
-            since_point, point_at = now - point_at, now
-            if owed_since is None:
-                owed_since = now
-            elif since_point > BLOCKED_S:
-                # The loop was held up (a batch waiting out a broker or Redis outage): the
-                # commits had no chance meanwhile, so that time does not count.
-                owed_since += since_point
-            elif now - owed_since > STUCK_AFTER_S:
-                if committing is not None:
-                    committing.cancel()
-                raise ConsumerStuck(
-                    f"{self._name}: offsets owed for {now - owed_since:.0f}s and no commit "
-                    "went through; making the consumer anew"
+                # The batch's effects are durable and its replies acknowledged: its offsets are
+                # owed. Commits run beside the next batches, at most every COMMIT_INTERVAL_S,
+                # and at once when the partitions go quiet (an empty fetch).
+                owed.handled(
+                    ((tp, records[-1].offset + 1) for tp, records in batch.items()), fetched_in
                 )
-            if committing is not None or not uncommitted:
-                continue  # one commit at a time
-            committing = asyncio.create_task(self._commit(consumer, uncommitted))
-            in_commit, in_commit_in = uncommitted, uncommitted_in
-            uncommitted, committed_at = {}, loop.time()
-        # Leaving: what was handled is committed before the group hears of it.
-        if committing is not None and not await committing and in_commit_in == uncommitted_in:
-            uncommitted = {**in_commit, **uncommitted}
-        if uncommitted and uncommitted_in == self._assignment.epoch:
-            await self._commit(consumer, uncommitted)
+                if not owed.due():
+                    continue
+            owed.commit_point()
+        await owed.close()
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> Batch:
         """The next batch, or an empty one when ``stop`` cut the wait short."""

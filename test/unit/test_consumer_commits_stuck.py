@@ -13,6 +13,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from common import commits
 from common import consumer as consumer_module
 from common.messages import STOCK, StockUpdateRequested
 from common.types import Outgoing
@@ -65,8 +66,8 @@ async def run_until_made_anew(
     (at most 10 s; about 1 s here: 0.3 s stuck, 0.5 s to restart); the consumers made."""
     kind.made, kind.offsets = [], itertools.count()
     monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", kind)
-    monkeypatch.setattr(consumer_module, "COMMIT_INTERVAL_S", commit_interval_s)
-    monkeypatch.setattr(consumer_module, "STUCK_AFTER_S", 0.3)
+    monkeypatch.setattr(commits, "COMMIT_INTERVAL_S", commit_interval_s)
+    monkeypatch.setattr(commits, "STUCK_AFTER_S", 0.3)
 
     async def handle(message: StockUpdateRequested) -> list[Outgoing]:
         return []
