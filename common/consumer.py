@@ -6,7 +6,6 @@ common/group_leave.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +18,7 @@ from common import commits
 from common.bus import retry_forever
 from common.effects import Effects
 from common.errors import Unavailable
-from common.group_leave import leave_group
+from common.group_leave import leave_group, stop_consumer
 from common.kafka_options import consumer_options
 from common.messages import Message, decode
 from common.observability import telemetry
@@ -159,8 +158,7 @@ class ConsumerLoop:
             self._consumer = None
             if self._leaving and self._group_id is not None:
                 await leave_group(consumer, self._group_id, self._name)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 5)
+            await stop_consumer(consumer, self._name)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         loop = asyncio.get_running_loop()

@@ -1,13 +1,16 @@
-"""Leaving a consumer group at once at a graceful stop, though the member is static: the one
-place that uses aiokafka internals (pinned by test/unit/test_bus_leave.py)."""
+"""Leaving a consumer group at once at a graceful stop, though the member is static, and
+stopping a consumer whose group coordination is stuck: the one place that uses aiokafka
+internals (pinned by test/unit/test_bus_leave.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.client import ConnectionGroup
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import KafkaError, NoError, for_code
 from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
@@ -15,6 +18,8 @@ log = logging.getLogger(__name__)
 
 LEAVE_TIMEOUT_S = 3.0
 """How long leaving the group may take; past it the partitions move when the session expires."""
+CLOSE_TIMEOUT_S = 5.0
+"""How long each part of a consumer's stop (its group coordination, then the rest) may take."""
 
 
 async def leave_group(consumer: AIOKafkaConsumer, group_id: str, name: str) -> None:
@@ -50,3 +55,33 @@ async def leave_group(consumer: AIOKafkaConsumer, group_id: str, name: str) -> N
         log.info("%s: left group %s", name, group_id)
     else:
         log.warning("%s: leaving group %s: %s", name, group_id, error.__name__)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer, name: str) -> None:
+    """``consumer.stop()``, bounded, and leaving nothing running behind.
+
+    aiokafka's stop first closes the group coordinator, which waits for its coordination task;
+    when that is what got stuck (the reason a consumer is made anew), the stop never gets to
+    the rest: the heartbeat task went on sending, and logging errors, for minutes, and the
+    fetcher and the connections stayed open beside the consumer made in its place. So the
+    coordinator is closed first, with a bound; whatever of its tasks still runs is cancelled;
+    then the stop, which finds the coordinator closed, closes the fetcher and the client."""
+    coordinator = consumer._coordinator
+    if isinstance(coordinator, GroupCoordinator):
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            await asyncio.wait_for(coordinator.close(), CLOSE_TIMEOUT_S)
+        running = [
+            task
+            for task in (
+                coordinator._coordination_task,
+                coordinator._heartbeat_task,
+                coordinator._commit_refresh_task,
+            )
+            if task is not None and not task.done()
+        ]
+        if running:
+            log.warning("%s: group coordination did not close; cancelling it", name)
+            for task in running:
+                task.cancel()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT_S)

@@ -208,3 +208,18 @@ async def test_the_aiokafka_internals_the_leave_uses_are_there() -> None:
     assert "self.member_id =" in source and "self.coordinator_id =" in source
     leave = inspect.getsource(GroupCoordinator._maybe_leave_group)
     assert "self._group_instance_id is None" in leave
+
+
+def test_the_aiokafka_internals_the_bounded_stop_uses_are_there() -> None:
+    """aiokafka 0.14: the coordinator keeps its coordination, heartbeat and commit-refresh tasks
+    in these attributes; a second close returns at once once a first began; and the consumer's
+    stop closes the coordinator before the fetcher and the client (so a stop after a close that
+    was cut short goes on to them)."""
+    init = inspect.getsource(GroupCoordinator.__init__)
+    for task in ("_coordination_task", "_heartbeat_task", "_commit_refresh_task"):
+        assert f"self.{task} =" in init
+    close = inspect.getsource(GroupCoordinator.close)
+    assert close.index("if self._closing.done():") < close.index("await self._coordination_task")
+    stop = inspect.getsource(AIOKafkaConsumer.stop)
+    order = ["self._coordinator.close()", "self._fetcher.close()", "self._client.close()"]
+    assert [stop.index(call) for call in order] == sorted(stop.index(call) for call in order)

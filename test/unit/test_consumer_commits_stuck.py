@@ -1,7 +1,7 @@
 """A group member that goes on handling batches while none of its commits goes through (its
 aiokafka consumer's group coordination stopped, as a review under combined faults once saw: no
 heartbeat and no commit for 13 minutes), or whose every fetch fails, makes its consumer anew,
-which commits again."""
+which commits again; the old one's coordination is not left running beside it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from common import commits
+from common import commits, group_leave
 from common import consumer as consumer_module
 from common.messages import STOCK, StockUpdateRequested
 from common.types import Outgoing
@@ -129,3 +130,39 @@ async def test_a_stuck_member_is_made_anew(
     # new to commit, which must not count as the offsets committed.
     made = await run_until_made_anew(monkeypatch, kind, 0.0)
     assert made[0].commits == [] and made[1].commits
+
+
+class HungCoordinator(GroupCoordinator):  # type: ignore[misc]
+    """A group coordinator whose coordination is stuck: closing it waits for that forever, and
+    its heartbeat goes on meanwhile."""
+
+    def __init__(self) -> None:  # none of GroupCoordinator's own state
+        self.member_id, self.coordinator_id = "member-7", 1
+        self._coordination_task = asyncio.create_task(asyncio.Event().wait())
+        self._heartbeat_task: asyncio.Task[Any] | None = asyncio.create_task(asyncio.Event().wait())
+        self._commit_refresh_task = None
+
+    async def close(self) -> None:
+        await self._coordination_task
+
+
+class HungConsumer(StuckConsumer):
+    """The first consumer's commits never return and its coordination is stuck."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.stuck:
+            self._coordinator = HungCoordinator()
+
+
+async def test_a_consumer_made_anew_leaves_no_coordination_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(group_leave, "CLOSE_TIMEOUT_S", 0.1)
+    first = (await run_until_made_anew(monkeypatch, HungConsumer, 0.02))[0]
+    coordinator = first._coordinator
+    assert isinstance(coordinator, HungCoordinator) and coordinator._heartbeat_task is not None
+    await asyncio.sleep(0)
+    assert coordinator._heartbeat_task.cancelled()
+    assert coordinator._coordination_task.cancelled()
+    assert first.stopped  # and then the rest of the stop (the fetcher, the connections)
