@@ -133,33 +133,46 @@ async def test_a_stuck_member_is_made_anew(
 
 
 class HungCoordinator(GroupCoordinator):  # type: ignore[misc]
-    """A group coordinator whose coordination is stuck: closing it waits for that forever, and
-    its heartbeat goes on meanwhile."""
+    """A group coordinator whose coordination is stuck: closing it waits for that forever (or,
+    with ``dies``, fails with the error the coordination died of), and its heartbeat goes on
+    meanwhile."""
 
-    def __init__(self) -> None:  # none of GroupCoordinator's own state
+    def __init__(self, dies: bool) -> None:  # none of GroupCoordinator's own state
         self.member_id, self.coordinator_id = "member-7", 1
+        self.dies = dies
         self._coordination_task = asyncio.create_task(asyncio.Event().wait())
         self._heartbeat_task: asyncio.Task[Any] | None = asyncio.create_task(asyncio.Event().wait())
         self._commit_refresh_task = None
 
     async def close(self) -> None:
+        if self.dies:
+            raise RuntimeError("the coordination died")
         await self._coordination_task
 
 
 class HungConsumer(StuckConsumer):
     """The first consumer's commits never return and its coordination is stuck."""
 
+    dies = False
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         if self.stuck:
-            self._coordinator = HungCoordinator()
+            self._coordinator = HungCoordinator(self.dies)
 
 
+class DeadConsumer(HungConsumer):
+    """The same, with a coordination that died with an error."""
+
+    dies = True
+
+
+@pytest.mark.parametrize("kind", [HungConsumer, DeadConsumer])
 async def test_a_consumer_made_anew_leaves_no_coordination_running(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, kind: type[HungConsumer]
 ) -> None:
     monkeypatch.setattr(group_leave, "CLOSE_TIMEOUT_S", 0.1)
-    first = (await run_until_made_anew(monkeypatch, HungConsumer, 0.02))[0]
+    first = (await run_until_made_anew(monkeypatch, kind, 0.02))[0]
     coordinator = first._coordinator
     assert isinstance(coordinator, HungCoordinator) and coordinator._heartbeat_task is not None
     await asyncio.sleep(0)
