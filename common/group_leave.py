@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.client import ConnectionGroup
@@ -64,26 +65,34 @@ async def stop_consumer(consumer: AIOKafkaConsumer, name: str) -> None:
     when that is what got stuck (the reason a consumer is made anew), the stop never gets to
     the rest: the heartbeat task went on sending, and logging errors, for minutes, and the
     fetcher and the connections stayed open beside the consumer made in its place. So the
-    coordinator is closed first, with a bound; whatever of its tasks still runs is cancelled;
-    then the stop, which finds the coordinator closed, closes the fetcher and the client."""
+    coordinator is closed first, with a bound; every task still running one of its methods is
+    cancelled; then the stop, which finds the coordinator closed, closes the fetcher and the
+    client."""
     coordinator = consumer._coordinator
     if isinstance(coordinator, GroupCoordinator):
         # Whatever the close ends with (a timeout, or the error the coordination task died
         # of), what still runs is cancelled and the rest of the stop goes on.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(coordinator.close(), CLOSE_TIMEOUT_S)
-        running = [
-            task
-            for task in (
-                coordinator._coordination_task,
-                coordinator._heartbeat_task,
-                coordinator._commit_refresh_task,
-            )
-            if task is not None and not task.done()
-        ]
+        running = tasks_of(coordinator)
         if running:
             log.warning("%s: group coordination did not close; cancelling it", name)
             for task in running:
                 task.cancel()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT_S)
+
+
+def tasks_of(owner: object) -> list[asyncio.Task[Any]]:
+    """The tasks still running a method of ``owner``. For a group coordinator: its coordination,
+    heartbeat and commit-refresh routines, and any commit whose caller gave up: aiokafka runs
+    each commit in a task of its own behind ``asyncio.shield``, which a cancelled caller leaves
+    running, and which would fail unread (an ERROR "Task exception was never retrieved") once
+    the stop closes the connections."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done()
+        and (frame := getattr(task.get_coro(), "cr_frame", None)) is not None
+        and frame.f_locals.get("self") is owner
+    ]

@@ -18,6 +18,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 
 from common import consumer as consumer_module
 from common.consumer import ConsumerLoop
+from common.group_leave import tasks_of
 from common.messages import STOCK, StockUpdateRequested, encode
 from common.settings import Settings, load_settings
 from common.types import Outgoing
@@ -211,15 +212,35 @@ async def test_the_aiokafka_internals_the_leave_uses_are_there() -> None:
 
 
 def test_the_aiokafka_internals_the_bounded_stop_uses_are_there() -> None:
-    """aiokafka 0.14: the coordinator keeps its coordination, heartbeat and commit-refresh tasks
-    in these attributes; a second close returns at once once a first began; and the consumer's
-    stop closes the coordinator before the fetcher and the client (so a stop after a close that
-    was cut short goes on to them)."""
-    init = inspect.getsource(GroupCoordinator.__init__)
-    for task in ("_coordination_task", "_heartbeat_task", "_commit_refresh_task"):
-        assert f"self.{task} =" in init
+    """aiokafka 0.14: the coordinator's background work runs as tasks of its own methods (so
+    ``tasks_of`` finds it), each commit in a task behind ``asyncio.shield``; a second close
+    returns at once once a first began; and the consumer's stop closes the coordinator before
+    the fetcher and the client (so a stop after a close that was cut short goes on to them)."""
+    source = inspect.getsource(GroupCoordinator)
+    for call in (
+        "create_task(self._coordination_routine())",
+        "create_task(self._heartbeat_routine())",
+        "asyncio.shield(self._do_commit_offsets(",
+    ):
+        assert call in source
     close = inspect.getsource(GroupCoordinator.close)
     assert close.index("if self._closing.done():") < close.index("await self._coordination_task")
     stop = inspect.getsource(AIOKafkaConsumer.stop)
     order = ["self._coordinator.close()", "self._fetcher.close()", "self._client.close()"]
     assert [stop.index(call) for call in order] == sorted(stop.index(call) for call in order)
+
+
+async def test_tasks_of_finds_the_tasks_running_a_method_of_their_owner() -> None:
+    class Owner:
+        async def wait(self) -> None:
+            await asyncio.Event().wait()
+
+    owner, other = Owner(), Owner()
+    mine = asyncio.create_task(owner.wait())
+    theirs = asyncio.create_task(other.wait())
+    await asyncio.sleep(0)
+    try:
+        assert tasks_of(owner) == [mine]
+    finally:
+        mine.cancel()
+        theirs.cancel()

@@ -134,15 +134,28 @@ async def test_a_stuck_member_is_made_anew(
 
 class HungCoordinator(GroupCoordinator):  # type: ignore[misc]
     """A group coordinator whose coordination is stuck: closing it waits for that forever (or,
-    with ``dies``, fails with the error the coordination died of), and its heartbeat goes on
-    meanwhile."""
+    with ``dies``, fails with the error the coordination died of), its heartbeat goes on
+    meanwhile, and each commit runs in a task of its own behind ``asyncio.shield`` (as
+    aiokafka's do), which fails once the connections close."""
 
     def __init__(self, dies: bool) -> None:  # none of GroupCoordinator's own state
         self.member_id, self.coordinator_id = "member-7", 1
         self.dies = dies
-        self._coordination_task = asyncio.create_task(asyncio.Event().wait())
-        self._heartbeat_task: asyncio.Task[Any] | None = asyncio.create_task(asyncio.Event().wait())
-        self._commit_refresh_task = None
+        self.connections_closed = asyncio.Event()
+        self.commit_tasks: list[asyncio.Task[None]] = []
+        self._coordination_task = asyncio.create_task(self._routine())
+        self._heartbeat_task: asyncio.Task[None] | None = asyncio.create_task(self._routine())
+
+    async def _routine(self) -> None:
+        await asyncio.Event().wait()
+
+    async def _do_commit(self) -> None:
+        await self.connections_closed.wait()
+        raise ConnectionError("connection closed")
+
+    async def commit(self) -> None:
+        self.commit_tasks.append(asyncio.create_task(self._do_commit()))
+        await asyncio.shield(self.commit_tasks[-1])
 
     async def close(self) -> None:
         if self.dies:
@@ -151,7 +164,7 @@ class HungCoordinator(GroupCoordinator):  # type: ignore[misc]
 
 
 class HungConsumer(StuckConsumer):
-    """The first consumer's commits never return and its coordination is stuck."""
+    """The first consumer's coordination is stuck, its commits with it."""
 
     dies = False
 
@@ -159,6 +172,16 @@ class HungConsumer(StuckConsumer):
         super().__init__(**options)
         if self.stuck:
             self._coordinator = HungCoordinator(self.dies)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if isinstance(self._coordinator, HungCoordinator):
+            await self._coordinator.commit()
+        await super().commit(offsets)
+
+    async def stop(self) -> None:
+        if isinstance(self._coordinator, HungCoordinator):
+            self._coordinator.connections_closed.set()
+        await super().stop()
 
 
 class DeadConsumer(HungConsumer):
@@ -178,4 +201,7 @@ async def test_a_consumer_made_anew_leaves_no_coordination_running(
     await asyncio.sleep(0)
     assert coordinator._heartbeat_task.cancelled()
     assert coordinator._coordination_task.cancelled()
+    # The commit the stuck member gave up on was cancelled before the connections closed, so
+    # it did not fail unread ("Task exception was never retrieved").
+    assert coordinator.commit_tasks and all(t.cancelled() for t in coordinator.commit_tasks)
     assert first.stopped  # and then the rest of the stop (the fetcher, the connections)
