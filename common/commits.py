@@ -29,7 +29,11 @@ stopped, with no heartbeat and no commit for 13 minutes; when stock scaled out, 
 re-read all of it, and checkouts waited about 45 s."""
 BLOCKED_S = 5.0
 """Longer than this between two of the loop's commit points, it was held up (its batch waited
-for an outage to end); that time does not count towards STUCK_AFTER_S."""
+for an outage to end); that time does not count towards STUCK_AFTER_S. Nor does time in which
+no fetch brought a record: a broker that does not answer (frozen, cut off) holds the commit in
+flight too, and a consumer made anew would only wait for it the same way (a review saw that
+in broker freezes of 32-37 s, 2026-12-01). A stuck coordination costs something only while
+records are read and not committed, and that time counts."""
 
 
 class ConsumerStuck(Exception):
@@ -63,6 +67,7 @@ class Commits:
         self._sent_at = -math.inf
         self._owed_since: float | None = None  # offsets owed, and no commit went through since
         self._point_at = self._clock()
+        self._served = False  # a fetch brought records since the last commit point
 
     def handled(self, offsets: Iterable[tuple[TopicPartition, int]], fetched_in: int) -> None:
         """A batch read in rebalance ``fetched_in`` is done: the next offset of each of its
@@ -70,6 +75,7 @@ class Commits:
         if fetched_in != self._owed_in:
             self._owed, self._owed_in = {}, fetched_in
         self._owed.update(offsets)
+        self._served = True
 
     def due(self) -> bool:
         """Whether COMMIT_INTERVAL_S has passed since the last commit began."""
@@ -79,7 +85,8 @@ class Commits:
         """Reads the finished commit, drops what a rebalance took, and begins a commit of what
         is owed unless one is in flight. Raises ConsumerStuck once offsets have been owed for
         STUCK_AFTER_S and no commit went through (time the loop was held up, over BLOCKED_S
-        between two commit points, does not count)."""
+        between two commit points, and time in which no fetch brought a record, do not
+        count)."""
         if self._sending is not None and self._sending.done():
             self._settle(self._sending.result())
         if self._owed_in != self._epoch():
@@ -89,11 +96,13 @@ class Commits:
             return
         now = self._clock()
         since_point, self._point_at = now - self._point_at, now
+        served, self._served = self._served, False
         if self._owed_since is None:
             self._owed_since = now
-        elif since_point > BLOCKED_S:
-            # The loop was held up (a batch waiting out a broker or Redis outage): the commits
-            # had no chance meanwhile, so that time does not count.
+        elif since_point > BLOCKED_S or not served:
+            # The loop was held up (a batch waiting out a broker or Redis outage), or the
+            # broker brought nothing: the commits had no chance meanwhile, or nothing was read
+            # that a stuck coordination would leave uncommitted, so that time does not count.
             self._owed_since += since_point
         elif now - self._owed_since > STUCK_AFTER_S:
             if self._sending is not None:

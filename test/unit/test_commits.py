@@ -103,6 +103,7 @@ async def test_offsets_owed_with_no_commit_through_make_the_consumer_anew() -> N
         await m.point()
     assert len(m.asked) == 1
     m.now += 1.5
+    m.commits.handled([(A, 99)], 0)
     with pytest.raises(ConsumerStuck):
         m.commits.commit_point()
     await asyncio.sleep(0)
@@ -126,17 +127,38 @@ async def test_time_held_up_by_an_outage_does_not_count() -> None:
     m.commits.handled([(A, 1)], 0)
     await m.point()  # owed from here; the commit never comes back
 
-    async def seconds(n: int) -> None:
+    async def seconds(n: int) -> None:  # records come and are handled, every second
         for _ in range(n):
             m.now += 1.0
+            m.commits.handled([(A, 1)], 0)
             await m.point()
 
     await seconds(18)
     m.now += BLOCKED_S + STUCK_AFTER_S  # one batch waited out an outage
+    m.commits.handled([(A, 1)], 0)
     await m.point()
     await seconds(int(STUCK_AFTER_S) - 18)  # STUCK_AFTER_S counted in all: not over it
     assert not m.replies[0].done()
     m.now += 1.0
+    m.commits.handled([(A, 1)], 0)
+    with pytest.raises(ConsumerStuck):
+        m.commits.commit_point()
+
+
+async def test_time_in_which_no_fetch_brought_a_record_does_not_count() -> None:
+    m = Member()
+    m.commits.handled([(A, 1)], 0)
+    await m.point()  # owed from here; the commit hangs, as it does while the broker is frozen
+    for _ in range(2 * int(STUCK_AFTER_S)):
+        m.now += 1.0
+        await m.point()  # an empty fetch: the broker brings nothing either
+    for offset in range(2, 2 + int(STUCK_AFTER_S)):  # records again, and still no commit
+        m.now += 1.0
+        m.commits.handled([(A, offset)], 0)
+        await m.point()
+    assert not m.replies[0].done()
+    m.now += 1.5
+    m.commits.handled([(A, 99)], 0)
     with pytest.raises(ConsumerStuck):
         m.commits.commit_point()
 
