@@ -45,6 +45,22 @@ class Member:
         self.commits.commit_point()
         await asyncio.sleep(0)
 
+    async def owe_a_commit_that_hangs(self) -> None:
+        """A batch handled and its commit begun, which is never answered (as when the group
+        coordination is stuck, or the broker frozen)."""
+        self.commits.handled([(A, 1)], 0)
+        await self.point()
+
+    async def seconds(self, n: float, *, records: bool = True) -> None:
+        """``n`` seconds, one at a time (the last one what is left): each a batch of records
+        handled (with ``records``; else an empty fetch), then a commit point."""
+        while n > 0:
+            self.now += min(n, 1.0)
+            n -= 1.0
+            if records:
+                self.commits.handled([(A, int(self.now))], 0)
+            await self.point()
+
 
 async def test_one_commit_per_interval_and_the_first_at_once() -> None:
     m = Member()
@@ -95,17 +111,11 @@ async def test_nothing_read_before_a_rebalance_is_committed() -> None:
 
 async def test_offsets_owed_with_no_commit_through_make_the_consumer_anew() -> None:
     m = Member()
-    m.commits.handled([(A, 1)], 0)
-    await m.point()  # owed from here; the commit never comes back
-    for offset in range(2, 2 + int(STUCK_AFTER_S)):
-        m.now += 1.0
-        m.commits.handled([(A, offset)], 0)
-        await m.point()
+    await m.owe_a_commit_that_hangs()
+    await m.seconds(STUCK_AFTER_S)
     assert len(m.asked) == 1
-    m.now += 1.5
-    m.commits.handled([(A, 99)], 0)
     with pytest.raises(ConsumerStuck):
-        m.commits.commit_point()
+        await m.seconds(0.5)
     await asyncio.sleep(0)
     assert m.replies[0].cancelled()  # the commit in flight is given up
 
@@ -124,43 +134,25 @@ async def test_a_commit_through_starts_the_clock_again() -> None:
 
 async def test_time_held_up_by_an_outage_does_not_count() -> None:
     m = Member()
-    m.commits.handled([(A, 1)], 0)
-    await m.point()  # owed from here; the commit never comes back
-
-    async def seconds(n: int) -> None:  # records come and are handled, every second
-        for _ in range(n):
-            m.now += 1.0
-            m.commits.handled([(A, 1)], 0)
-            await m.point()
-
-    await seconds(18)
+    await m.owe_a_commit_that_hangs()
+    await m.seconds(18)
     m.now += BLOCKED_S + STUCK_AFTER_S  # one batch waited out an outage
-    m.commits.handled([(A, 1)], 0)
+    m.commits.handled([(A, 2)], 0)
     await m.point()
-    await seconds(int(STUCK_AFTER_S) - 18)  # STUCK_AFTER_S counted in all: not over it
+    await m.seconds(STUCK_AFTER_S - 18)  # STUCK_AFTER_S counted in all: not over it
     assert not m.replies[0].done()
-    m.now += 1.0
-    m.commits.handled([(A, 1)], 0)
     with pytest.raises(ConsumerStuck):
-        m.commits.commit_point()
+        await m.seconds(1)
 
 
 async def test_time_in_which_no_fetch_brought_a_record_does_not_count() -> None:
     m = Member()
-    m.commits.handled([(A, 1)], 0)
-    await m.point()  # owed from here; the commit hangs, as it does while the broker is frozen
-    for _ in range(2 * int(STUCK_AFTER_S)):
-        m.now += 1.0
-        await m.point()  # an empty fetch: the broker brings nothing either
-    for offset in range(2, 2 + int(STUCK_AFTER_S)):  # records again, and still no commit
-        m.now += 1.0
-        m.commits.handled([(A, offset)], 0)
-        await m.point()
+    await m.owe_a_commit_that_hangs()
+    await m.seconds(2 * STUCK_AFTER_S, records=False)  # the broker brings nothing either
+    await m.seconds(STUCK_AFTER_S)  # records again, and still no commit
     assert not m.replies[0].done()
-    m.now += 1.5
-    m.commits.handled([(A, 99)], 0)
     with pytest.raises(ConsumerStuck):
-        m.commits.commit_point()
+        await m.seconds(0.5)
 
 
 async def test_leaving_commits_what_is_owed_after_the_commit_in_flight() -> None:
