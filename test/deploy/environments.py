@@ -1,7 +1,7 @@
 """The services' environments as the container deployments give them, read from the files:
 docker-compose.yml (a service's env_file entries, then its environment) and k8s/ (a
 Deployment's envFrom ConfigMaps, then its env). Shared by the offline checks
-(test/deploy/test_manifests.py) and the check that runs workers with them
+(test/deploy/test_*.py) and the check that runs workers with them
 (test/system/test_deployment_settings.py)."""
 
 from __future__ import annotations

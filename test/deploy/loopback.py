@@ -1,0 +1,123 @@
+"""Servers on loopback for the deploy tests: stand-in workers that answer with what they
+received, the local nginx run with a given configuration (skipped when none is installed),
+a free port, and a POST."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the service's name and the path it received, and the
+    X-Request-Id it received in ``X-Seen-Request-Id`` (recorded in ``server.seen`` too)."""
+
+    status = 200
+
+    def _answer(self) -> None:
+        seen = self.headers.get("X-Request-Id", "")
+        self.server.seen.append(seen)  # type: ignore[attr-defined]
+        self.server.starts.append(self.headers.get("X-Request-Start"))  # type: ignore[attr-defined]
+        body = f"{self.server.service_name} {self.path}".encode()  # type: ignore[attr-defined]
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Seen-Request-Id", seen)
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+class _BadGateway(_Echo):
+    """A worker that fails every request with a 502: nginx retries it on the next server."""
+
+    status = 502
+
+
+def start_echo(service: str, handler: type[_Echo] = _Echo) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.service_name = service  # type: ignore[attr-defined]
+    server.seen = []  # type: ignore[attr-defined]
+    server.starts = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nginx_binary() -> str:
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
+    )
+    if nginx is None:
+        pytest.skip("nginx is not installed")
+    return nginx
+
+
+def listening(port: int, proc: subprocess.Popen[bytes], *, within_s: float) -> bool:
+    """Whether ``port`` on loopback takes a connection before ``proc`` exits or ``within_s``
+    seconds pass."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_nginx(prefix: Path, conf: Path, port: int) -> Iterator[str]:
+    """Runs nginx with ``conf`` in the foreground until the block ends; yields its base URL."""
+    (prefix / "logs").mkdir(exist_ok=True)
+    args = [nginx_binary(), "-p", str(prefix), "-c", str(conf)]
+    if not re.search(r"^daemon off;", conf.read_text(encoding="utf-8"), flags=re.M):
+        args += ["-g", "daemon off;"]
+    check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE)
+    try:
+        if not listening(port, proc, within_s=10):
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            pytest.fail(f"nginx did not start: {err.decode(errors='replace')}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def post(url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[str, str]:
+    """POST through the gateway: (body, the X-Request-Id the service received)."""
+    request = urllib.request.Request(url, method="POST", data=b"", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        return reply.read().decode(), reply.headers.get("X-Seen-Request-Id", "")
