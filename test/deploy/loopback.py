@@ -1,12 +1,14 @@
 """Servers on loopback for the deploy tests: stand-in workers that answer with what they
-received, the local nginx run with a given configuration (skipped when none is installed),
-a free port, and a POST."""
+received, the local stack's gateway configuration with given upstreams, nginx run with a
+configuration (skipped when none is installed), and a POST."""
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import http.server
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from test.deploy.environments import REPO
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
@@ -58,12 +62,6 @@ def start_echo(service: str, handler: type[_Echo] = _Echo) -> http.server.Thread
     server.starts = []  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def nginx_binary() -> str:
@@ -114,6 +112,20 @@ def running_nginx(prefix: Path, conf: Path, port: int) -> Iterator[str]:
             proc.wait(timeout=10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def local_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
+    """local/nginx.conf.in filled in as run_local.sh fills it, with the given upstreams."""
+    conf = (REPO / "local" / "nginx.conf.in").read_text(encoding="utf-8")
+    user = f"{pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name}"
+    fill = {"NGINX_DIR": tmp_path, "GATEWAY_PORT": port, "REPO_DIR": REPO, "NGINX_USER": user}
+    for name, value in fill.items():
+        conf = conf.replace("${" + name + "}", str(value))
+    assert "${" not in conf
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "nginx.conf").write_text(conf, encoding="utf-8")
+    (tmp_path / "upstreams.conf").write_text(upstreams, encoding="utf-8")
+    return tmp_path / "nginx.conf"
 
 
 def post(url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[str, str]:

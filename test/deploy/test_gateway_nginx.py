@@ -6,10 +6,7 @@ dropped one answer again. Run by test/deploy/validate.sh.
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import pwd
 import re
 import shutil
 import time
@@ -23,8 +20,16 @@ from typing import Any
 import pytest
 
 from common.http import GATEWAY_CLOCK_MARGIN_S, GATEWAY_READ_TIMEOUT_S, gateway_start_by
+from test.client import free_port
 from test.deploy.environments import REPO
-from test.deploy.loopback import _BadGateway, _Echo, free_port, post, running_nginx, start_echo
+from test.deploy.loopback import (
+    _BadGateway,
+    _Echo,
+    local_gateway_conf,
+    post,
+    running_nginx,
+    start_echo,
+)
 from test.deploy.manifests import PORT, SERVICES, routes_conf
 
 # compose and k8s (test/deploy runs with --noconftest: see test/deploy/fixtures.py)
@@ -136,20 +141,6 @@ def compose_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
     (tmp_path / "upstreams.compose.conf").write_text(upstreams, encoding="utf-8")
     for name in ("routes.conf", "request-id.conf"):
         shutil.copy(gateway / name, tmp_path / name)
-    return tmp_path / "nginx.conf"
-
-
-def local_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
-    """local/nginx.conf.in filled in as run_local.sh fills it, with the given upstreams."""
-    conf = (REPO / "local" / "nginx.conf.in").read_text(encoding="utf-8")
-    user = f"{pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name}"
-    fill = {"NGINX_DIR": tmp_path, "GATEWAY_PORT": port, "REPO_DIR": REPO, "NGINX_USER": user}
-    for name, value in fill.items():
-        conf = conf.replace("${" + name + "}", str(value))
-    assert "${" not in conf
-    (tmp_path / "tmp").mkdir()
-    (tmp_path / "nginx.conf").write_text(conf, encoding="utf-8")
-    (tmp_path / "upstreams.conf").write_text(upstreams, encoding="utf-8")
     return tmp_path / "nginx.conf"
 
 

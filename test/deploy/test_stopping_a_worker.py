@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from common.settings import load_settings
+from test.client import free_port
 from test.deploy.environments import REPO, k8s_objects, read_env_file
-from test.deploy.loopback import free_port, listening, post
+from test.deploy.loopback import listening, post
 from test.deploy.manifests import SERVICES, hypercorn_args, run_entrypoint
 
 # compose and k8s (test/deploy runs with --noconftest: see test/deploy/fixtures.py)

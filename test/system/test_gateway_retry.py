@@ -9,10 +9,6 @@ their own nginx and workers."""
 from __future__ import annotations
 
 import asyncio
-import grp
-import os
-import pwd
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
@@ -22,9 +18,9 @@ import aiohttp
 import pytest
 
 from test import dying_worker
-from test.client import free_port, until
+from test.client import free_port
+from test.deploy.loopback import local_gateway_conf, running_nginx
 
-REPO = Path(__file__).resolve().parents[2]
 STANDBY_ANSWER = b'{"order_id":"1","paid":true}'
 
 
@@ -40,38 +36,6 @@ async def _standby(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     writer.close()
 
 
-def _nginx_conf(tmp: Path, gateway: int, worker: int, standby: int) -> str:
-    user = f"{pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name}"
-    temp = "\n".join(
-        f"    {kind}_temp_path {tmp}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return f"""
-daemon off;
-user {user};
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-{temp}
-    include {REPO}/env/gateway/request-id.conf;
-    upstream order_upstream {{
-        server 127.0.0.1:{worker} max_fails=0;
-        server 127.0.0.1:{standby} backup;
-        keepalive 8;
-    }}
-    upstream payment_upstream {{ server 127.0.0.1:{standby}; }}
-    upstream stock_upstream {{ server 127.0.0.1:{standby}; }}
-    server {{
-        listen 127.0.0.1:{gateway};
-        include {REPO}/env/gateway/routes.conf;
-    }}
-}}
-"""
-
-
 @pytest.fixture
 async def standby_port() -> AsyncIterator[int]:
     server = await asyncio.start_server(_standby, "127.0.0.1", 0)
@@ -81,32 +45,28 @@ async def standby_port() -> AsyncIterator[int]:
 
 @asynccontextmanager
 async def _gateway(tmp_path: Path, worker: int, standby: int) -> AsyncIterator[str]:
-    """A real nginx with the gateway's rules; order's upstream is ``worker`` with ``standby`` as
-    its backup (as the local stack runs them), payment's and stock's ``standby``. Yields its
-    base URL."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    gateway = free_port()
+    """The local stack's gateway (local/nginx.conf.in, with the gateway's rules) in a real nginx;
+    order's upstream is ``worker`` with ``standby`` as its backup, as the local stack runs them,
+    payment's and stock's ``standby``. Yields its base URL. nginx starts and stops in a thread:
+    the workers the tests play run on this event loop."""
+    upstreams = f"""
+upstream order_upstream {{
+    server 127.0.0.1:{worker} max_fails=0;
+    server 127.0.0.1:{standby} backup;
+    keepalive 8;
+}}
+upstream payment_upstream {{ server 127.0.0.1:{standby}; }}
+upstream stock_upstream {{ server 127.0.0.1:{standby}; }}
+"""
+    port = free_port()
     await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(_nginx_conf(tmp_path, gateway, worker, standby))
-    proxy = await asyncio.create_subprocess_exec(
-        nginx, "-p", f"{tmp_path}/", "-c", str(conf), "-e", "stderr"
-    )
+    conf = await asyncio.to_thread(local_gateway_conf, tmp_path, upstreams, port)
+    nginx = running_nginx(tmp_path, conf, port)
+    base = await asyncio.to_thread(nginx.__enter__)
     try:
-
-        async def listening() -> bool:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", gateway)
-            except OSError:
-                return False
-            writer.close()
-            return True
-
-        await until(listening, within=10)
-        yield f"http://127.0.0.1:{gateway}"
+        yield base
     finally:
-        proxy.terminate()
-        await asyncio.wait_for(proxy.wait(), 30)
+        await asyncio.to_thread(nginx.__exit__, None, None, None)
 
 
 @pytest.mark.parametrize("mode", ["one-write", "hypercorn as it is"])
