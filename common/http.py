@@ -131,6 +131,8 @@ def create_app(name: str, *, startup: Hook, shutdown: Hook, waiting: Waiting = l
     """
     one_write.install()
     app = Quart(name)
+    # `/find//0` matches no route (404); merged, it was redirected to `/find/0`, another entity.
+    app.url_map.merge_slashes = False
     app.config["ready"] = False
 
     @app.before_serving

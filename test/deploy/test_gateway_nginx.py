@@ -166,6 +166,9 @@ def test_compose_gateway_config_routes_through_nginx(
         cases = {
             "/orders/create/u1": "order /create/u1",
             "/orders/checkout/7": "order /checkout/7",
+            # An id with a slash, or an empty segment, is not merged into another id.
+            "/orders/checkout//7": "order /checkout//7",
+            "/orders/checkout/%2F7": "order /checkout//7",
             "/payment/find_user/u1": "payment /find_user/u1",
             "/stock/find/i1": "stock /find/i1",
         }

@@ -10,10 +10,12 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from test.client import Api
+from test.conftest import Stack
 
 SERVICES = ("orders", "stock", "payment")
 ACCEPT_ANY_ID = {"order.create_order", "payment.create_user"}
@@ -145,9 +147,9 @@ ALTERED_ON_THE_WAY = ["?", "#", "?a", "#a", "..?", "\n", "\r\n", "\t", " ", "%",
 def test_add_item_refuses_every_item_id_that_is_no_item(gateway_url: str) -> None:
     """addItem to a real order with an item id no item has answers 400 and leaves the order as
     it was, also when the id begins with a real item's id and the rest is what a URL would cut
-    off. (Slashes and lone dot segments are left out: the gateway decodes %2F, merges slashes
-    and resolves dot segments, as nginx does, so "<item>%2F" is the client's URL for <item>
-    itself, and a lone "." or "/" makes a path of no route, 404.)"""
+    off. (Slashes and lone dot segments are left out: the gateway decodes %2F and resolves dot
+    segments, as nginx does, so "<item>%2F" and a lone "." or "/" make a path of no route, 404;
+    see test_an_empty_segment_names_no_entity.)"""
 
     async def run() -> None:
         async with Api(gateway_url) as api:
@@ -183,6 +185,38 @@ def test_add_item_refuses_every_item_id_that_is_no_item(gateway_url: str) -> Non
             loop = asyncio.get_running_loop()
             await asyncio.to_thread(hammer)
             assert len(seen) >= 150
+            assert await snapshot(api, item, user, order) == before
+
+    asyncio.run(run())
+
+
+def test_an_empty_segment_names_no_entity(gateway_url: str, stack: Stack) -> None:
+    """A path with an empty segment, `//<id>` or `%2F<id>` (which nginx decodes first), is no
+    route: 404, and nothing changes. The gateway merged slashes, and a worker redirected such a
+    path to the merged one, so `/orders/checkout//<id>` checked out order <id>."""
+
+    async def run() -> None:
+        async with Api(gateway_url) as api:
+            item = await api.item(price=3, stock=5)
+            user = await api.user(credit=7)
+            order = await api.order(user, [(item, 1)])
+            before = await snapshot(api, item, user, order)
+            paths = [
+                ("POST", f"/orders/checkout//{order}"),
+                ("POST", f"/orders/checkout/%2F{order}"),
+                ("GET", f"/orders/find//{order}"),
+                ("POST", f"/stock/add//{item}/1"),
+                ("POST", f"/payment/pay/%2F{user}/1"),
+            ]
+            for method, path in paths:
+                reply = await api.request(method, path)
+                assert reply.status == 404, (method, path, reply)
+            # And a worker asked directly, without the gateway: no redirect to the merged path.
+            worker = stack.env()["ORDER_WORKERS"].split(",")[0]
+            async with aiohttp.ClientSession() as session:
+                url = f"http://{worker}/checkout//{order}"
+                async with session.post(url, allow_redirects=False) as direct:
+                    assert direct.status == 404, (url, direct.status, await direct.text())
             assert await snapshot(api, item, user, order) == before
 
     asyncio.run(run())
