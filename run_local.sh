@@ -59,9 +59,12 @@ set_paths() {
     SOCKET="$STATE_DIR/supervisor.sock"
     # The running stack's settings and current worker counts (write_running_env).
     RUNNING_ENV="$STATE_DIR/running.env"
+    # The gateway's holder (common/holder.py) listens here.
+    HOLDER_SOCKET="$STATE_DIR/holder.sock"
     # A unix socket path must fit in 108 bytes.
     if ((${#SOCKET} > 100)); then
         SOCKET="/tmp/checkout-supervisor-$(printf %s "$STATE_DIR" | sha256sum | cut -c1-16).sock"
+        HOLDER_SOCKET="/tmp/checkout-holder-$(printf %s "$STATE_DIR" | sha256sum | cut -c1-16).sock"
     fi
 }
 
@@ -263,7 +266,7 @@ worker_program() {
 }
 
 generate_gateway() {
-    local service k servers upstreams=() text standby
+    local service k servers upstreams=() text standby routes=()
     mkdir -p "$NGINX_DIR/tmp"
     for service in "${SERVICES[@]}"; do
         servers=()
@@ -279,7 +282,12 @@ generate_gateway() {
         fi
         upstreams+=("$(fill "$LOCAL_DIR/upstream.conf.in" UPSTREAM="${service}_upstream" \
             SERVERS="$(printf '%s\n' "${servers[@]}")")")
+        routes+=(--route "/$(gateway_prefix "$service")/=$(worker_addresses "$service")\
+${standby:+,127.0.0.1:$standby}")
     done
+    upstreams+=("upstream holder_upstream {
+    server unix:$HOLDER_SOCKET max_fails=0;
+}")
     RENDER_CHANGED=0
     text=$(printf '%s\n' "${upstreams[@]}")
     write_if_changed "$NGINX_DIR/upstreams.conf" "$text"
@@ -289,6 +297,13 @@ generate_gateway() {
     # SIGQUIT, nginx's graceful shutdown: it stops listening, answers the requests it holds
     # (each within proxy_read_timeout) and closes its idle connections. (SIGTERM, its fast
     # shutdown, dropped the checkouts in flight: a success to the course's clients, paid or not.)
+    # The gateway's holder: where nginx sends a request every worker of its service failed,
+    # to be tried again as soon as one listens (common/holder.py, env/gateway/routes.conf).
+    # SIGTERM: it stops taking requests and answers those it holds (each within the hold and
+    # the time a worker takes to answer, as nginx allows the holder in routes.conf).
+    program holder 350 true TERM $((HOLD_S + GATEWAY_READ_TIMEOUT_S + 5)) \
+        "$VENV_DIR/bin/python -m common.holder --listen unix:$HOLDER_SOCKET --hold-s $HOLD_S \
+--answer-s $GATEWAY_READ_TIMEOUT_S ${routes[*]}" PYTHONPATH="$REPO_DIR"
     program gateway 400 true QUIT "$(gateway_stop_wait_s)" \
         "$(command -v nginx) -p $NGINX_DIR/ -c $NGINX_DIR/nginx.conf -e stderr"
 }
@@ -647,6 +662,7 @@ scale_to() {
     fi
     generate_gateway
     reload_gateway
+    ctl update holder >/dev/null
     write_stack_env
     write_running_env
     log "the gateway has the new set of workers ($(since "$started_at"))"

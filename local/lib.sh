@@ -122,6 +122,15 @@ checkout_wait_max_s() {
     echo $((((10#$answer > 10#$timeout ? 10#$answer : 10#$timeout) + 999) / 1000))
 }
 
+# How long the gateway's holder waits for a worker of a service to take a request that every
+# worker failed (common/holder.py), and the gateway's proxy_read_timeout (env/gateway/routes.conf),
+# the longest it lets a worker take to answer.
+HOLD_S=10
+GATEWAY_READ_TIMEOUT_S=60
+
+# The gateway's path prefix of a service: /orders/ reaches order.
+gateway_prefix() { if [[ $1 == order ]]; then echo orders; else echo "$1"; fi; }
+
 # Settings of one service, by name: replicas, first HTTP port, first Redis port.
 service_replicas() { local v="${1^^}_REPLICAS"; echo "${!v}"; }
 set_service_replicas() { printf -v "${1^^}_REPLICAS" %s "$2"; }

@@ -1,9 +1,10 @@
 """Servers on loopback for the deploy tests: stand-in workers that answer with what they
 received, the local stack's gateway configuration with given upstreams, nginx run with a
-configuration (skipped when none is installed), and a POST."""
+configuration (skipped when none is installed), the gateway's holder, and a POST."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import grp
 import http.server
@@ -23,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from common.holder import Holder, Route, listen
+from test.client import free_port
 from test.deploy.environments import REPO
 
 
@@ -114,8 +117,40 @@ def running_nginx(prefix: Path, conf: Path, port: int) -> Iterator[str]:
         proc.stderr.close()
 
 
+@contextlib.contextmanager
+def running_holder(routes: dict[str, list[int]], hold_s: float = 5) -> Iterator[int]:
+    """The gateway's holder (common/holder.py) on a loopback port, in a thread, routing each
+    prefix (``/orders/``) to workers on loopback ports; yields its port."""
+    port = free_port()
+    holder = Holder(
+        [Route(prefix, tuple(("127.0.0.1", p) for p in ports)) for prefix, ports in routes.items()],
+        hold_s=hold_s,
+        answer_s=10,
+    )
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(listen(f"127.0.0.1:{port}", holder))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
+
+
+def no_holder() -> str:
+    """A holder upstream where nothing listens: the gateway's own refusal rules answer."""
+    return f"upstream holder_upstream {{ server 127.0.0.1:{free_port()} max_fails=0; }}\n"
+
+
 def local_gateway_conf(tmp_path: Path, upstreams: str, port: int) -> Path:
-    """local/nginx.conf.in filled in as run_local.sh fills it, with the given upstreams."""
+    """local/nginx.conf.in filled in as run_local.sh fills it, with the given upstreams (and
+    ``no_holder`` unless they name a holder_upstream)."""
+    if "upstream holder_upstream " not in upstreams:
+        upstreams += no_holder()
     conf = (REPO / "local" / "nginx.conf.in").read_text(encoding="utf-8")
     user = f"{pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name}"
     fill = {"NGINX_DIR": tmp_path, "GATEWAY_PORT": port, "REPO_DIR": REPO, "NGINX_USER": user}

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from common.holder import parse_route
 from common.http import GATEWAY_CLOCK_MARGIN_S, GATEWAY_READ_TIMEOUT_S, gateway_start_by
 from test.client import free_port
 from test.deploy.environments import REPO
@@ -27,6 +28,7 @@ from test.deploy.loopback import (
     _Echo,
     local_gateway_conf,
     post,
+    running_holder,
     running_nginx,
     start_echo,
 )
@@ -159,6 +161,9 @@ def test_compose_gateway_config_routes_through_nginx(
         upstreams = upstreams.replace(
             f"server {service}:{PORT} resolve", f"server 127.0.0.1:{echo_port}"
         )
+    upstreams = upstreams.replace(
+        f"server holder:{PORT} resolve", f"server 127.0.0.1:{free_port()}"
+    )
     port = free_port()
     with running_nginx(tmp_path, compose_gateway_conf(tmp_path, upstreams, port), port) as base:
         with urllib.request.urlopen(base + "/gateway/health", timeout=2) as reply:
@@ -240,39 +245,82 @@ def post_status(url: str) -> tuple[int, str]:
             return error.code, error.read().decode(errors="replace")
 
 
-def test_compose_gateway_sends_a_checkout_on_once_its_replicas_answer(tmp_path: Path) -> None:
-    """docker-compose runs two order replicas behind one `server order:8000 resolve` line, so
-    its parameters (max_fails, fail_timeout) apply to each. A checkout both replicas dropped gets
-    the gateway's 502 (nginx tried each); the next one, sent once they answer again, must reach
-    one. With `max_fails=1 fail_timeout=2s` nginx counted both replicas down for 2 s and answered
-    every checkout of those 2 s 502 ("no live upstreams") without sending it to either: a 5xx, a
-    success to the course's clients, for a checkout that started nothing (2026-11-30)."""
+def compose_holder_routes(compose: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    """The routes of compose's holder, from its command: prefix -> (service name, port)."""
+    holder = compose["services"]["holder"]
+    assert holder["entrypoint"] == ["python", "-m", "common.holder"]
+    args = holder["command"]
+    routes = [parse_route(args[i + 1]) for i, arg in enumerate(args) if arg == "--route"]
+    return {route.prefix: list(route.targets) for route in routes}
+
+
+def test_compose_holder_routes_every_service_as_the_gateway(compose: dict[str, Any]) -> None:
+    """Each prefix of routes.conf goes to its service's name on the service port, as nginx
+    sends it; the holder listens where upstreams.compose.conf finds it."""
+    prefixes = dict(
+        re.findall(
+            r"^location (/\w+/) \{\n    proxy_pass http://(\w+)_upstream/;", routes_conf(), re.M
+        )
+    )
+    assert compose_holder_routes(compose) == {
+        prefix: [(service, PORT)] for prefix, service in prefixes.items()
+    }
+    args = compose["services"]["holder"]["command"]
+    assert args[args.index("--listen") + 1] == f"0.0.0.0:{PORT}"
+    compose_upstreams = (REPO / "env" / "gateway" / "upstreams.compose.conf").read_text(
+        encoding="utf-8"
+    )
+    assert f"server holder:{PORT} resolve max_fails=0;" in compose_upstreams
+
+
+def test_compose_gateway_holds_a_checkout_its_replicas_dropped(
+    tmp_path: Path, compose: dict[str, Any]
+) -> None:
+    """docker-compose runs two order replicas behind one `server order:8000 resolve` line. A
+    checkout both replicas dropped (both died with it) goes to the holder, which sends it on
+    until a replica answers: 200, where nginx alone answered 502, a success to the course's
+    clients whether the checkout happened or not. The next checkout must reach a replica at
+    once: with `max_fails=1 fail_timeout=2s` nginx counted both replicas down for 2 s and
+    answered every checkout of those 2 s 502 ("no live upstreams") without sending it to
+    either (2026-11-30)."""
     routes_conf()
-    compose = (REPO / "env" / "gateway" / "upstreams.compose.conf").read_text(encoding="utf-8")
-    (line,) = re.findall(rf"^ *server order:{PORT} resolve[^;]*;\n", compose, flags=re.M)
+    conf = (REPO / "env" / "gateway" / "upstreams.compose.conf").read_text(encoding="utf-8")
+    (line,) = re.findall(rf"^ *server order:{PORT} resolve[^;]*;\n", conf, flags=re.M)
     replicas = [start_echo("order", _DropsFirst) for _ in range(2)]
     others = {s: start_echo(s) for s in ("payment", "stock")}
     for replica in replicas:
         replica.dropped = False  # type: ignore[attr-defined]
+    ports = {"order": [r.server_address[1] for r in replicas]}
+    ports |= {s: [server.server_address[1]] for s, server in others.items()}
+    held = {
+        prefix: [port for name, _ in targets for port in ports[name]]
+        for prefix, targets in compose_holder_routes(compose).items()
+    }
     try:
         # The replicas as `resolve` finds them: one server each, with the line's parameters.
-        upstreams = compose.replace(
+        upstreams = conf.replace(
             line,
             "".join(
-                line.replace(f"order:{PORT} resolve", f"127.0.0.1:{r.server_address[1]}")
-                for r in replicas
+                line.replace(f"order:{PORT} resolve", f"127.0.0.1:{p}") for p in ports["order"]
             ),
         )
         for service, server in others.items():
             upstreams = upstreams.replace(
                 f"server {service}:{PORT} resolve", f"server 127.0.0.1:{server.server_address[1]}"
             )
-        port = free_port()
-        conf = compose_gateway_conf(tmp_path, upstreams, port)
-        with running_nginx(tmp_path, conf, port) as base:
-            assert post_status(base + "/orders/checkout/o1")[0] == 502  # both dropped it
-            assert all(r.dropped for r in replicas)  # type: ignore[attr-defined]
-            assert post_status(base + "/orders/checkout/o2") == (200, "order /checkout/o2")
+        with running_holder(held) as holder_port:
+            upstreams = upstreams.replace(
+                f"server holder:{PORT} resolve", f"server 127.0.0.1:{holder_port}"
+            )
+            port = free_port()
+            nginx_conf = compose_gateway_conf(tmp_path, upstreams, port)
+            with running_nginx(tmp_path, nginx_conf, port) as base:
+                assert post_status(base + "/orders/checkout/o1") == (200, "order /checkout/o1")
+                assert all(r.dropped for r in replicas)  # type: ignore[attr-defined]
+                assert post_status(base + "/orders/checkout/o2") == (200, "order /checkout/o2")
+        # Each replica dropped o1 before one answered it, then o2 was answered at once.
+        seen = [r.seen for r in replicas]  # type: ignore[attr-defined]
+        assert sum(len(s) for s in seen) == 2 and len({*seen[0], *seen[1]}) == 2
     finally:
         for server in (*replicas, *others.values()):
             server.shutdown()

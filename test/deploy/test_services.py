@@ -38,7 +38,7 @@ def test_compose_service_is_replicated_and_health_checked(
 def test_compose_gateway_waits_for_healthy_services(compose: dict[str, Any]) -> None:
     gateway = compose["services"]["gateway"]
     assert {n: d["condition"] for n, d in gateway["depends_on"].items()} == dict.fromkeys(
-        SERVICES, "service_healthy"
+        (*SERVICES, "holder"), "service_healthy"
     )
     assert gateway["ports"] == [f"${{GATEWAY_PORT:-{PORT}}}:{PORT}"]
     assert "./env/gateway:/etc/nginx/gateway:ro" in gateway["volumes"]

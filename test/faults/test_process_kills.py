@@ -5,6 +5,7 @@ its log; the broker that comes back empty is the fault suite's)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from collections import Counter
@@ -56,27 +57,38 @@ async def rush(api: Api, *, stock: int, buyers: int) -> Rush:
 
 
 async def kill_during_checkouts(
-    api: Api, stack: Stack, name: str, *, stock: int, buyers: int
+    api: Api, stack: Stack, *names: str, stock: int, buyers: int
 ) -> str:
-    """Kill process ``name`` during a ``rush``: every checkout answers 200 or 400 and tells the
-    truth (``assert_consistent``). Returns the item once ``name`` runs again."""
-    # The pid first: looked up after the rush, it would hold up this event loop (the checkouts'
-    # client) for a subprocess while they finish, and the kill could come after them.
-    killed = await asyncio.to_thread(stack.pid, name)
+    """Kill the processes ``names`` at once during a ``rush``: every checkout answers 200 or
+    400 and tells the truth (``assert_consistent``). Returns the item once they run again."""
+    # The pids first: looked up after the rush, they would hold up this event loop (the
+    # checkouts' client) for a subprocess while they finish, and the kill could come after them.
+    killed = {name: await asyncio.to_thread(stack.pid, name) for name in names}
     run = await rush(api, stock=stock, buyers=buyers)
     in_flight = sum(not checkout.done() for checkout in run.checkouts)
-    os.kill(killed, signal.SIGKILL)  # supervision restarts it
+    for pid in killed.values():
+        os.kill(pid, signal.SIGKILL)  # supervision restarts it
     assert in_flight, "every checkout had its answer before the kill: the rush is too small"
     replies = await asyncio.gather(*run.checkouts)
     assert {r.status for r in replies} <= {200, 400}, Counter(r.status for r in replies)
     await assert_consistent(api, run, stock, replies)
-    await until(lambda: running(stack, name, killed), within=30)
+    for name, pid in killed.items():
+        await until(functools.partial(running, stack, name, pid), within=30)
     return run.item_id
 
 
 async def test_killed_order_worker_loses_no_checkout(api: Api, stack: Stack) -> None:
     """Checkouts in flight on the killed worker are retried by the gateway on another one."""
     await kill_during_checkouts(api, stack, "order-0", stock=60, buyers=80)
+
+
+async def test_an_order_worker_killed_with_its_standby_loses_no_checkout(
+    api: Api, stack: Stack
+) -> None:
+    """No worker is left for the gateway's retry of the checkouts in flight: the gateway's
+    holder sends them on once a restarted one listens (without it they answered 502, a success
+    to the course's clients, and ended unpaid)."""
+    await kill_during_checkouts(api, stack, "order-0", "order-standby", stock=60, buyers=80)
 
 
 async def test_broker_killed_mid_checkout(api: Api, stack: Stack) -> None:
