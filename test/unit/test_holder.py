@@ -101,32 +101,34 @@ async def test_a_request_waits_for_a_worker_that_comes_back() -> None:
     assert b"x-gateway-connect-times" not in request.lower()
 
 
-async def test_a_worker_that_dies_with_the_request_is_asked_again() -> None:
-    answers: list[bytes | None] = [None, None]
+def worker_answering(*first: bytes | None) -> Worker:
+    """A worker whose first answers are ``first`` (None: it dies with the request), then ``ok``."""
+    answers = list(reversed(first))
 
-    async def dies_twice(request: bytes) -> bytes | None:
+    async def answer(request: bytes) -> bytes | None:
         return answers.pop() if answers else await ok(request)
 
-    worker = Worker(dies_twice)
+    return Worker(answer)
+
+
+async def through_holder(worker: Worker, method: str, path: str) -> tuple[int, bytes, bytes]:
     await worker.start()
     async with holding(worker) as port:
-        status, _, _ = await send(port, "POST", "/orders/checkout/7")
+        reply = await send(port, method, path)
     await worker.stop()
+    return reply
+
+
+async def test_a_worker_that_dies_with_the_request_is_asked_again() -> None:
+    worker = worker_answering(None, None)
+    status, _, _ = await through_holder(worker, "POST", "/orders/checkout/7")
     assert status == 200
     assert len(worker.requests) == 3 and len(set(worker.requests)) == 1
 
 
 async def test_a_part_of_an_answer_is_not_passed_on() -> None:
-    answers: list[bytes | None] = [b'HTTP/1.1 200 OK\r\ncontent-length: 14\r\n\r\n{"pa']
-
-    async def cut_once(request: bytes) -> bytes | None:
-        return answers.pop() if answers else await ok(request)
-
-    worker = Worker(cut_once)
-    await worker.start()
-    async with holding(worker) as port:
-        status, _, body = await send(port, "GET", "/orders/find/7")
-    await worker.stop()
+    worker = worker_answering(b'HTTP/1.1 200 OK\r\ncontent-length: 14\r\n\r\n{"pa')
+    status, _, body = await through_holder(worker, "GET", "/orders/find/7")
     assert (status, body) == (200, b'{"paid": true}')
     assert len(worker.requests) == 2
 
