@@ -105,15 +105,17 @@ async def snapshot(api: Api, item: str, user: str, order: str) -> tuple[Any, ...
     )
 
 
-def test_bad_input_is_4xx_and_changes_nothing(gateway_url: str) -> None:
-    async def setup(api: Api) -> tuple[str, str, str]:
-        item = await api.item(price=3, stock=5)
-        user = await api.user(credit=7)
-        return item, user, await api.order(user, [(item, 1)])
+async def one_order(api: Api) -> tuple[str, str, str]:
+    """(item, user, order): a fresh item in stock, a user with credit, and an order of one unit."""
+    item = await api.item(price=3, stock=5)
+    user = await api.user(credit=7)
+    return item, user, await api.order(user, [(item, 1)])
 
+
+def test_bad_input_is_4xx_and_changes_nothing(gateway_url: str) -> None:
     async def run() -> None:
         async with Api(gateway_url) as api:
-            item, user, order = await setup(api)
+            item, user, order = await one_order(api)
             before = await snapshot(api, item, user, order)
             seen: list[tuple[str, str, int]] = []
 
@@ -153,9 +155,7 @@ def test_add_item_refuses_every_item_id_that_is_no_item(gateway_url: str) -> Non
 
     async def run() -> None:
         async with Api(gateway_url) as api:
-            item = await api.item(price=3, stock=5)
-            user = await api.user(credit=7)
-            order = await api.order(user, [(item, 1)])
+            item, user, order = await one_order(api)
             before = await snapshot(api, item, user, order)
             seen: list[tuple[str, int]] = []
 
@@ -197,9 +197,7 @@ def test_an_empty_segment_names_no_entity(gateway_url: str, stack: Stack) -> Non
 
     async def run() -> None:
         async with Api(gateway_url) as api:
-            item = await api.item(price=3, stock=5)
-            user = await api.user(credit=7)
-            order = await api.order(user, [(item, 1)])
+            item, user, order = await one_order(api)
             before = await snapshot(api, item, user, order)
             paths = [
                 ("POST", f"/orders/checkout//{order}"),
