@@ -36,6 +36,8 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from common.http import GATEWAY_READ_TIMEOUT_S
+
 log = logging.getLogger("holder")
 
 MAX_HEAD = 64 * 1024
@@ -185,7 +187,7 @@ class Holder:
                 request = await read_request(reader)
             except (BadRequest, asyncio.IncompleteReadError) as exc:
                 log.warning("refused a request: %s", exc)
-                request, reply = None, own_reply(400, _BAD_REQUEST)
+                reply = own_reply(400, _BAD_REQUEST)
             else:
                 reply = await self.answer(request) if request else b""
             if reply:
@@ -252,7 +254,7 @@ class Holder:
             writer.write(sent)
             await writer.drain()
             reply = b""
-            while not complete(method, reply) and len(reply) < MAX_REPLY:
+            while len(reply) < MAX_REPLY:
                 remaining = answer_by - asyncio.get_running_loop().time()
                 more = await asyncio.wait_for(
                     reader.read(MAX_REPLY - len(reply)), max(remaining, 0)
@@ -260,11 +262,13 @@ class Holder:
                 if not more:
                     break
                 reply += more
+                if complete(method, reply):
+                    return reply, True
         except (OSError, TimeoutError):
-            return None, True
+            pass
         finally:
             writer.close()
-        return (reply if complete(method, reply) else None), True
+        return None, True
 
     async def drain(self) -> None:
         """Waits for every request held to be answered."""
@@ -328,8 +332,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--answer-s",
         type=float,
-        default=60.0,
-        help="how long a worker that took it may take to answer [60]",
+        default=float(GATEWAY_READ_TIMEOUT_S),
+        help="how long a worker that took it may take to answer [the gateway's read timeout]",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
